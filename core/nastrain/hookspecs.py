@@ -1,0 +1,88 @@
+"""Hook specifications: what a nastrain plugin can implement.
+
+A plugin is a module (or object) named by an entry point in the group
+``nastrain``; its functions marked with :data:`hookimpl` and named like the
+specs below are its hook implementations. An implementation may take any
+subset of a spec's arguments, so specs grow by adding arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from nastrain.trainer import BaseTrainer, Metric
+
+__all__ = ["hookimpl", "hookspec"]
+
+hookspec = pluggy.HookspecMarker("nastrain")
+#: Marker for hook implementations: ``@nastrain.hookimpl`` above a ``nastrain_*`` function.
+hookimpl = pluggy.HookimplMarker("nastrain")
+
+
+@hookspec
+def nastrain_register_trainers(register: Callable[..., None]) -> None:
+    """Make trainer classes known by name.
+
+    Called once per plugin when the plugin manager loads. Call
+    ``register(TrainerClass)`` for each trainer; the name defaults to the class
+    attribute ``name``, else the class name; ``register(cls, name="alias")``
+    adds an alias. One-shot trainers registered here take any Python
+    arguments. Two plugins registering one name is an error naming both.
+    """
+
+
+@hookspec(firstresult=True)
+def nastrain_fit(trainer: BaseTrainer) -> Any:
+    """Run ``trainer.fit()``; every call of a trainer's ``fit`` comes through here.
+
+    The core's default implementation (``trylast``) calls the trainer's own
+    ``fit`` and returns a non-``None`` marker, so plugins usually implement
+    this as a wrapper, ``@hookimpl(wrapper=True)`` with ``result = yield``, to
+    run code around every fit (timing, logging, device placement). A plain
+    implementation that returns a non-``None`` value replaces the fit
+    (first result wins).
+    """
+
+
+@hookspec(firstresult=True)
+def nastrain_export(trainer: BaseTrainer) -> dict[str, Any] | None:
+    """Return the architecture ``trainer`` found; every ``export()`` comes through here.
+
+    First result wins. The core's default implementation (``trylast``) calls
+    the trainer's own ``export``. A wrapper sees (and may check) the result.
+    """
+
+
+@hookspec(firstresult=True)
+def nastrain_replace_module(
+    module: nn.Module, trainer: BaseTrainer | None, init_fn: Callable[[nn.Module], nn.Module] | None
+) -> nn.Module | None:
+    """Return the module that replaces the choice ``module`` for ``trainer``, or ``None``.
+
+    Called by :func:`nastrain.utils.replace_layer_choice`,
+    :func:`~nastrain.utils.replace_input_choice` and
+    :func:`~nastrain.utils.replace_choices` for every choice in a model.
+    First result wins; ``None`` means "not mine". ``trainer`` is the one-shot
+    trainer doing the replacement (``None`` outside one). ``init_fn`` is the
+    function the caller passed, if any; the core's default implementation
+    (``trylast``) returns ``init_fn(module)``. A plugin teaches a one-shot
+    algorithm a new kind of choice by answering for that choice type and
+    that trainer type.
+    """
+
+
+@hookspec
+def nastrain_on_report(trainer: BaseTrainer | None, metric: Metric, final: bool) -> None:
+    """Called for every reported result (broadcast to every plugin).
+
+    ``metric`` is already validated: a float or a dict of floats with a
+    ``"default"`` key. ``final`` tells ``report_final_result`` from
+    ``report_intermediate_result``. ``trainer`` is the trainer whose ``fit`` is
+    running, or ``None`` when reporting from outside any fit.
+    """

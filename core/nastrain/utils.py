@@ -1,0 +1,111 @@
+"""Utilities for one-shot trainers: replacing the choices of a model space.
+
+These are the trainer guide's ``replace_layer_choice`` and
+``replace_input_choice``; every replacement goes through the
+``nastrain_replace_module`` hook, so a plugin can supply (or wrap) the module
+that relaxes a kind of choice for a kind of trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from nastrain import plugins
+from nastrain.mutables import InputChoice, LayerChoice, Mutable
+from nastrain.trainer import BaseTrainer, trainer_in_context
+
+__all__ = ["replace_choices", "replace_input_choice", "replace_layer_choice"]
+
+Replaced = list[tuple[str, nn.Module]]
+
+
+def _replace(
+    model: nn.Module,
+    kind: type[Mutable],
+    init_fn: Callable[[nn.Module], nn.Module] | None,
+    modules: Replaced | None,
+    trainer: BaseTrainer | None,
+) -> Replaced:
+    if modules is None:
+        modules = []
+    if trainer is None:
+        trainer = trainer_in_context()
+    if isinstance(model, kind):
+        raise ValueError(
+            f"the model itself is a {type(model).__name__} ({model.label!r}); wrap it in a "
+            "module so that it can be replaced in place"
+        )
+    done: dict[int, nn.Module] = {}  # a module shared at several places is replaced once
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if not isinstance(child, kind):
+                visit(child)
+                continue
+            if id(child) in done:
+                parent._modules[name] = done[id(child)]
+                continue
+            new = plugins.call_replace_module(child, trainer, init_fn)
+            if new is None:
+                raise LookupError(
+                    f"nothing replaces {type(child).__name__} {child.label!r} for trainer "
+                    f"{type(trainer).__name__ if trainer is not None else None}: pass an init_fn, "
+                    "or install a plugin whose nastrain_replace_module handles it"
+                )
+            if not isinstance(new, nn.Module) or isinstance(new, Mutable):
+                raise TypeError(
+                    f"the replacement of {type(child).__name__} {child.label!r} must be an "
+                    f"nn.Module that is not itself a choice, got {type(new).__name__}"
+                )
+            parent._modules[name] = done[id(child)] = new
+            modules.append((child.label, new))
+            visit(new)  # choices nested in the candidates
+
+    visit(model)
+    return modules
+
+
+def replace_layer_choice(
+    model: nn.Module,
+    init_fn: Callable[[LayerChoice], nn.Module] | None = None,
+    modules: Replaced | None = None,
+    *,
+    trainer: BaseTrainer | None = None,
+) -> Replaced:
+    """Replace every ``LayerChoice`` in ``model``, in place, by ``init_fn(choice)``.
+
+    Appends ``(label, new_module)`` to ``modules`` (a new list when ``None``)
+    and returns it; choices that share a label each appear, under that label. Nested
+    choices are replaced too. ``trainer`` defaults to the one-shot trainer
+    whose ``__init__`` is running.
+    """
+    return _replace(model, LayerChoice, init_fn, modules, trainer)  # type: ignore[arg-type]
+
+
+def replace_input_choice(
+    model: nn.Module,
+    init_fn: Callable[[InputChoice], nn.Module] | None = None,
+    modules: Replaced | None = None,
+    *,
+    trainer: BaseTrainer | None = None,
+) -> Replaced:
+    """Replace every ``InputChoice`` in ``model``, in place; see :func:`replace_layer_choice`."""
+    return _replace(model, InputChoice, init_fn, modules, trainer)  # type: ignore[arg-type]
+
+
+def replace_choices(
+    model: nn.Module,
+    trainer: BaseTrainer | None = None,
+    modules: Replaced | None = None,
+) -> Replaced:
+    """Replace every choice of any kind with what the plugins' ``nastrain_replace_module`` gives.
+
+    This is how a first- or third-party one-shot trainer relaxes a space: it
+    answers the hook for the choice types it knows, and another plugin can
+    add a new choice type for it.
+    """
+    return _replace(model, Mutable, None, modules, trainer)
