@@ -139,6 +139,13 @@ _state: _State | None = None
 _decorated = _Registry()
 
 
+def default_trainer_name(cls: type) -> str:
+    """A trainer's registered name by default: its own class attribute ``name``, else the
+    class name (an inherited ``name`` is not used, so a subclass does not clash with its base)."""
+    own = getattr(cls, "__dict__", {}).get("name")
+    return own if isinstance(own, str) and own else getattr(cls, "__name__", repr(cls))
+
+
 def _registration_hooks(pm: pluggy.PluginManager, plugin: object) -> list[Any]:
     return [
         impl
@@ -165,9 +172,7 @@ def _add_plugin(
         provided: list[str] = []
 
         def register(cls: type, name: str | None = None) -> None:
-            reg_name = name or getattr(cls, "name", None) or getattr(cls, "__name__", None)
-            if not isinstance(reg_name, str):
-                reg_name = cls.__name__
+            reg_name = name or default_trainer_name(cls)
             if not state.registry.add(cls, reg_name, provider):
                 others = [
                     e.describe() for e in state.registry.entries[reg_name] if e.cls is not cls
