@@ -32,6 +32,10 @@ __all__ = [
 #: Ways an :class:`InputChoice` combines the inputs it selects.
 REDUCTIONS = ("sum", "mean", "concat", "none")
 
+# Default of the first constructor argument: copy.deepcopy and pickle call __new__ without
+# arguments, and must get a bare instance; a user passing None must get a clear error.
+_NOARG: Any = object()
+
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
 
 
@@ -54,6 +58,15 @@ class _FixedArch:
     def __init__(self, arch: Mapping[str, Any]) -> None:
         self.arch = dict(arch)
         self.used: set[str] = set()
+        self.shapes: dict[str, tuple[Any, ...]] = {}  # what each label's first choice offered
+
+    def check_shared(self, label: str, shape: tuple[Any, ...]) -> None:
+        first = self.shapes.setdefault(label, shape)
+        if first != shape:
+            raise ValueError(
+                f"label {label!r} is shared by incompatible choices ({first} and {shape}); "
+                "choices with one label are one decision and need the same candidates"
+            )
 
 
 _fixed: contextvars.ContextVar[_FixedArch | None] = contextvars.ContextVar(
@@ -116,10 +129,13 @@ def fixed_arch(arch: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         )
 
 
-def _fixed_value(label: str) -> tuple[bool, Any]:
+def _fixed_value(label: str, shape: Any) -> tuple[bool, Any]:
+    """The value ``fixed_arch`` gives ``label``; ``shape`` (a callable describing the choice)
+    is only evaluated inside a fixed_arch block."""
     state = _fixed.get()
     if state is None:
         return False, None
+    state.check_shared(label, shape())
     if label not in state.arch:
         raise ValueError(
             f"fixed_arch: the architecture has no value for choice {label!r}; "
@@ -165,12 +181,13 @@ class LayerChoice(Mutable):
 
     names: list[str]
 
-    def __new__(cls, candidates: Any = None, *, label: str | None = None) -> Any:
-        if candidates is None:
-            # copy.deepcopy and pickle call __new__ without arguments.
+    def __new__(cls, candidates: Any = _NOARG, *, label: str | None = None) -> Any:
+        if candidates is _NOARG:
             return super().__new__(cls)
         resolved = _derive_label(label, "layerchoice")
-        found, value = _fixed_value(resolved)
+        found, value = _fixed_value(
+            resolved, lambda: ("candidates", tuple(_named_candidates(candidates, resolved)))
+        )
         if found:
             named = _named_candidates(candidates, resolved)
             if not isinstance(value, str) or value not in named:
@@ -193,6 +210,14 @@ class LayerChoice(Mutable):
         self.label = self.__dict__.pop("_pending_label")
         named = _named_candidates(candidates, self.label)
         self.names = list(named)
+        # nn.Module assigns these itself (model.train() sets "training"); a child module
+        # of that name would break it. "label" and "names" are only set here, first.
+        taken = sorted(set(named) & (set(self.__dict__) - {"label", "names"}))
+        if taken:
+            raise ValueError(
+                f"LayerChoice {self.label!r}: candidate name(s) {taken} are attributes "
+                "nn.Module uses itself; rename the candidates"
+            )
         for name, module in named.items():
             # Not add_module: a candidate may be called "double", "train" or "float", which
             # are nn.Module methods; candidates are reached by index or name, not attribute.
@@ -247,6 +272,8 @@ def _named_candidates(candidates: Any, label: str) -> dict[str, nn.Module]:
 
 def reduce_tensors(tensors: list[torch.Tensor], reduction: str) -> Any:
     """Combine selected inputs: ``sum``, ``mean``, ``concat`` (on dim 1) or ``none`` (the list)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
     if reduction == "none":
         return tensors
     if len(tensors) == 1:
@@ -255,9 +282,7 @@ def reduce_tensors(tensors: list[torch.Tensor], reduction: str) -> Any:
         return torch.stack(tensors).sum(0) if len(tensors) > 2 else tensors[0] + tensors[1]
     if reduction == "mean":
         return torch.stack(tensors).mean(0)
-    if reduction == "concat":
-        return torch.cat(tensors, dim=1)
-    raise ValueError(f"unknown reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
+    return torch.cat(tensors, dim=1)
 
 
 def _check_input_choice(n_candidates: Any, n_chosen: Any, reduction: Any, label: str) -> None:
@@ -289,17 +314,18 @@ class InputChoice(Mutable):
 
     def __new__(
         cls,
-        n_candidates: Any = None,
+        n_candidates: Any = _NOARG,
         n_chosen: Any = 1,
         *,
         reduction: str = "sum",
         label: str | None = None,
     ) -> Any:
-        if n_candidates is None:
-            # copy.deepcopy and pickle call __new__ without arguments.
+        if n_candidates is _NOARG:
             return super().__new__(cls)
         resolved = _derive_label(label, "inputchoice")
-        found, value = _fixed_value(resolved)
+        found, value = _fixed_value(
+            resolved, lambda: ("n_candidates", n_candidates, "n_chosen", n_chosen)
+        )
         if found:
             _check_input_choice(n_candidates, n_chosen, reduction, resolved)
             chosen = _check_indices(value, n_candidates, n_chosen, resolved)
@@ -357,7 +383,8 @@ class ChosenInputs(nn.Module):
 
     def __init__(self, chosen: list[int], *, reduction: str = "sum", n_candidates: int) -> None:
         super().__init__()
-        self.chosen = list(chosen)
+        _check_input_choice(n_candidates, max(len(chosen), 1), reduction, "ChosenInputs")
+        self.chosen = _check_indices(list(chosen), n_candidates, len(chosen), "ChosenInputs")
         self.reduction = reduction
         self.n_candidates = n_candidates
 

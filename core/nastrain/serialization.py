@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import cattrs
 from cattrs.preconf.json import make_converter
+from cattrs.v import format_exception
 
 __all__ = ["SCHEMA_VERSION", "check_json_value", "converter", "dumps", "loads", "structure"]
 
@@ -31,8 +32,15 @@ def structure(data: Any, cls: type[T], *, what: str | None = None) -> T:
     try:
         return converter.structure(data, cls)
     except (cattrs.BaseValidationError, cattrs.ForbiddenExtraKeysError) as exc:
-        details = "; ".join(cattrs.transform_error(exc))
+        details = "; ".join(cattrs.transform_error(exc, format_exception=_describe))
         raise ValueError(f"invalid {what or cls.__name__}: {details}") from None
+
+
+def _describe(exc: BaseException, type_: Any) -> str:
+    # cattrs says only "invalid value" for a validator's ValueError; keep its message.
+    if type(exc) in (ValueError, TypeError) and str(exc):
+        return f"invalid value ({exc})"
+    return format_exception(exc, type_)
 
 
 def dumps(obj: Any) -> str:

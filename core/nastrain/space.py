@@ -139,6 +139,13 @@ class SearchSpace:
     choices: tuple[Choice, ...]
     schema_version: int = SCHEMA_VERSION
 
+    def __attrs_post_init__(self) -> None:
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(
+                f"this search space has schema_version {self.schema_version}, newer than this "
+                f"nastrain understands ({SCHEMA_VERSION}); upgrade nastrain"
+            )
+
     @classmethod
     def from_model(cls, model: nn.Module) -> SearchSpace:
         """Read the decisions of ``model``; incompatible choices sharing a label are an error."""
