@@ -147,14 +147,13 @@ class BaseTrainer:
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         missing = [
             name
-            for name in _HOOKED
+            for name in dir(cls)
             if getattr(getattr(cls, name, None), "__isabstractmethod__", False)
         ]
         if missing:
-            kind = "BaseOneShotTrainer" if issubclass(cls, BaseOneShotTrainer) else "BaseTrainer"
             raise TypeError(
                 f"{cls.__qualname__} cannot be instantiated: it does not implement "
-                f"{', '.join(m + '()' for m in missing)}, which every {kind} must define"
+                f"{', '.join(m + '()' for m in missing)}, which its base class requires"
             )
         self = super().__new__(cls)
         self.intermediate_results = []

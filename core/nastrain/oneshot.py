@@ -1,0 +1,440 @@
+"""Shared mechanics of one-shot trainers: the supernet's data, epoch loop, progress,
+reporting, checkpoints and seeding, written once for every one-shot plugin.
+
+An algorithm (DARTS, ENAS, SPOS, ...) subclasses :class:`SupernetTrainer` and
+writes only what is its own: ``search_step`` (one step on a batch of the weight
+half and one of the architecture half), ``checkpointables`` (what else to save),
+``epoch_record`` (what to remember per epoch) and ``export``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import os
+import random
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
+
+from nastrain.reporting import report_intermediate_result
+from nastrain.serialization import SCHEMA_VERSION, dumps, loads
+from nastrain.space import SearchSpace
+from nastrain.trainer import BaseOneShotTrainer
+
+__all__ = ["CheckpointMeta", "SupernetTrainer", "rng_state", "set_rng_state"]
+
+logger = logging.getLogger("nastrain")
+
+CHECKPOINT_TENSORS = "checkpoint.pt"
+CHECKPOINT_META = "checkpoint.json"
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointMeta:
+    """The JSON half of a checkpoint (the tensors are in ``checkpoint.pt``)."""
+
+    trainer: str
+    epoch: int
+    space: SearchSpace
+    python_rng: list[Any]
+    numpy_rng: list[Any] | None = None
+    history: list[dict[str, Any]] = attrs.field(factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], list[Any], list[Any] | None]:
+    """torch's (tensors), Python's and NumPy's (JSON-ready) global RNG states."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = state
+    version, internal, gauss = random.getstate()
+    python = [version, list(internal), gauss]
+    numpy_state = None
+    if "numpy" in sys.modules:
+        name, keys, pos, has_gauss, cached = sys.modules["numpy"].random.get_state()
+        numpy_state = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    return tensors, python, numpy_state
+
+
+def set_rng_state(
+    tensors: Mapping[str, torch.Tensor], python: list[Any], numpy_state: list[Any] | None
+) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    if numpy_state is not None:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = numpy_state
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Python and (when loaded) NumPy."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed % 2**32)
+
+
+def _resolve_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _check_batch(batch: Any, what: str) -> None:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        got = type(batch).__name__ + (
+            f" of length {len(batch)}" if hasattr(batch, "__len__") else ""
+        )
+        raise TypeError(
+            f"{what} must yield (input, target) pairs, but a batch is a {got}; wrap the data in "
+            "a Dataset whose items are (x, y)"
+        )
+
+
+class _Meter:
+    """Running means of the step metrics of one epoch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def update(self, metrics: Mapping[str, float]) -> None:
+        self.count += 1
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+
+    def means(self) -> dict[str, float]:
+        return {key: total / max(self.count, 1) for key, total in self.sums.items()}
+
+
+class SupernetTrainer(BaseOneShotTrainer):
+    """Base class of one-shot trainers that train a supernet epoch by epoch.
+
+    It reads the search space off ``model`` (a model without choices is an
+    error), splits ``dataset`` into a weight half and an architecture half (as
+    in DARTS and ENAS; ``valid_dataset``, when given, is the architecture
+    data instead), runs ``num_epochs`` epochs of :meth:`search_step` over
+    ``zip(weight batches, architecture batches)`` with a progress bar, reports
+    each epoch's mean metrics with ``report_intermediate_result``, keeps them in
+    :attr:`history`, and writes a checkpoint to ``checkpoint_dir`` after every
+    epoch. A trainer built with a ``checkpoint_dir`` that holds a checkpoint
+    resumes from it in :meth:`fit`: same seed, same result as a run that was
+    never interrupted.
+
+    Subclasses call ``super().__init__`` first, then replace the choices,
+    build their optimizers, and implement :meth:`search_step`,
+    :meth:`checkpointables` and ``export``.
+    """
+
+    #: The registered name, recorded in checkpoints.
+    name = "supernet"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss: Callable[[Any, Any], torch.Tensor],
+        metrics: Callable[[Any, Any], Mapping[str, float]] | None,
+        num_epochs: int,
+        dataset: Dataset,
+        valid_dataset: Dataset | None = None,
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Any = None,
+        log_frequency: int | None = None,
+        seed: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+            raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.space = SearchSpace.from_model(model)
+        if not self.space.choices:
+            raise ValueError(
+                f"{type(self).__name__}: the model has no LayerChoice or InputChoice, so there "
+                "is nothing to search; train it with a classic trainer instead"
+            )
+        self.seed = seed
+        if seed is not None:
+            seed_everything(seed)
+        self.model = model
+        self.loss = loss
+        self.metrics = metrics
+        self.num_epochs = num_epochs
+        self.batch_size = batch_size
+        self.workers = workers
+        self.device = _resolve_device(device)
+        self.log_frequency = log_frequency
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.progress = progress
+        #: One record per finished epoch: ``epoch``, ``metrics`` and what the algorithm adds.
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0  # epochs completed
+        self.data_generator = torch.Generator()
+        self.data_generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        self.train_loader, self.valid_loader = self._loaders(dataset, valid_dataset)
+
+    # --- data ---------------------------------------------------------------------------
+
+    def _loaders(
+        self, dataset: Dataset, valid_dataset: Dataset | None
+    ) -> tuple[DataLoader, DataLoader]:
+        for what, data in (("dataset", dataset), ("valid_dataset", valid_dataset)):
+            if data is not None and not hasattr(data, "__getitem__"):
+                raise TypeError(f"{what} must be a torch Dataset, got {type(data).__name__}")
+        common = {
+            "batch_size": self.batch_size,
+            "num_workers": self.workers,
+            "generator": self.data_generator,
+            "persistent_workers": self.workers > 0,
+            "pin_memory": self.device.type == "cuda",
+        }
+        self._valid_name = "dataset" if valid_dataset is None else "valid_dataset"
+        if valid_dataset is None:
+            n = len(dataset)  # type: ignore[arg-type]
+            if n < 2:
+                raise ValueError(f"dataset has {n} item(s); it is split in halves, so it needs 2+")
+            split = n // 2
+            train = DataLoader(
+                dataset, sampler=SubsetRandomSampler(range(split), self.data_generator), **common
+            )
+            valid = DataLoader(
+                dataset,
+                sampler=SubsetRandomSampler(range(split, n), self.data_generator),
+                **common,
+            )
+        else:
+            train = DataLoader(dataset, shuffle=True, **common)
+            valid = DataLoader(valid_dataset, shuffle=True, **common)
+        return train, valid
+
+    def to_device(self, batch: Any) -> Any:
+        """Move a batch (tensors, or tuples/lists/dicts of them) to :attr:`device`."""
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(self.to_device(item) for item in batch)
+        if isinstance(batch, dict):
+            return {key: self.to_device(value) for key, value in batch.items()}
+        return batch
+
+    def compute_metrics(self, logits: Any, target: Any) -> dict[str, float]:
+        """The user's ``metrics(logits, target)`` as a dict of floats (empty without one)."""
+        if self.metrics is None:
+            return {}
+        result = self.metrics(logits, target)
+        if not isinstance(result, Mapping):
+            result = {"metric": result}
+        return {key: float(value) for key, value in result.items()}
+
+    # --- what an algorithm writes -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
+        """One search step; returns metrics, at least ``"loss"`` (checked to be finite)."""
+
+    def checkpointables(self) -> dict[str, Any]:
+        """Objects with ``state_dict``/``load_state_dict`` to checkpoint beyond the model
+        (optimizers, schedulers, architecture parameters, controllers)."""
+        return {}
+
+    def epoch_record(self) -> dict[str, Any]:
+        """JSON-ready extras for this epoch's :attr:`history` record."""
+        return {}
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _progress_enabled(self) -> bool:
+        if self.progress is not None:
+            return bool(self.progress)
+        return sys.stderr.isatty()
+
+    def fit(self) -> None:
+        """Search for ``num_epochs`` epochs, resuming from ``checkpoint_dir`` if it holds one."""
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_META).exists():
+            self.load_checkpoint(self.checkpoint_dir)
+            logger.info(
+                "resumed %s from %s after epoch %d", self.name, self.checkpoint_dir, self.epoch
+            )
+        self.model.to(self.device)
+        progress = None
+        if self._progress_enabled():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"),
+                transient=False,
+            )
+            progress.start()
+        try:
+            while self.epoch < self.num_epochs:
+                self._run_epoch(progress)
+        finally:
+            if progress is not None:
+                progress.stop()
+
+    def _run_epoch(self, progress: Any) -> None:
+        epoch = self.epoch
+        meter = _Meter()
+        steps = min(len(self.train_loader), len(self.valid_loader))
+        task = None
+        if progress is not None:
+            task = progress.add_task(f"epoch {epoch + 1}/{self.num_epochs}", total=steps, status="")
+        self.model.train()
+        for step, (train_batch, valid_batch) in enumerate(
+            zip(self.train_loader, self.valid_loader)
+        ):
+            if step == 0:
+                _check_batch(train_batch, "dataset")
+                _check_batch(valid_batch, self._valid_name)
+            metrics = self.search_step(self.to_device(train_batch), self.to_device(valid_batch))
+            loss = metrics.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                kept = ""
+                if self.checkpoint_dir is not None and epoch > 0:
+                    kept = f"; the checkpoint after epoch {epoch} is kept in {self.checkpoint_dir}"
+                raise FloatingPointError(
+                    f"{type(self).__name__}: the loss became {loss} at epoch {epoch + 1}, step "
+                    f"{step + 1}{kept}; lower the learning rate or check the data"
+                )
+            meter.update(metrics)
+            status = "  ".join(f"{k} {v:.4g}" for k, v in meter.means().items())
+            if task is not None:
+                progress.update(task, advance=1, status=status)
+            if self.log_frequency and (step + 1) % self.log_frequency == 0:
+                logger.info(
+                    "epoch %d/%d step %d/%d: %s",
+                    epoch + 1,
+                    self.num_epochs,
+                    step + 1,
+                    steps,
+                    status,
+                )
+        self.after_epoch()
+        means = meter.means()
+        record = {"epoch": epoch + 1, "metrics": means, **self.epoch_record()}
+        self.history.append(record)
+        self.epoch = epoch + 1
+        if means:
+            default = next((v for k, v in means.items() if k != "loss"), means.get("loss", 0.0))
+            report_intermediate_result({"default": default, **means})
+        if self.checkpoint_dir is not None:
+            self.save_checkpoint(self.checkpoint_dir)
+
+    def after_epoch(self) -> None:
+        """Runs after each epoch's steps, before its record and checkpoint (e.g. schedulers)."""
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the trainer's state after :attr:`epoch` epochs into ``directory``.
+
+        Tensors (model, optimizers, RNG states) go to ``checkpoint.pt`` through
+        ``torch.save``; the rest (epoch, RNG states of Python and NumPy, the
+        space, the history) to ``checkpoint.json``. Both are written to temporary
+        files first and renamed, the JSON last, so a crash leaves the previous
+        checkpoint whole.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch_rng, python_rng, numpy_rng = rng_state()
+        tensors = {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "extra": {key: obj.state_dict() for key, obj in self.checkpointables().items()},
+            "rng": {**torch_rng, "data": self.data_generator.get_state()},
+        }
+        meta = CheckpointMeta(
+            trainer=self.name,
+            epoch=self.epoch,
+            space=self.space,
+            python_rng=python_rng,
+            numpy_rng=numpy_rng,
+            history=self.history,
+        )
+        tmp_tensors = directory / (CHECKPOINT_TENSORS + ".tmp")
+        tmp_meta = directory / (CHECKPOINT_META + ".tmp")
+        torch.save(tensors, tmp_tensors)
+        tmp_meta.write_text(dumps(meta))
+        os.replace(tmp_tensors, directory / CHECKPOINT_TENSORS)
+        os.replace(tmp_meta, directory / CHECKPOINT_META)
+        return directory
+
+    def load_checkpoint(self, directory: str | os.PathLike[str]) -> None:
+        """Restore what :meth:`save_checkpoint` wrote; refuses a checkpoint of another space."""
+        directory = Path(directory)
+        meta = loads((directory / CHECKPOINT_META).read_text(), CheckpointMeta, what="checkpoint")
+        if meta.trainer != self.name:
+            raise ValueError(
+                f"{directory} holds a checkpoint of trainer {meta.trainer!r}, not {self.name!r}"
+            )
+        _check_same_space(meta.space, self.space, directory)
+        tensors = torch.load(
+            directory / CHECKPOINT_TENSORS, map_location=self.device, weights_only=True
+        )
+        if tensors["epoch"] != meta.epoch:
+            raise ValueError(
+                f"{directory}: checkpoint.pt is from epoch {tensors['epoch']} but checkpoint.json "
+                f"from epoch {meta.epoch}; the files do not belong together"
+            )
+        self.model.load_state_dict(tensors["model"])
+        for key, obj in self.checkpointables().items():
+            obj.load_state_dict(tensors["extra"][key])
+        rng = {k: v.cpu() for k, v in tensors["rng"].items()}
+        self.data_generator.set_state(rng.pop("data"))
+        set_rng_state(rng, meta.python_rng, meta.numpy_rng)
+        self.history = list(meta.history)
+        self.epoch = meta.epoch
+
+
+def _check_same_space(saved: SearchSpace, current: SearchSpace, directory: Path) -> None:
+    by_label = {choice.label: choice for choice in saved.choices}
+    for choice in current.choices:
+        other = by_label.pop(choice.label, None)
+        if other is None:
+            raise ValueError(
+                f"{directory} is a checkpoint of another search space: it has no choice "
+                f"{choice.label!r}"
+            )
+        if other != choice:
+            raise ValueError(
+                f"{directory} is a checkpoint of another search space: choice {choice.label!r} "
+                f"differs ({other} there, {choice} here)"
+            )
+    if by_label:
+        raise ValueError(
+            f"{directory} is a checkpoint of another search space: it has choice "
+            f"{next(iter(by_label))!r}, which this model lacks"
+        )
+
+
+def json_floats(values: Iterable[float]) -> list[float]:
+    """Round floats for JSON records (6 significant digits are plenty to plot)."""
+    return [float(f"{v:.6g}") for v in values]

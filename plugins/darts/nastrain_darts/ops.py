@@ -1,0 +1,187 @@
+"""The eight candidate operations of the DARTS CNN search space (Liu et al., 2019, §3.1).
+
+Every operation maps ``C`` channels to ``C`` channels; at ``stride=2`` it halves the
+spatial size (rounding up, so odd sizes work too). :data:`OPS` builds one by its
+paper name, :data:`PRIMITIVES` lists those names in the paper's order. ``affine``
+is the BatchNorm setting: ``False`` during search, as in the paper, so the
+architecture weights alone scale each operation's output.
+
+All ReLUs are out of place: a cell feeds one state into several edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "OPS",
+    "PRIMITIVES",
+    "DilConv",
+    "FactorizedReduce",
+    "ReLUConvBN",
+    "SepConv",
+    "Zero",
+]
+
+
+class Zero(nn.Module):
+    """The ``none`` operation: an edge that carries nothing.
+
+    ``nastrain_zero = True`` tells one-shot trainers that the output is zero
+    whatever the input, so they may skip running this module. Run anyway, it
+    returns zeros of the shape the other operations on its edge produce (the
+    spatial size halved, rounding up, at ``stride=2``) and the input's dtype,
+    device and memory format.
+    """
+
+    nastrain_zero = True
+
+    def __init__(self, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return torch.zeros_like(x)
+        # A strided view costs nothing and has exactly the downsampled shape.
+        return torch.zeros_like(x[:, :, :: self.stride, :: self.stride])
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU, convolution, BatchNorm: the cell's 1x1 input preprocessing."""
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool = True,
+    ) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class DilConv(nn.Sequential):
+    """Dilated depthwise-separable convolution: ReLU, depthwise conv, 1x1 conv, BatchNorm.
+
+    ``dil_conv_3x3`` and ``dil_conv_5x5`` use dilation 2 (receptive fields 5x5 and 9x9).
+    """
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
+    ) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(
+                C_in,
+                C_in,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=C_in,
+                bias=False,
+            ),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Separable convolution, applied twice as in the paper: two (ReLU, depthwise conv,
+    1x1 conv, BatchNorm) blocks; only the first one strides."""
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool = True,
+    ) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_in, 1, bias=False),
+            nn.BatchNorm2d(C_in, affine=affine),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, 1, padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the spatial size without dropping pixels: two 1x1 stride-2 convolutions, one on
+    the input and one on the input shifted by one pixel, concatenated on channels.
+
+    ``skip_connect`` at stride 2, and the preprocessing of a cell's older input when the
+    previous cell was a reduction cell. ``C_out`` must be even.
+    """
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True) -> None:
+        super().__init__()
+        if C_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even C_out, got {C_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        shifted = x[:, :, 1:, 1:]
+        height, width = x.shape[-2:]
+        if height % 2 or width % 2:
+            # On an odd side the shifted path would come out one pixel short; pad it back.
+            shifted = F.pad(shifted, (0, width % 2, 0, height % 2))
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+#: A factory ``(C, stride, affine) -> nn.Module`` for each operation, by paper name.
+OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
+    "none": lambda C, stride, affine: Zero(stride),
+    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(
+        3, stride=stride, padding=1, count_include_pad=False
+    ),
+    "skip_connect": lambda C, stride, affine: (
+        nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
+    ),
+    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
+    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
+    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
+    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
+}
+
+#: The candidate operations of the search space, in the paper's order.
+PRIMITIVES: list[str] = [
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+]

@@ -1,0 +1,399 @@
+"""DARTS: Differentiable Architecture Search (Liu, Simonyan & Yang, ICLR 2019).
+
+Every choice is relaxed into a softmax-weighted mixture of its candidates
+(``DartsLayerChoice``, ``DartsInputChoice``); the mixture weights, the
+architecture parameters alpha, are trained by gradient descent on the
+architecture half of the data while the supernet's weights w are trained on
+the other half (the paper's eq. 3-4, alternating). ``unrolled=True`` is the
+paper's second-order approximation (eq. 6-8): the architecture gradient is
+taken at the weights after one virtual SGD step, with the Hessian-vector
+product replaced by a finite difference.
+
+The data, epoch loop, progress, reporting and checkpoints are the core's
+:class:`nastrain.oneshot.SupernetTrainer`; this file is the algorithm.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from nastrain import InputChoice, LayerChoice
+from nastrain.oneshot import SupernetTrainer, json_floats
+from nastrain.reporting import current_trainer
+from nastrain.utils import replace_choices
+
+__all__ = ["ArchParameters", "DartsInputChoice", "DartsLayerChoice", "DartsTrainer"]
+
+
+class ArchParameters:
+    """The architecture parameters alpha, one vector per label (shared labels share it).
+
+    Kept outside ``model.parameters()`` on purpose, so that the weights'
+    optimizer, gradient clipping and the unrolled step's backup never touch
+    alpha. ``state_dict``/``load_state_dict`` make it checkpointable.
+    """
+
+    def __init__(self, device: torch.device, init_scale: float = 1e-3) -> None:
+        self.device = device
+        self.init_scale = init_scale
+        self.alphas: dict[str, nn.Parameter] = {}
+
+    def get(self, label: str, size: int) -> nn.Parameter:
+        """alpha for ``label``, created (small random values, as in the paper) on first use."""
+        alpha = self.alphas.get(label)
+        if alpha is None:
+            alpha = nn.Parameter(torch.randn(size, device=self.device) * self.init_scale)
+            self.alphas[label] = alpha
+        elif alpha.numel() != size:
+            raise ValueError(
+                f"label {label!r} needs {size} architecture weights, has {alpha.numel()}"
+            )
+        return alpha
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every alpha, in the order the labels were first seen."""
+        return list(self.alphas.values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {label: alpha.detach().clone() for label, alpha in self.alphas.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.alphas) - set(state))
+        if missing:
+            raise ValueError(f"architecture parameters for {missing} are missing from the state")
+        with torch.no_grad():
+            for label, alpha in self.alphas.items():
+                alpha.copy_(state[label])
+
+    def softmax(self) -> dict[str, list[float]]:
+        """softmax(alpha) per label, JSON-ready: what a user plots over epochs."""
+        with torch.no_grad():
+            return {
+                label: json_floats(F.softmax(a, -1).tolist()) for label, a in self.alphas.items()
+            }
+
+
+class DartsLayerChoice(nn.Module):
+    """A ``LayerChoice`` relaxed as DARTS does: sum_i softmax(alpha)_i * candidate_i(x).
+
+    Candidates marked ``nastrain_zero = True`` (the ``none`` op) output zeros,
+    so they are not computed; their weight still takes part in the softmax,
+    which leaves the result exactly as if they had been.
+    """
+
+    def __init__(self, choice: LayerChoice, alpha: nn.Parameter) -> None:
+        super().__init__()
+        self.label = choice.label
+        self.names = list(choice.names)
+        self.ops = nn.ModuleList(list(choice))
+        self._alpha = [alpha]  # a list, so it is not registered as this module's parameter
+        self.computed = [
+            i for i, op in enumerate(self.ops) if not getattr(op, "nastrain_zero", False)
+        ]
+        if not self.computed:  # every candidate is zero: run one for the output's shape
+            self.computed = [0]
+
+    @property
+    def alpha(self) -> nn.Parameter:
+        """This choice's architecture parameters (shared by every choice with its label)."""
+        return self._alpha[0]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        weights = F.softmax(self.alpha, -1)
+        out = None
+        for i in self.computed:
+            term = self.ops[i](*args, **kwargs) * weights[i]
+            out = term if out is None else out + term
+        return out
+
+    def export(self, exclude: Iterable[str] = ()) -> str:
+        """The name of the strongest candidate not in ``exclude``."""
+        excluded = set(exclude)
+        order = torch.argsort(self.alpha.detach(), descending=True).tolist()
+        for i in order:
+            if self.names[i] not in excluded:
+                return self.names[i]
+        return self.names[order[0]]  # everything excluded: the strongest anyway
+
+
+class DartsInputChoice(nn.Module):
+    """An ``InputChoice`` relaxed as DARTS does: the softmax(alpha)-weighted sum of its inputs.
+
+    Stands in for reductions ``sum`` and ``mean`` (the weights sum to one);
+    ``concat`` and ``none`` cannot be mixed unless every input is chosen.
+    """
+
+    def __init__(self, choice: InputChoice, alpha: nn.Parameter) -> None:
+        super().__init__()
+        if choice.reduction not in ("sum", "mean") and choice.n_chosen != choice.n_candidates:
+            raise ValueError(
+                f"DARTS cannot relax InputChoice {choice.label!r} with reduction "
+                f"{choice.reduction!r}: use 'sum' or 'mean', or choose every input"
+            )
+        self.label = choice.label
+        self.n_candidates = choice.n_candidates
+        self.n_chosen = choice.n_chosen
+        self.reduction = choice.reduction
+        self._alpha = [alpha]
+
+    @property
+    def alpha(self) -> nn.Parameter:
+        """This choice's architecture parameters."""
+        return self._alpha[0]
+
+    def forward(self, inputs: list[torch.Tensor]) -> Any:
+        if len(inputs) != self.n_candidates:
+            raise ValueError(
+                f"InputChoice {self.label!r} expects {self.n_candidates} inputs, got {len(inputs)}"
+            )
+        if self.reduction not in ("sum", "mean"):  # every input chosen: nothing to mix
+            from nastrain.mutables import reduce_tensors
+
+            return reduce_tensors(list(inputs), self.reduction)
+        weights = F.softmax(self.alpha, -1)
+        out = inputs[0] * weights[0]
+        for i in range(1, len(inputs)):
+            out = out + inputs[i] * weights[i]
+        return out
+
+    def export(self) -> list[int]:
+        """The sorted indices of the ``n_chosen`` strongest inputs."""
+        return sorted(torch.topk(self.alpha.detach(), self.n_chosen).indices.tolist())
+
+
+def relax(module: nn.Module, trainer: DartsTrainer) -> nn.Module | None:
+    """The DARTS relaxation of a choice, or ``None`` for a choice type DARTS does not know."""
+    if isinstance(module, LayerChoice):
+        return DartsLayerChoice(module, trainer.arch.get(module.label, len(module.names)))
+    if isinstance(module, InputChoice):
+        return DartsInputChoice(module, trainer.arch.get(module.label, module.n_candidates))
+    return None
+
+
+class DartsTrainer(SupernetTrainer):
+    """DARTS, first order or (``unrolled=True``) second order.
+
+    Takes the arguments of NNI's legacy ``DartsTrainer`` (an NNI user switches
+    by changing the import) plus nastrain's own:
+
+    - ``model``: a model space; its choices are replaced in place.
+    - ``loss(logits, y)``, ``metrics(logits, y) -> dict``.
+    - ``optimizer``: the weights' optimizer (on ``model.parameters()``), or
+      ``None`` for SGD(``learning_rate``, momentum 0.9, weight decay 3e-4).
+    - ``num_epochs``, ``dataset`` (split into a weight half and an architecture
+      half unless ``valid_dataset`` is given), ``batch_size``, ``workers``,
+      ``device``, ``log_frequency``.
+    - ``grad_clip``: the weights' gradient norm is clipped to it.
+    - ``arc_learning_rate``: Adam on alpha, betas (0.5, 0.999), weight decay 1e-3.
+    - ``unrolled``: the second-order approximation.
+    - ``seed`` (seeds torch, Python and NumPy when the trainer is built: alpha's
+      initialisation, the data order, dropout; seed before building the model
+      too for a fully reproducible run), ``checkpoint_dir`` (a checkpoint per epoch; ``fit`` resumes from
+      one), ``progress`` (a progress bar; default: when stderr is a terminal),
+      ``lr_scheduler`` (stepped once per epoch and checkpointed),
+      ``export_exclude`` (candidate names ``export`` never picks; the paper
+      excludes ``none``).
+
+    After ``fit``, :attr:`history` holds each epoch's mean metrics and
+    ``alphas`` (softmax weights per label), for plotting.
+    """
+
+    name = "darts"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[[Any, Any], torch.Tensor],
+        metrics: Callable[[Any, Any], Mapping[str, float]] | None,
+        optimizer: torch.optim.Optimizer | None,
+        num_epochs: int,
+        dataset: Dataset,
+        grad_clip: float = 5.0,
+        learning_rate: float = 2.5e-3,
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Any = None,
+        log_frequency: int | None = None,
+        arc_learning_rate: float = 3.0e-4,
+        unrolled: bool = False,
+        *,
+        valid_dataset: Dataset | None = None,
+        seed: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+        lr_scheduler: Any = None,
+        export_exclude: Iterable[str] = ("none",),
+    ) -> None:
+        super().__init__(
+            model,
+            loss=loss,
+            metrics=metrics,
+            num_epochs=num_epochs,
+            dataset=dataset,
+            valid_dataset=valid_dataset,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            log_frequency=log_frequency,
+            seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            progress=progress,
+        )
+        self.grad_clip = grad_clip
+        self.unrolled = unrolled
+        self.export_exclude = tuple(export_exclude)
+        self.arch = ArchParameters(self.device)
+        self.nas_modules = replace_choices(self.model, trainer=self)
+        self.model.to(self.device)
+        self.weights = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = optimizer or torch.optim.SGD(
+            self.weights, lr=learning_rate, momentum=0.9, weight_decay=3e-4
+        )
+        self.lr_scheduler = lr_scheduler
+        self.arch_optimizer = torch.optim.Adam(
+            self.arch.parameters(), lr=arc_learning_rate, betas=(0.5, 0.999), weight_decay=1e-3
+        )
+
+    # --- one step: eq. (3)/(6) for alpha, then an ordinary step for w ----------------------
+
+    def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
+        trn_x, trn_y = train_batch
+        val_x, val_y = valid_batch
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        if self.unrolled:
+            self._unrolled_arch_gradient(trn_x, trn_y, val_x, val_y)
+        else:
+            # First order: d L_val(w, alpha) / d alpha, no weight gradients computed.
+            self.loss(self.model(val_x), val_y).backward(inputs=self.arch.parameters())
+        self.arch_optimizer.step()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(trn_x)
+        loss = self.loss(logits, trn_y)
+        loss.backward(inputs=self.weights)
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            return {"loss": float(loss), **self.compute_metrics(logits.detach(), trn_y)}
+
+    def _virtual_step_size(self) -> float:
+        """xi of eq. (6): the weights' current learning rate."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _unrolled_arch_gradient(self, trn_x: Any, trn_y: Any, val_x: Any, val_y: Any) -> None:
+        """Set alpha.grad to the second-order DARTS gradient (eq. 7-8).
+
+        grad = dL_val(w', alpha)/dalpha - xi * (dL_train(w+, alpha)/dalpha -
+        dL_train(w-, alpha)/dalpha) / (2 eps), where w' = w - xi * dL_train(w,
+        alpha)/dw (plus the optimizer's momentum and weight decay, as the
+        real step would apply), w+- = w +- eps * dL_val(w', alpha)/dw' and
+        eps = 0.01 / ||dL_val/dw'||. The weights (and buffers such as BatchNorm
+        statistics) are restored afterwards.
+        """
+        weights, alphas = self.weights, self.arch.parameters()
+        xi = self._virtual_step_size()
+        backup = [w.detach().clone() for w in weights]
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+
+        # w' = w - xi * (dL_train/dw + momentum buffer + weight decay), in place.
+        grads = torch.autograd.grad(self.loss(self.model(trn_x), trn_y), weights, allow_unused=True)
+        group = self.optimizer.param_groups[0]
+        momentum, decay = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+        with torch.no_grad():
+            for w, g in zip(weights, grads):
+                step = torch.zeros_like(w) if g is None else g.clone()
+                if decay:
+                    step.add_(w, alpha=decay)
+                buf = self.optimizer.state.get(w, {}).get("momentum_buffer") if momentum else None
+                if buf is not None:
+                    step.add_(buf, alpha=momentum)
+                w.sub_(step, alpha=xi)
+
+        # dL_val(w', alpha) with respect to w' and alpha.
+        val_loss = self.loss(self.model(val_x), val_y)
+        found = torch.autograd.grad(val_loss, [*weights, *alphas], allow_unused=True)
+        dw = [
+            torch.zeros_like(w) if g is None else g for w, g in zip(weights, found[: len(weights)])
+        ]
+        dalpha = [
+            torch.zeros_like(a) if g is None else g for a, g in zip(alphas, found[len(weights) :])
+        ]
+
+        # Finite-difference Hessian-vector product at the original w.
+        eps = 0.01 / torch.cat([g.flatten() for g in dw]).norm().clamp_min(1e-12)
+        with torch.no_grad():
+            for w, b, g in zip(weights, backup, dw):
+                w.copy_(b).add_(g, alpha=float(eps))
+        d_pos = self._alpha_grad(trn_x, trn_y, alphas)
+        with torch.no_grad():
+            for w, b, g in zip(weights, backup, dw):
+                w.copy_(b).sub_(g, alpha=float(eps))
+        d_neg = self._alpha_grad(trn_x, trn_y, alphas)
+
+        with torch.no_grad():
+            for w, b in zip(weights, backup):
+                w.copy_(b)
+            for buf, saved in zip(self.model.buffers(), buffers):
+                buf.copy_(saved)
+            for a, g, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
+                a.grad = g - xi * (gp - gn) / (2 * eps)
+
+    def _alpha_grad(self, x: Any, y: Any, alphas: list[nn.Parameter]) -> list[torch.Tensor]:
+        found = torch.autograd.grad(self.loss(self.model(x), y), alphas, allow_unused=True)
+        return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, found)]
+
+    # --- epochs, checkpoints, export ---------------------------------------------------------
+
+    def after_epoch(self) -> None:
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+
+    def epoch_record(self) -> dict[str, Any]:
+        return {"alphas": self.arch.softmax()}
+
+    @property
+    def alpha_history(self) -> list[dict[str, list[float]]]:
+        """softmax(alpha) per label after each epoch: ``alpha_history[epoch][label]``."""
+        return [record["alphas"] for record in self.history]
+
+    def checkpointables(self) -> dict[str, Any]:
+        items: dict[str, Any] = {
+            "arch": self.arch,
+            "optimizer": self.optimizer,
+            "arch_optimizer": self.arch_optimizer,
+        }
+        if self.lr_scheduler is not None:
+            items["lr_scheduler"] = self.lr_scheduler
+        return items
+
+    @torch.no_grad()
+    def export(self) -> dict[str, Any]:
+        """The strongest candidate per LayerChoice (never one of ``export_exclude``) and the
+        ``n_chosen`` strongest inputs per InputChoice, in the CONTRACT format."""
+        result: dict[str, Any] = {}
+        for label, module in self.nas_modules:
+            if label in result:
+                continue
+            if isinstance(module, DartsLayerChoice):
+                result[label] = module.export(self.export_exclude)
+            elif isinstance(module, DartsInputChoice):
+                result[label] = module.export()
+            else:  # a relaxation a third-party plugin supplied
+                result[label] = module.export()
+        return result
+
+
+def replace_for_darts(module: nn.Module, trainer: Any) -> nn.Module | None:
+    """The hook's answer: DARTS relaxations for DARTS trainers (the current one by default)."""
+    trainer = trainer if trainer is not None else current_trainer()
+    if isinstance(trainer, DartsTrainer):
+        return relax(module, trainer)
+    return None
