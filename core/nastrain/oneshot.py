@@ -276,6 +276,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         self.model.to(self.device)
         progress = None
         if self._progress_enabled():
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -290,7 +291,7 @@ class SupernetTrainer(BaseOneShotTrainer):
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[status]}"),
-                transient=False,
+                console=Console(stderr=True),
             )
             progress.start()
         try:

@@ -195,9 +195,9 @@ class DartsTrainer(SupernetTrainer):
     - ``unrolled``: the second-order approximation.
     - ``seed`` (seeds torch, Python and NumPy when the trainer is built: alpha's
       initialisation, the data order, dropout; seed before building the model
-      too for a fully reproducible run), ``checkpoint_dir`` (a checkpoint per epoch; ``fit`` resumes from
-      one), ``progress`` (a progress bar; default: when stderr is a terminal),
-      ``lr_scheduler`` (stepped once per epoch and checkpointed),
+      too for a fully reproducible run), ``checkpoint_dir`` (a checkpoint per
+      epoch; ``fit`` resumes from one), ``progress`` (a progress bar; default:
+      when stderr is a terminal), ``lr_scheduler`` (stepped once per epoch and checkpointed),
       ``export_exclude`` (candidate names ``export`` never picks; the paper
       excludes ``none``).
 

@@ -48,15 +48,9 @@ def accuracy(logits, y):
 def make(model=None, **kwargs) -> DartsTrainer:
     kwargs.setdefault("num_epochs", 2)
     kwargs.setdefault("dataset", data())
+    kwargs.setdefault("progress", False)
     return DartsTrainer(
-        model or Space(),
-        nn.CrossEntropyLoss(),
-        accuracy,
-        None,
-        batch_size=16,
-        seed=0,
-        progress=False,
-        **kwargs,
+        model or Space(), nn.CrossEntropyLoss(), accuracy, None, batch_size=16, seed=0, **kwargs
     )
 
 
@@ -188,3 +182,13 @@ def test_a_nan_loss_names_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path)
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 1.*after epoch 1 is kept"):
         trainer.fit()
     assert '"epoch": 1' in (tmp_path / "checkpoint.json").read_text()
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_per_epoch_shows_loss_and_metrics_unless_off(progress, capsys) -> None:
+    make(progress=progress).fit()
+    err = capsys.readouterr().err
+    if progress:
+        assert "epoch 1/2" in err and "epoch 2/2" in err and "loss" in err and "acc" in err
+    else:
+        assert err == ""
