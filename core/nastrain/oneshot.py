@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
@@ -106,6 +107,51 @@ def _check_batch(batch: Any, what: str) -> None:
         )
 
 
+class PointwiseConv(nn.Module):
+    """A 1x1 convolution (stride 1, no padding, one group) computed as a matrix product over
+    the channels of a channels-last tensor.
+
+    Each of the many small 1x1 convolutions of a NAS supernet costs more in the
+    convolution library's per-call overhead than in arithmetic; on the
+    channels-last layout the same product is one ``linear`` over a contiguous
+    (N, H, W, C) view. It shares ``weight`` and ``bias`` with the convolution it
+    replaces (same Parameter objects, same state_dict keys).
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.weight = conv.weight
+        self.bias = conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
+        return out.permute(0, 3, 1, 2)
+
+
+def _is_pointwise(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.Conv2d
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.padding in ((0, 0), "valid")
+        and module.dilation == (1, 1)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+    )
+
+
+def pointwise_as_matmul(model: nn.Module) -> int:
+    """Replace every plain 1x1 ``nn.Conv2d`` in ``model`` by a :class:`PointwiseConv`, in
+    place; returns how many were replaced."""
+    count = 0
+    for module in model.modules():
+        for name, child in list(module._modules.items()):
+            if child is not None and _is_pointwise(child):
+                module._modules[name] = PointwiseConv(child)
+                count += 1
+    return count
+
+
 class _Meter:
     """Running means of the step metrics of one epoch."""
 
@@ -160,6 +206,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         seed: int | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         progress: bool | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
@@ -184,6 +231,11 @@ class SupernetTrainer(BaseOneShotTrainer):
         self.log_frequency = log_frequency
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = progress
+        if channels_last is None:  # on CPUs, convolutions of NAS ops are much faster so
+            channels_last = self.device.type == "cpu" and any(
+                isinstance(m, nn.Conv2d) for m in model.modules()
+            )
+        self.channels_last = channels_last
         #: One record per finished epoch: ``epoch``, ``metrics`` and what the algorithm adds.
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # epochs completed
@@ -228,12 +280,27 @@ class SupernetTrainer(BaseOneShotTrainer):
     def to_device(self, batch: Any) -> Any:
         """Move a batch (tensors, or tuples/lists/dicts of them) to :attr:`device`."""
         if isinstance(batch, torch.Tensor):
-            return batch.to(self.device, non_blocking=True)
+            batch = batch.to(self.device, non_blocking=True)
+            if self.channels_last and batch.dim() == 4:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            return batch
         if isinstance(batch, (tuple, list)):
             return type(batch)(self.to_device(item) for item in batch)
         if isinstance(batch, dict):
             return {key: self.to_device(value) for key, value in batch.items()}
         return batch
+
+    def prepare_model(self) -> None:
+        """Move the (relaxed) model to :attr:`device` and, with ``channels_last``, switch it to
+        the channels-last memory format and run its 1x1 convolutions as matrix products.
+
+        Parameters keep their identity, so optimizers built on them stay valid.
+        Subclasses call this once their choices are replaced.
+        """
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            pointwise_as_matmul(self.model)
 
     def compute_metrics(self, logits: Any, target: Any) -> dict[str, float]:
         """The user's ``metrics(logits, target)`` as a dict of floats (empty without one)."""
@@ -273,7 +340,6 @@ class SupernetTrainer(BaseOneShotTrainer):
             logger.info(
                 "resumed %s from %s after epoch %d", self.name, self.checkpoint_dir, self.epoch
             )
-        self.model.to(self.device)
         progress = None
         if self._progress_enabled():
             from rich.console import Console

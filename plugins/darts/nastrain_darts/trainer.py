@@ -199,7 +199,9 @@ class DartsTrainer(SupernetTrainer):
       epoch; ``fit`` resumes from one), ``progress`` (a progress bar; default:
       when stderr is a terminal), ``lr_scheduler`` (stepped once per epoch and checkpointed),
       ``export_exclude`` (candidate names ``export`` never picks; the paper
-      excludes ``none``).
+      excludes ``none``), ``channels_last`` (the channels-last memory format and
+      1x1 convolutions as matrix products; default: on for a CPU and a model with
+      convolutions).
 
     After ``fit``, :attr:`history` holds each epoch's mean metrics and
     ``alphas`` (softmax weights per label), for plotting.
@@ -230,6 +232,7 @@ class DartsTrainer(SupernetTrainer):
         progress: bool | None = None,
         lr_scheduler: Any = None,
         export_exclude: Iterable[str] = ("none",),
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -245,13 +248,14 @@ class DartsTrainer(SupernetTrainer):
             seed=seed,
             checkpoint_dir=checkpoint_dir,
             progress=progress,
+            channels_last=channels_last,
         )
         self.grad_clip = grad_clip
         self.unrolled = unrolled
         self.export_exclude = tuple(export_exclude)
         self.arch = ArchParameters(self.device)
         self.nas_modules = replace_choices(self.model, trainer=self)
-        self.model.to(self.device)
+        self.prepare_model()
         self.weights = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = optimizer or torch.optim.SGD(
             self.weights, lr=learning_rate, momentum=0.9, weight_decay=3e-4
@@ -282,7 +286,7 @@ class DartsTrainer(SupernetTrainer):
             nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         self.optimizer.step()
         with torch.no_grad():
-            return {"loss": float(loss), **self.compute_metrics(logits.detach(), trn_y)}
+            return {"loss": loss.item(), **self.compute_metrics(logits.detach(), trn_y)}
 
     def _virtual_step_size(self) -> float:
         """xi of eq. (6): the weights' current learning rate."""

@@ -1,0 +1,147 @@
+"""The shared one-shot machinery: data halves, the loop, reporting, checkpoints, fast paths."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import nastrain
+from nastrain.oneshot import (
+    PointwiseConv,
+    SupernetTrainer,
+    pointwise_as_matmul,
+    rng_state,
+    set_rng_state,
+)
+from nastrain.utils import replace_layer_choice
+
+
+class First(nn.Module):
+    def __init__(self, choice):
+        super().__init__()
+        self.op = choice[0]
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class SeenTrainer(SupernetTrainer):
+    """Always the first candidate; records which samples each half delivered."""
+
+    name = "seen"
+
+    def __init__(self, model, dataset, **kwargs):
+        super().__init__(
+            model,
+            loss=nn.functional.mse_loss,
+            metrics=None,
+            num_epochs=2,
+            dataset=dataset,
+            batch_size=4,
+            progress=False,
+            **kwargs,
+        )
+        replace_layer_choice(self.model, First)
+        self.prepare_model()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.seen = {"train": set(), "valid": set()}
+
+    def search_step(self, train_batch, valid_batch):
+        self.seen["train"].update(train_batch[1][:, 0].long().tolist())
+        self.seen["valid"].update(valid_batch[1][:, 0].long().tolist())
+        self.optimizer.zero_grad()
+        loss = self.loss(self.model(train_batch[0]), train_batch[0])
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "score": 1.0}
+
+    def checkpointables(self):
+        return {"optimizer": self.optimizer}
+
+    def export(self):
+        return {"op": "0"}
+
+
+def space() -> nn.Module:
+    return nn.Sequential(nastrain.LayerChoice([nn.Linear(3, 3), nn.Identity()], label="op"))
+
+
+def indexed(n: int) -> TensorDataset:
+    return TensorDataset(torch.randn(n, 3), torch.arange(n).float().unsqueeze(1))
+
+
+def test_the_dataset_is_split_in_disjoint_halves_unless_a_valid_set_is_given() -> None:
+    trainer = SeenTrainer(space(), indexed(16), seed=0)
+    trainer.fit()
+    assert trainer.seen == {"train": set(range(8)), "valid": set(range(8, 16))}
+    other = SeenTrainer(space(), indexed(8), valid_dataset=indexed(8), seed=0)
+    other.fit()
+    assert other.seen == {"train": set(range(8)), "valid": set(range(8))}
+
+
+def test_epochs_are_reported_recorded_and_checkpointed(tmp_path) -> None:
+    trainer = SeenTrainer(space(), indexed(16), seed=0, checkpoint_dir=tmp_path)
+    trainer.fit()
+    assert [r["epoch"] for r in trainer.history] == [1, 2]
+    assert trainer.intermediate_results[0]["default"] == 1.0  # the first non-loss metric
+    again = SeenTrainer(space(), indexed(16), seed=1, checkpoint_dir=tmp_path)
+    again.load_checkpoint(tmp_path)
+    assert again.epoch == 2 and again.history == trainer.history
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.model.state_dict().values(), trainer.model.state_dict().values())
+    )
+
+
+def test_a_checkpoint_of_another_trainer_is_refused(tmp_path) -> None:
+    trainer = SeenTrainer(space(), indexed(16), seed=0, checkpoint_dir=tmp_path)
+    trainer.fit()
+
+    class Renamed(SeenTrainer):
+        name = "renamed"
+
+    with pytest.raises(ValueError, match="trainer 'seen', not 'renamed'"):
+        Renamed(space(), indexed(16), checkpoint_dir=tmp_path).fit()
+
+
+def test_rng_state_round_trips_torch_python_and_numpy() -> None:
+    import numpy as np
+
+    state = rng_state()
+    draws = (torch.rand(3), random.random(), np.random.rand())
+    set_rng_state(*state)
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(draws[0], again[0]) and draws[1:] == again[1:]
+
+
+def test_pointwise_convolutions_as_matmul_compute_the_same() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(4, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 5, 1, bias=False)
+    )
+    x = torch.randn(2, 4, 5, 5)
+    expected = model(x)
+    weight = model[0].weight
+    assert pointwise_as_matmul(model) == 2
+    assert isinstance(model[0], PointwiseConv) and model[0].weight is weight
+    model.to(memory_format=torch.channels_last)
+    out = model(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight"]
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="nothing to search"):
+        SeenTrainer(nn.Linear(3, 3), indexed(16))
+    with pytest.raises(ValueError, match="needs 2"):
+        SeenTrainer(space(), indexed(1))
+    with pytest.raises(TypeError, match="search_step"):
+
+        class Incomplete(SupernetTrainer):
+            def export(self):
+                return {}
+
+        Incomplete(space(), loss=None, metrics=None, num_epochs=1, dataset=indexed(4))
