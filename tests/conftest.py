@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -19,3 +23,12 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     data = load_digits()
     images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     return images, torch.tensor(data.target, dtype=torch.long)
+
+
+@pytest.fixture
+def trials(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """tests/fixtures/trials/nastrain_test_trials.py: model spaces and trainers whose results
+    are known functions of the architecture, importable here and in experiment workers (they
+    inherit ``sys.path``)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures" / "trials"))
+    return importlib.import_module("nastrain_test_trials")

@@ -1,12 +1,15 @@
-"""The ``nastrain`` command line: what is installed, and (with plugins) what to run."""
+"""The ``nastrain`` command line: what is installed (plugins, trainers, strategies, datasets),
+running an experiment described in a file, and reporting on its store."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import nastrain
@@ -44,9 +47,14 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         )
     for info in infos:
         trainers = ", ".join(info.trainers) or "-"
+        extra = "".join(
+            f"  {what}: {', '.join(names)}"
+            for what, names in (("strategies", info.strategies), ("datasets", info.datasets))
+            if names
+        )
         print(
             f"{info.name}  {info.distribution or '?'} {info.version or '?'}  "
-            f"({info.module})  trainers: {trainers}"
+            f"({info.module})  trainers: {trainers}{extra}"
         )
     for failure in failures:
         print(
@@ -85,6 +93,115 @@ def _cmd_trainers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_command(providers: Any, what: str, empty: str) -> Any:
+    def command(args: argparse.Namespace) -> int:
+        listing = providers()
+        if args.json:
+            document = {
+                name: [
+                    {
+                        "object": f"{getattr(e.cls, '__module__', '?')}."
+                        f"{getattr(e.cls, '__qualname__', e.cls)}",
+                        "provider": e.provider,
+                    }
+                    for e in entries
+                ]
+                for name, entries in listing.items()
+            }
+            print(json.dumps(document, indent=2))
+            return 0
+        if not listing:
+            print(empty)
+        for name, entries in listing.items():
+            conflict = "  CONFLICT: " if len(entries) > 1 else "  "
+            print(f"{name}{conflict}{' | '.join(e.describe() for e in entries)}")
+        return 0
+
+    command.__doc__ = f"List every registered {what}."
+    return command
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nastrain.experiment import load_config
+
+    # Like `python -m` (and uvicorn's --app-dir): the user's own modules are importable.
+    app_dir = os.path.abspath(args.app_dir)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    config_path = Path(args.config)
+    config = load_config(config_path)
+    store = args.store
+    if store is None and config.store is None:
+        store = config_path.with_suffix(".sqlite")
+    progress: Any = False if args.quiet else (True if sys.stderr.isatty() else "lines")
+    experiment = config.experiment(
+        config_path.resolve().parent,
+        store=store,
+        max_trials=args.max_trials,
+        concurrency=args.concurrency,
+        progress=progress,
+    )
+    result = experiment.run()
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
+    print(f"{len(result.trials)} trials ({counts}); store {experiment.store_path}")
+    best = result.best_trial
+    if best is None:
+        print("no trial succeeded; see the reasons with: nastrain report STORE")
+        return 1
+    print(f"best: trial {best.index}, {best.value:.6g}, {json.dumps(best.arch)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from nastrain.experiment import ExperimentResult
+    from nastrain.store import Store
+
+    with Store.read(args.store) as store:
+        record = store.record
+        trials = store.trials()
+    result = ExperimentResult(trials=tuple(trials), mode=record.mode, store=str(args.store))
+    ranked = result.ranked()
+    ranks = {t.index: i + 1 for i, t in enumerate(ranked)}
+    ordered = ranked + [t for t in trials if t.index not in ranks]
+    if args.top is not None:
+        ordered = ordered[: args.top]
+    if args.json:
+        document = {
+            "schema_version": record.schema_version,
+            "store": str(args.store),
+            "experiment": converter.unstructure(record),
+            "counts": result.counts(),
+            "best_arch": result.best_arch,
+            "trials": [{"rank": ranks.get(t.index), **converter.unstructure(t)} for t in ordered],
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
+    print(
+        f"{args.store}: {len(trials)} trials ({counts or 'none yet'}); strategy "
+        f"{record.strategy.name}, trainer {record.trainer.name}, "
+        f"{'larger' if record.mode == 'max' else 'smaller'} is better"
+    )
+    rows = [("rank", "trial", "status", "metric", "steps", "seconds", "architecture")]
+    for t in ordered:
+        reason = f"  {t.reason.splitlines()[0]}" if t.reason else ""
+        rows.append(
+            (
+                str(ranks.get(t.index, "-")),
+                str(t.index),
+                t.status,
+                "-" if t.value is None else f"{t.value:.6g}",
+                str(len(t.intermediate)),
+                "-" if t.seconds is None else f"{t.seconds:.1f}",
+                json.dumps(t.arch) + reason,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[6])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nastrain`` command."""
     parser = _Parser(
@@ -116,6 +233,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON: name -> providers")
     p.set_defaults(func=_cmd_trainers)
+
+    for word, plural, providers, empty in (
+        ("strategy", "strategies", plugins.strategy_providers, "no strategies registered"),
+        (
+            "dataset",
+            "datasets",
+            plugins.dataset_providers,
+            "no datasets registered (install a plugin such as nastrain-classic)",
+        ),
+    ):
+        p = commands.add_parser(
+            plural,
+            help=f"list every registered {word} name and who provides it",
+            description=f"List every {word} name made known by a loaded plugin (the core's "
+            f"built-ins included), with what provides it; a name with two providers is "
+            "marked CONFLICT.",
+        )
+        p.add_argument("--json", action="store_true", help="print JSON: name -> providers")
+        p.set_defaults(func=_registry_command(providers, word, empty))
+
+    p = commands.add_parser(
+        "run",
+        help="run (or resume) the experiment a TOML or JSON config describes",
+        description="Run a multi-trial experiment described in CONFIG (.toml or .json): "
+        "'space' names the model space as module:attr in your code, 'trainer' a registered "
+        "trainer (name and kwargs), 'strategy' a registered strategy. Running it again "
+        "resumes from its store (by default CONFIG with the suffix .sqlite).",
+    )
+    p.add_argument("config", metavar="CONFIG", help="the experiment config (.toml or .json)")
+    p.add_argument("--store", help="the experiment's SQLite store (overrides the config)")
+    p.add_argument("--max-trials", type=int, help="overrides max_trials")
+    p.add_argument("--concurrency", type=int, help="overrides concurrency")
+    p.add_argument(
+        "--app-dir",
+        default=".",
+        help="folder put first on sys.path, where the space's module is found (default: .)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress while trials run")
+    p.set_defaults(func=_cmd_run)
+
+    p = commands.add_parser(
+        "report",
+        help="show the trials of an experiment store, best first",
+        description="Show every trial recorded in STORE: the succeeded ones ranked by their "
+        "final result, then the others with the reason they failed. Safe while the "
+        "experiment runs.",
+    )
+    p.add_argument("store", metavar="STORE", help="an experiment's SQLite store")
+    p.add_argument("--json", action="store_true", help="print the experiment and trials as JSON")
+    p.add_argument("--top", type=int, help="show only the first TOP trials")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -86,3 +86,35 @@ def nastrain_on_report(trainer: BaseTrainer | None, metric: Metric, final: bool)
     ``report_intermediate_result``. ``trainer`` is the trainer whose ``fit`` is
     running, or ``None`` when reporting from outside any fit.
     """
+
+
+@hookspec
+def nastrain_register_strategies(register: Callable[..., None]) -> None:
+    """Make search strategies known by name.
+
+    Called once per plugin when the plugin manager loads. Call
+    ``register(StrategyClass)`` for each subclass of
+    :class:`nastrain.strategies.Strategy`; the name defaults to the class
+    attribute ``name``, else the class name; ``register(cls, name="alias")``
+    adds an alias. An experiment (``Experiment(strategy="name")``, or
+    ``strategy = "name"`` in a config file) builds the strategy by that name
+    with JSON keyword arguments. The core's own strategies (``random``,
+    ``grid``, ``evolution``, ``median_stop``) are registered through this hook
+    too. Two plugins registering one name is an error naming both.
+    """
+
+
+@hookspec
+def nastrain_register_datasets(register: Callable[..., None]) -> None:
+    """Make datasets known by name, so trainers can take a name instead of an object.
+
+    Called once per plugin when the plugin manager loads. Call
+    ``register(factory)`` or ``register(factory, name="...")`` (the name
+    defaults to the factory's attribute ``name``, else its ``__name__``). A
+    factory takes keyword arguments only (JSON values: a trainer's
+    ``dataset_kwargs``) and returns ``(train, valid)``, two
+    ``torch.utils.data.Dataset`` objects whose items are ``(input, target)``
+    pairs; it should raise an error saying what is missing and how to get it
+    when its files are not there. ``nastrain.get_dataset(name)`` returns the
+    factory. Two plugins registering one name is an error naming both.
+    """

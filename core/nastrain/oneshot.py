@@ -4,20 +4,22 @@ reporting, checkpoints and seeding, written once for every one-shot plugin.
 An algorithm (DARTS, ENAS, SPOS, ...) subclasses :class:`SupernetTrainer` and
 writes only what is its own: ``search_step`` (one step on a batch of the weight
 half and one of the architecture half), ``checkpointables`` (what else to save),
-``epoch_record`` (what to remember per epoch) and ``export``.
+``epoch_record`` (what to remember per epoch) and ``export``. An algorithm whose
+epoch is not a walk over (weight batch, architecture batch) pairs (ENAS trains the
+weights over the weight half, then its controller over the architecture half)
+overrides ``epoch_steps`` and ``steps_per_epoch`` instead of ``search_step``.
 """
 
 from __future__ import annotations
 
-import abc
 import logging
 import math
 import os
 import random
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -153,19 +155,20 @@ def pointwise_as_matmul(model: nn.Module) -> int:
 
 
 class _Meter:
-    """Running means of the step metrics of one epoch."""
+    """Running means of the step metrics of one epoch, each over the steps that report it
+    (the steps of one epoch may report different metrics, e.g. ENAS's two phases)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
     def update(self, metrics: Mapping[str, float]) -> None:
-        self.count += 1
         for key, value in metrics.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            self.counts[key] = self.counts.get(key, 0) + 1
 
     def means(self) -> dict[str, float]:
-        return {key: total / max(self.count, 1) for key, total in self.sums.items()}
+        return {key: total / self.counts[key] for key, total in self.sums.items()}
 
 
 class SupernetTrainer(BaseOneShotTrainer):
@@ -183,7 +186,8 @@ class SupernetTrainer(BaseOneShotTrainer):
     never interrupted.
 
     Subclasses call ``super().__init__`` first, then replace the choices,
-    build their optimizers, and implement :meth:`search_step`,
+    build their optimizers, and implement :meth:`search_step` (or, for an epoch
+    of another shape, :meth:`epoch_steps` and :meth:`steps_per_epoch`),
     :meth:`checkpointables` and ``export``.
     """
 
@@ -208,6 +212,15 @@ class SupernetTrainer(BaseOneShotTrainer):
         progress: bool | None = None,
         channels_last: bool | None = None,
     ) -> None:
+        cls = type(self)
+        if (
+            cls.search_step is SupernetTrainer.search_step
+            and cls.epoch_steps is SupernetTrainer.epoch_steps
+        ):
+            raise TypeError(
+                f"{cls.__qualname__} cannot be instantiated: it implements neither search_step() "
+                "nor epoch_steps(), one of which a SupernetTrainer requires"
+            )
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -277,6 +290,25 @@ class SupernetTrainer(BaseOneShotTrainer):
             valid = DataLoader(valid_dataset, shuffle=True, **common)
         return train, valid
 
+    def batches(self, half: Literal["train", "valid"]) -> Iterator[Any]:
+        """The batches of one half of the data for one pass (``"train"``: the weight half,
+        ``"valid"``: the architecture half), each checked to be an (input, target) pair and
+        moved to :attr:`device`.
+
+        The loader's iterator is created at once, as ``zip`` over the loaders would.
+        """
+        if half == "train":
+            return self._checked(iter(self.train_loader), "dataset")
+        if half == "valid":
+            return self._checked(iter(self.valid_loader), self._valid_name)
+        raise ValueError(f"half must be 'train' or 'valid', got {half!r}")
+
+    def _checked(self, batches: Iterator[Any], what: str) -> Iterator[Any]:
+        for i, batch in enumerate(batches):
+            if i == 0:
+                _check_batch(batch, what)
+            yield self.to_device(batch)
+
     def to_device(self, batch: Any) -> Any:
         """Move a batch (tensors, or tuples/lists/dicts of them) to :attr:`device`."""
         if isinstance(batch, torch.Tensor):
@@ -313,9 +345,27 @@ class SupernetTrainer(BaseOneShotTrainer):
 
     # --- what an algorithm writes -----------------------------------------------------------
 
-    @abc.abstractmethod
     def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
-        """One search step; returns metrics, at least ``"loss"`` (checked to be finite)."""
+        """One search step on a batch of each half; returns metrics, at least ``"loss"``
+        (checked to be finite). What the default :meth:`epoch_steps` runs."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} overrides epoch_steps(), which does not call search_step()"
+        )
+
+    def epoch_steps(self) -> Iterator[dict[str, float]]:
+        """Run one epoch's steps, yielding each step's metrics (a ``"loss"`` among them is
+        checked to be finite; metrics are averaged over the steps that report them).
+
+        The default is :meth:`search_step` over ``zip(weight batches, architecture
+        batches)``. An algorithm with an epoch of another shape overrides this and
+        :meth:`steps_per_epoch`, and draws its batches from :meth:`batches`.
+        """
+        for train_batch, valid_batch in zip(self.batches("train"), self.batches("valid")):
+            yield self.search_step(train_batch, valid_batch)
+
+    def steps_per_epoch(self) -> int:
+        """How many steps :meth:`epoch_steps` yields per epoch (the progress bar's total)."""
+        return min(len(self.train_loader), len(self.valid_loader))
 
     def checkpointables(self) -> dict[str, Any]:
         """Objects with ``state_dict``/``load_state_dict`` to checkpoint beyond the model
@@ -370,18 +420,12 @@ class SupernetTrainer(BaseOneShotTrainer):
     def _run_epoch(self, progress: Any) -> None:
         epoch = self.epoch
         meter = _Meter()
-        steps = min(len(self.train_loader), len(self.valid_loader))
+        steps = self.steps_per_epoch()
         task = None
         if progress is not None:
             task = progress.add_task(f"epoch {epoch + 1}/{self.num_epochs}", total=steps, status="")
         self.model.train()
-        for step, (train_batch, valid_batch) in enumerate(
-            zip(self.train_loader, self.valid_loader)
-        ):
-            if step == 0:
-                _check_batch(train_batch, "dataset")
-                _check_batch(valid_batch, self._valid_name)
-            metrics = self.search_step(self.to_device(train_batch), self.to_device(valid_batch))
+        for step, metrics in enumerate(self.epoch_steps()):
             loss = metrics.get("loss")
             if loss is not None and not math.isfinite(loss):
                 kept = ""

@@ -1,10 +1,13 @@
-"""The plugin manager: loading plugins, the trainer registry, and the typed hook facade.
+"""The plugin manager: loading plugins, the registries of trainers, strategies and
+datasets, and the typed hook facade.
 
 Plugins are found through entry points in the group ``nastrain``; the core's
 own hook implementations (:data:`BUILTIN_PLUGINS`) are registered by the same
-function. Core code calls hooks only through the facade functions at the end
-of this module (``call_fit``, ``call_export``, ...), never through
-``pm.hook`` directly.
+function. Each registry is filled by its ``nastrain_register_*`` hook and
+behaves the same way: a name two providers claim is a conflict naming both,
+and an unknown name is an error listing the known ones. Core code calls hooks
+only through the facade functions at the end of this module (``call_fit``,
+``call_export``, ...), never through ``pm.hook`` directly.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from nastrain import hookspecs
 if TYPE_CHECKING:
     from torch import nn
 
+    from nastrain.strategies import Strategy
     from nastrain.trainer import BaseTrainer, Metric
 
 __all__ = [
@@ -34,10 +38,18 @@ __all__ = [
     "PluginFailure",
     "PluginInfo",
     "PluginWarning",
+    "Provider",
+    "UnknownNameError",
+    "dataset_names",
+    "dataset_providers",
     "failed_plugins",
+    "get_dataset",
+    "get_strategy",
     "get_trainer",
     "loaded_plugins",
     "plugin_manager",
+    "strategy_names",
+    "strategy_providers",
     "trainer_names",
     "trainer_providers",
 ]
@@ -53,6 +65,16 @@ class PluginWarning(UserWarning):
     """A plugin could not be loaded (or conflicts with another); the rest goes on."""
 
 
+class UnknownNameError(KeyError):
+    """No trainer, strategy or dataset is registered under the name asked for.
+
+    A ``KeyError`` whose message (without ``KeyError``'s quotes) lists the known names.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @attrs.frozen(kw_only=True)
 class PluginInfo:
     """A loaded plugin, as ``nastrain plugins --json`` lists it."""
@@ -63,6 +85,8 @@ class PluginInfo:
     module: str
     trainers: tuple[str, ...] = ()
     builtin: bool = False
+    strategies: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -76,45 +100,96 @@ class PluginFailure:
 
 
 @attrs.frozen(kw_only=True)
-class TrainerProvider:
-    """Who made a trainer name known: a plugin, or ``register_trainer`` in some module."""
+class Provider:
+    """Who made a name known: a plugin, or ``register_trainer`` in some module.
 
-    cls: type
+    ``cls`` is what was registered: a trainer or strategy class, or a dataset factory.
+    """
+
+    cls: Any
     provider: str
 
     def describe(self) -> str:
-        return f"{self.cls.__module__}.{self.cls.__qualname__} (from {self.provider})"
+        name = getattr(self.cls, "__qualname__", None) or repr(self.cls)
+        return f"{getattr(self.cls, '__module__', '?')}.{name} (from {self.provider})"
+
+
+#: The name this record had when only trainers were registered.
+TrainerProvider = Provider
+
+
+def _check_trainer(obj: Any, name: str, provider: str) -> None:
+    from nastrain.trainer import BaseTrainer
+
+    if not (isinstance(obj, type) and issubclass(obj, BaseTrainer)):
+        raise TypeError(
+            f"{provider} registered {obj!r} as trainer {name!r}, but only subclasses of "
+            "nastrain.BaseTrainer or nastrain.BaseOneShotTrainer can be registered"
+        )
+
+
+def _check_strategy(obj: Any, name: str, provider: str) -> None:
+    from nastrain.strategies import Strategy
+
+    if not (isinstance(obj, type) and issubclass(obj, Strategy)):
+        raise TypeError(
+            f"{provider} registered {obj!r} as strategy {name!r}, but only subclasses of "
+            "nastrain.strategies.Strategy can be registered"
+        )
+
+
+def _check_dataset(obj: Any, name: str, provider: str) -> None:
+    if not callable(obj):
+        raise TypeError(
+            f"{provider} registered {obj!r} as dataset {name!r}, but a dataset is a callable "
+            "taking keyword arguments and returning (train, valid) datasets"
+        )
+
+
+@attrs.frozen
+class _Kind:
+    """One kind of registered thing: its words, its registration hook and its check."""
+
+    word: str  # "trainer"
+    plural: str  # "trainers"
+    check: Callable[[Any, str, str], None]
+
+    @property
+    def hook(self) -> str:
+        return f"nastrain_register_{self.plural}"
+
+
+TRAINERS = _Kind("trainer", "trainers", _check_trainer)
+STRATEGIES = _Kind("strategy", "strategies", _check_strategy)
+DATASETS = _Kind("dataset", "datasets", _check_dataset)
+_KINDS = (TRAINERS, STRATEGIES, DATASETS)
 
 
 class _Registry:
-    """Trainer name -> every distinct class registered under it."""
+    """Name -> every distinct object registered under it (more than one is a conflict)."""
 
-    def __init__(self) -> None:
-        self.entries: dict[str, list[TrainerProvider]] = {}
+    def __init__(self, kind: _Kind) -> None:
+        self.kind = kind
+        self.entries: dict[str, list[Provider]] = {}
 
-    def add(self, cls: type, name: str, provider: str) -> bool:
-        """Record ``cls`` under ``name``; returns False when another class already has it."""
-        from nastrain.trainer import BaseTrainer
-
-        if not (isinstance(cls, type) and issubclass(cls, BaseTrainer)):
-            raise TypeError(
-                f"{provider} registered {cls!r} as trainer {name!r}, but only subclasses of "
-                "nastrain.BaseTrainer or nastrain.BaseOneShotTrainer can be registered"
-            )
+    def add(self, obj: Any, name: str, provider: str) -> bool:
+        """Record ``obj`` under ``name``; returns False when another object already has it."""
+        self.kind.check(obj, name, provider)
         if not isinstance(name, str) or not name:
             raise TypeError(
-                f"{provider} registered {cls.__qualname__} under an invalid name {name!r}"
+                f"{provider} registered {getattr(obj, '__qualname__', obj)!r} as a "
+                f"{self.kind.word} under an invalid name {name!r}"
             )
         entries = self.entries.setdefault(name, [])
         for i, entry in enumerate(entries):
-            if entry.cls is cls or (
-                entry.cls.__module__ == cls.__module__
-                and entry.cls.__qualname__ == cls.__qualname__
+            if entry.cls is obj or (
+                getattr(entry.cls, "__module__", None) == getattr(obj, "__module__", None)
+                and getattr(entry.cls, "__qualname__", None) == getattr(obj, "__qualname__", 0)
             ):
-                # The same class, or the same class defined again (a re-run notebook cell).
-                entries[i] = TrainerProvider(cls=cls, provider=provider)
+                # The same object, or the same class defined again (a re-run notebook cell).
+                entries[i] = Provider(cls=obj, provider=provider)
                 return True
-        entries.append(TrainerProvider(cls=cls, provider=provider))
+        entries.append(Provider(cls=obj, provider=provider))
         return len(entries) == 1
 
     def remove_provider(self, provider: str) -> None:
@@ -130,26 +205,41 @@ class _State:
         self.pm.add_hookspecs(hookspecs)
         self.infos: list[PluginInfo] = []
         self.failures: list[PluginFailure] = []
-        self.registry = _Registry()
+        self.registries = {kind.plural: _Registry(kind) for kind in _KINDS}
+
+    @property
+    def registry(self) -> _Registry:
+        """The trainer registry."""
+        return self.registries[TRAINERS.plural]
+
+    def remove_provider(self, provider: str) -> None:
+        """Forget everything ``provider`` registered, in every registry."""
+        for registry in self.registries.values():
+            registry.remove_provider(provider)
 
 
 _lock = threading.RLock()
 _state: _State | None = None
 # Trainers made known by @register_trainer; they outlive a reload of the plugins.
-_decorated = _Registry()
+_decorated = _Registry(TRAINERS)
 
 
-def default_trainer_name(cls: type) -> str:
-    """A trainer's registered name by default: its own class attribute ``name``, else the
-    class name (an inherited ``name`` is not used, so a subclass does not clash with its base)."""
-    own = getattr(cls, "__dict__", {}).get("name")
-    return own if isinstance(own, str) and own else getattr(cls, "__name__", repr(cls))
+def default_name(obj: Any) -> str:
+    """A registered name by default: the object's own attribute ``name``, else its
+    ``__name__`` (an inherited ``name`` is not used, so a subclass does not clash with its
+    base)."""
+    own = getattr(obj, "__dict__", {}).get("name")
+    return own if isinstance(own, str) and own else getattr(obj, "__name__", repr(obj))
 
 
-def _registration_hooks(pm: pluggy.PluginManager, plugin: object) -> list[Any]:
+#: The name this function had when only trainers were registered.
+default_trainer_name = default_name
+
+
+def _registration_hooks(pm: pluggy.PluginManager, plugin: object, hook: str) -> list[Any]:
     return [
         impl
-        for impl in pm.hook.nastrain_register_trainers.get_hookimpls()
+        for impl in getattr(pm.hook, hook).get_hookimpls()
         if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper)
     ]
 
@@ -163,34 +253,21 @@ def _add_plugin(
     version: str | None,
     builtin: bool = False,
 ) -> None:
-    """Register one plugin and its trainers; raises on any problem (the caller cleans up)."""
+    """Register one plugin and what it provides; raises on any problem (the caller cleans up)."""
     pm = state.pm
     provider = f"plugin {name!r}" + (f" of distribution {distribution}" if distribution else "")
     pm.register(plugin, name=name)
+    provided: dict[str, list[str]] = {kind.plural: [] for kind in _KINDS}
     try:
         pm.check_pending()
-        provided: list[str] = []
-
-        def register(cls: type, name: str | None = None) -> None:
-            reg_name = name or default_trainer_name(cls)
-            if not state.registry.add(cls, reg_name, provider):
-                others = [
-                    e.describe() for e in state.registry.entries[reg_name] if e.cls is not cls
-                ]
-                warnings.warn(
-                    f"nastrain: trainer name {reg_name!r} is provided by both "
-                    f"{' and '.join(others)} and {cls.__module__}.{cls.__qualname__} "
-                    f"(from {provider}); get_trainer({reg_name!r}) will fail until one is removed",
-                    PluginWarning,
-                    stacklevel=2,
-                )
-            provided.append(reg_name)
-
-        for impl in _registration_hooks(pm, plugin):
-            impl.function(**{arg: register for arg in impl.argnames})
+        for kind in _KINDS:
+            registry = state.registries[kind.plural]
+            for impl in _registration_hooks(pm, plugin, kind.hook):
+                register = _register_callback(registry, provider, provided[kind.plural])
+                impl.function(**{arg: register for arg in impl.argnames})
     except BaseException:
         pm.unregister(plugin)
-        state.registry.remove_provider(provider)
+        state.remove_provider(provider)
         raise
     state.infos.append(
         PluginInfo(
@@ -198,10 +275,35 @@ def _add_plugin(
             distribution=distribution,
             version=version,
             module=module,
-            trainers=tuple(dict.fromkeys(provided)),
+            trainers=tuple(dict.fromkeys(provided["trainers"])),
             builtin=builtin,
+            strategies=tuple(dict.fromkeys(provided["strategies"])),
+            datasets=tuple(dict.fromkeys(provided["datasets"])),
         )
     )
+
+
+def _register_callback(
+    registry: _Registry, provider: str, provided: list[str]
+) -> Callable[..., None]:
+    """The ``register`` a plugin's ``nastrain_register_*`` hook calls."""
+    word = registry.kind.word
+
+    def register(obj: Any, name: str | None = None) -> None:
+        reg_name = name or default_name(obj)
+        if not registry.add(obj, reg_name, provider):
+            others = [e.describe() for e in registry.entries[reg_name] if e.cls is not obj]
+            this = Provider(cls=obj, provider=provider).describe()
+            warnings.warn(
+                f"nastrain: {word} name {reg_name!r} is provided by both "
+                f"{' and '.join(others)} and {this}; get_{word}({reg_name!r}) will fail until "
+                "one is removed",
+                PluginWarning,
+                stacklevel=2,
+            )
+        provided.append(reg_name)
+
+    return register
 
 
 def _selected_names() -> set[str] | None:
@@ -318,14 +420,38 @@ def register_decorated(cls: type, name: str) -> None:
             )
 
 
-def trainer_providers() -> dict[str, list[TrainerProvider]]:
-    """Every trainer name with every class that provides it (more than one is a conflict)."""
-    merged: dict[str, list[TrainerProvider]] = {}
-    for registry in (_get_state().registry, _decorated):
+def _providers(kind: _Kind) -> dict[str, list[Provider]]:
+    registries = [_get_state().registries[kind.plural]]
+    if kind is TRAINERS:
+        registries.append(_decorated)
+    merged: dict[str, list[Provider]] = {}
+    for registry in registries:
         for name, entries in registry.entries.items():
             bucket = merged.setdefault(name, [])
             bucket.extend(e for e in entries if all(e.cls is not b.cls for b in bucket))
     return dict(sorted(merged.items()))
+
+
+def _lookup(kind: _Kind, name: str) -> Any:
+    providers = _providers(kind)
+    if name not in providers:
+        raise UnknownNameError(
+            f"unknown {kind.word} {name!r}; known {kind.plural}: {sorted(providers) or 'none'} "
+            "(install a plugin that provides it, or check NASTRAIN_PLUGINS)"
+        )
+    entries = providers[name]
+    if len(entries) > 1:
+        raise ValueError(
+            f"{kind.word} name {name!r} is provided by "
+            f"{' and '.join(e.describe() for e in entries)}; uninstall one of them or "
+            "leave one out with NASTRAIN_PLUGINS"
+        )
+    return entries[0].cls
+
+
+def trainer_providers() -> dict[str, list[Provider]]:
+    """Every trainer name with every class that provides it (more than one is a conflict)."""
+    return _providers(TRAINERS)
 
 
 def trainer_names() -> list[str]:
@@ -336,23 +462,43 @@ def trainer_names() -> list[str]:
 def get_trainer(name: str) -> type[BaseTrainer]:
     """The trainer class registered as ``name``.
 
-    Raises ``KeyError`` listing the known names for an unknown name, and
-    ``ValueError`` naming both providers when two classes claim ``name``.
+    Raises :class:`UnknownNameError` (a ``KeyError``) listing the known names for an
+    unknown name, and ``ValueError`` naming both providers when two classes claim ``name``.
     """
-    providers = trainer_providers()
-    if name not in providers:
-        raise KeyError(
-            f"unknown trainer {name!r}; known trainers: {sorted(providers) or 'none'} "
-            "(install a plugin that provides it, or check NASTRAIN_PLUGINS)"
-        )
-    entries = providers[name]
-    if len(entries) > 1:
-        raise ValueError(
-            f"trainer name {name!r} is provided by "
-            f"{' and '.join(e.describe() for e in entries)}; uninstall one of them or "
-            "leave one out with NASTRAIN_PLUGINS"
-        )
-    return entries[0].cls
+    return _lookup(TRAINERS, name)
+
+
+def strategy_providers() -> dict[str, list[Provider]]:
+    """Every strategy name with every class that provides it (more than one is a conflict)."""
+    return _providers(STRATEGIES)
+
+
+def strategy_names() -> list[str]:
+    """Every strategy name that a loaded plugin (the core's included) made known, sorted."""
+    return list(strategy_providers())
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    """The strategy class registered as ``name`` (errors as for :func:`get_trainer`)."""
+    return _lookup(STRATEGIES, name)
+
+
+def dataset_providers() -> dict[str, list[Provider]]:
+    """Every dataset name with every factory that provides it (more than one is a conflict)."""
+    return _providers(DATASETS)
+
+
+def dataset_names() -> list[str]:
+    """Every dataset name that a loaded plugin made known, sorted."""
+    return list(dataset_providers())
+
+
+def get_dataset(name: str) -> Callable[..., Any]:
+    """The dataset factory registered as ``name`` (errors as for :func:`get_trainer`).
+
+    Call it with keyword arguments to get ``(train, valid)`` datasets.
+    """
+    return _lookup(DATASETS, name)
 
 
 # --- the typed facade: the only places the core calls hooks -----------------------------

@@ -27,6 +27,23 @@ SCHEMA_VERSION = 1
 converter = make_converter(forbid_extra_keys=True)
 
 
+def _strict(kind: type, accepted: tuple[type, ...]) -> Any:
+    # cattrs would coerce ("3" -> 3, 2.7 -> 2, "no" -> True): in a config a value of the
+    # wrong type is a mistake to report, not to guess at.
+    def structure_value(value: Any, _: type) -> Any:
+        if isinstance(value, bool) and bool not in accepted:
+            raise TypeError(f"expected {kind.__name__}, got a bool ({value!r})")
+        if not isinstance(value, accepted):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return kind(value)
+
+    return structure_value
+
+
+for _kind, _accepted in ((int, (int,)), (float, (int, float)), (str, (str,)), (bool, (bool,))):
+    converter.register_structure_hook(_kind, _strict(_kind, _accepted))
+
+
 def structure(data: Any, cls: type[T], *, what: str | None = None) -> T:
     """Structure ``data`` into ``cls``; a failure is a ``ValueError`` naming each bad key."""
     try:

@@ -293,7 +293,7 @@ def register_trainer(cls: T | None = None, *, name: str | None = None) -> T | Ca
             raise TypeError(
                 f"@register_trainer decorates subclasses of nastrain.BaseTrainer, got {target!r}"
             )
-        reg_name = name or plugins.default_trainer_name(target)
+        reg_name = name or plugins.default_name(target)
         if not isinstance(reg_name, str):
             raise TypeError(f"@register_trainer: name must be a str, got {reg_name!r}")
         _record_arguments(target, reg_name)

@@ -82,6 +82,8 @@ def test_installed_plugins_are_listed_with_their_distributions(venv: Venv) -> No
         "module": "nastrain_hello.plugin",
         "trainers": ["hello", "hi", "echo"],
         "builtin": False,
+        "strategies": [],
+        "datasets": [],
     }
     assert plugins["duplicate"]["distribution"] == "nastrain-broken"
     failed = {f["name"]: f for f in listing["failed"]}

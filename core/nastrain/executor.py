@@ -1,0 +1,527 @@
+"""Where an experiment's trials run.
+
+:class:`LocalExecutor` (the default) keeps ``concurrency`` persistent worker
+processes: each imports torch once, loads the plugins and the user's modules
+once, then runs one trial after another, streaming every reported result back
+through a pipe. Workers are started through multiprocessing's ``forkserver``
+(``spawn`` where there is none), so a worker costs a fork of a process that has
+already imported torch, and torch's threads are divided between them. A trial
+that raises is recorded as failed with its traceback; a worker that dies (a
+SIGKILL, an out-of-memory kill) or runs past the per-trial timeout fails its
+trial and is replaced.
+
+:class:`InlineExecutor` runs trials one at a time in the experiment's own
+process: for debugging, notebooks, and spaces that cannot be sent to another
+process.
+
+Everything on the wire is JSON, except the model space itself when it is
+given as an object: that is pickled (in memory, to our own child process)
+because a ``nn.Module`` has no other portable form. A space named as
+``module:attr`` is imported by each worker instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import multiprocessing
+import os
+import pickle
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from nastrain import plugins
+from nastrain.reporting import Metric, check_metric, use_reporter
+from nastrain.serialization import SCHEMA_VERSION, converter, structure
+from nastrain.space import Architecture, apply_arch
+from nastrain.trainer import BaseTrainer, TrainerSpec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "ExecutorError",
+    "InlineExecutor",
+    "LocalExecutor",
+    "TrialHandler",
+    "TrialJob",
+    "TrialStopped",
+    "WorkerSetup",
+    "available_cpus",
+    "load_space",
+    "run_trial",
+]
+
+_REASON_LIMIT = 4000
+
+
+class ExecutorError(RuntimeError):
+    """The workers could not be started (a setup error, not a failing trial)."""
+
+
+class TrialStopped(BaseException):
+    """Raised inside a trial's ``fit`` (from its report call) when the strategy stops it.
+
+    A ``BaseException``, so that a trainer's ``except Exception`` does not swallow it.
+    """
+
+
+@attrs.frozen(kw_only=True)
+class TrialJob:
+    """One trial as a worker receives it."""
+
+    index: int
+    attempt: int
+    arch: Architecture
+    seed: int
+    trainer: TrainerSpec
+
+
+@attrs.frozen(kw_only=True)
+class WorkerSetup:
+    """What every worker does once, before its first trial."""
+
+    #: ``module:attr`` of the model space, which the worker imports; ``None`` when the
+    #: space object is sent instead.
+    space_ref: str | None = None
+    space_kwargs: dict[str, Any] = attrs.field(factory=dict)
+    #: Modules the user named (or that define the user's space and trainer), imported
+    #: first so that their ``@register_trainer`` classes are known.
+    modules: tuple[str, ...] = ()
+    threads: int = 1
+    #: ``NASTRAIN_PLUGINS`` in the experiment's process (``None``: unset).
+    plugins: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+
+class TrialHandler(Protocol):
+    """What an executor tells the experiment."""
+
+    def on_result(self, index: int, metric: Metric, final: bool) -> bool:
+        """A reported result of trial ``index``; returning ``True`` stops the trial."""
+        ...
+
+    def on_end(self, index: int, status: str, reason: str | None) -> None:
+        """Trial ``index`` ended: ``succeeded``, ``failed`` or ``early_stopped``."""
+        ...
+
+
+def available_cpus() -> int:
+    """How many CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def load_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Import the model space the user named as ``module:attr``.
+
+    ``attr`` (dotted for nested attributes) is a ``nn.Module`` or a callable
+    returning one, called with ``kwargs``.
+    """
+    from torch import nn
+
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(
+            f"space {ref!r} must be given as 'module:attr', e.g. 'myproject.spaces:Net' "
+            "(a module of your code and a model or a function/class returning one)"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"cannot import module {module_name!r} of space {ref!r}: {exc} (is it on sys.path? "
+            "`nastrain run` adds the current directory, or pass --app-dir)"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"space {ref!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, nn.Module):
+        if kwargs:
+            raise ValueError(
+                f"space {ref!r} is a model, not a function: it takes no space_kwargs "
+                f"(got {sorted(kwargs)})"
+            )
+        return obj
+    if not callable(obj):
+        raise TypeError(f"space {ref!r} is a {type(obj).__name__}, not a model or a function")
+    model = obj(**(kwargs or {}))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"space {ref!r} returned a {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, torch's (and NumPy's, when loaded) global generators."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed)
+
+
+class _CallbackReporter:
+    """A :class:`nastrain.reporting.Reporter` that hands results to a function."""
+
+    def __init__(self, report: Callable[[Metric, bool], bool]) -> None:
+        self._report = report
+
+    def report(self, trainer: BaseTrainer | None, metric: Metric, final: bool) -> None:
+        if self._report(metric, final):
+            raise TrialStopped
+
+
+def run_trial(space: nn.Module, job: TrialJob, report: Callable[[Metric, bool], bool]) -> None:
+    """Fix ``space`` to the job's architecture, build its trainer and fit it.
+
+    Every result the trainer reports goes to ``report(metric, final)``; when
+    that returns ``True`` the trial stops (:class:`TrialStopped` is raised).
+    """
+    seed_everything(job.seed)
+    model = apply_arch(space, job.arch)
+    trainer = job.trainer.build(model)
+    with use_reporter(_CallbackReporter(report)):
+        trainer.fit()
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on the first line, then the traceback (shortened)."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    if len(text) > _REASON_LIMIT:
+        text = "...\n" + text[-_REASON_LIMIT:]
+    summary = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return f"{summary}\n{text}"
+
+
+def _outcome(action: Callable[[], None]) -> tuple[str, str | None]:
+    try:
+        action()
+    except TrialStopped:
+        return "early_stopped", None
+    except Exception as exc:
+        return "failed", describe_exception(exc)
+    return "succeeded", None
+
+
+class InlineExecutor:
+    """Runs each trial in the experiment's process, one at a time (no timeout)."""
+
+    def __init__(self, space: nn.Module, handler: TrialHandler) -> None:
+        self.space = space
+        self.handler = handler
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def free_slots(self) -> int:
+        return 1
+
+    def running(self) -> int:
+        return 0
+
+    def submit(self, job: TrialJob) -> None:
+        """Run the trial to its end."""
+        status, reason = _outcome(
+            lambda: run_trial(self.space, job, lambda m, f: self.handler.on_result(job.index, m, f))
+        )
+        self.handler.on_end(job.index, status, reason)
+
+    def poll(self, timeout: float | None) -> None:
+        """Nothing runs in the background."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+# --- the worker process --------------------------------------------------------------------
+
+
+def _send(conn: Connection, message: dict[str, Any]) -> None:
+    conn.send_bytes(json.dumps(message, allow_nan=False).encode())
+
+
+def _receive(conn: Connection) -> dict[str, Any]:
+    return json.loads(conn.recv_bytes())
+
+
+def _watch_lifeline(lifeline: Connection) -> None:
+    # Nothing is ever written to the lifeline: it becomes readable (EOF) when the experiment
+    # process is gone, however it died. A worker must not outlive it.
+    try:
+        lifeline.poll(None)
+    finally:
+        os._exit(3)
+
+
+def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module:
+    import torch
+
+    if setup.plugins is None:
+        os.environ.pop(plugins.ENV_VAR, None)
+    else:
+        os.environ[plugins.ENV_VAR] = setup.plugins
+    with warnings.catch_warnings():
+        # The experiment's process has shown these already.
+        warnings.simplefilter("ignore", plugins.PluginWarning)
+        plugins.reload_plugins()
+    torch.set_num_threads(setup.threads)
+    for module in setup.modules:
+        importlib.import_module(module)
+    if space_bytes is not None:
+        # The user's model object, pickled by the experiment process that started us.
+        return pickle.loads(space_bytes)
+    assert setup.space_ref is not None
+    return load_space(setup.space_ref, setup.space_kwargs)
+
+
+def worker_main(conn: Connection, lifeline: Connection, setup_json: str) -> None:
+    """A worker process: set up once, then run the trials the experiment sends."""
+    # Ctrl-C reaches the whole process group; the experiment decides, and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True).start()
+    try:
+        setup = structure(json.loads(setup_json), WorkerSetup, what="worker setup")
+        space_bytes = conn.recv_bytes() if setup.space_ref is None else None
+        space = _prepare_worker(setup, space_bytes)
+    except BaseException as exc:
+        _send(conn, {"type": "setup_failed", "reason": describe_exception(exc)})
+        return
+    _send(conn, {"type": "ready", "pid": os.getpid()})
+    while True:
+        try:
+            message = _receive(conn)
+        except (EOFError, OSError):
+            return
+        if message["type"] == "exit":
+            return
+        job = structure(message["job"], TrialJob, what="trial job")
+
+        def report(metric: Metric, final: bool, index: int = job.index) -> bool:
+            _send(conn, {"type": "result", "index": index, "metric": metric, "final": final})
+            # Anything but "go" (a "stop", or the experiment shutting down) ends the trial.
+            return not final and _receive(conn)["type"] != "go"
+
+        status, reason = _outcome(lambda job=job, report=report: run_trial(space, job, report))
+        _send(conn, {"type": "end", "index": job.index, "status": status, "reason": reason})
+
+
+# --- the experiment's side -----------------------------------------------------------------
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        # Imported once, in the fork server, before it forks any worker (ignored once the
+        # server runs: it is one per process).
+        context.set_forkserver_preload(["nastrain.executor"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _death(process: multiprocessing.process.BaseProcess) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class _Worker:
+    def __init__(
+        self, process: multiprocessing.process.BaseProcess, conn: Connection, lifeline: Connection
+    ) -> None:
+        self.process = process
+        self.conn = conn
+        self.lifeline = lifeline
+        self.ready = False
+        self.job: TrialJob | None = None
+        self.deadline: float | None = None
+
+    def close(self) -> None:
+        self.conn.close()
+        self.lifeline.close()
+
+
+class LocalExecutor:
+    """``concurrency`` persistent worker processes on this machine."""
+
+    def __init__(
+        self,
+        *,
+        setup: WorkerSetup,
+        space: nn.Module | None,
+        concurrency: int,
+        trial_timeout: float | None,
+        handler: TrialHandler,
+    ) -> None:
+        self.setup_json = json.dumps(converter.unstructure(setup))
+        self.space_bytes = None
+        if space is not None:
+            try:
+                self.space_bytes = pickle.dumps(space, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise ExecutorError(
+                    f"the model space {type(space).__qualname__} cannot be sent to worker "
+                    f"processes ({type(exc).__name__}: {exc}); define its classes at module "
+                    "level, name it as 'module:attr', or use executor='inline'"
+                ) from None
+        self.concurrency = concurrency
+        self.trial_timeout = trial_timeout
+        self.handler = handler
+        self.workers: list[_Worker] = []
+        self._context = _context()
+
+    def start(self) -> None:
+        """Start the workers (they become free as they finish setting up)."""
+        for _ in range(self.concurrency):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        conn, child_conn = self._context.Pipe()
+        lifeline_r, lifeline_w = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=worker_main,
+            args=(child_conn, lifeline_r, self.setup_json),
+            name="nastrain-worker",
+        )
+        try:
+            process.start()
+        finally:
+            child_conn.close()
+            lifeline_r.close()
+        worker = _Worker(process, conn, lifeline_w)
+        self.workers.append(worker)
+        if self.space_bytes is not None:
+            # If it died already, poll() finds out and says so.
+            with contextlib.suppress(OSError):
+                conn.send_bytes(self.space_bytes)
+
+    def free_slots(self) -> int:
+        """Workers that are set up and idle."""
+        return sum(1 for w in self.workers if w.ready and w.job is None)
+
+    def running(self) -> int:
+        """Trials running now."""
+        return sum(1 for w in self.workers if w.job is not None)
+
+    def submit(self, job: TrialJob) -> None:
+        """Send ``job`` to an idle worker."""
+        worker = next(w for w in self.workers if w.ready and w.job is None)
+        worker.job = job
+        if self.trial_timeout is not None:
+            worker.deadline = time.monotonic() + self.trial_timeout
+        # If it died since it said it was ready, poll() fails the trial and replaces it.
+        with contextlib.suppress(OSError):
+            _send(worker.conn, {"type": "trial", "job": converter.unstructure(job)})
+
+    def poll(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` seconds for workers; handle what they say and who died."""
+        deadlines = [w.deadline for w in self.workers if w.deadline is not None]
+        if deadlines:
+            until = max(0.0, min(deadlines) - time.monotonic())
+            timeout = until if timeout is None else min(timeout, until)
+        waitables: dict[Any, _Worker] = {}
+        for worker in self.workers:
+            waitables[worker.conn] = worker
+            waitables[worker.process.sentinel] = worker
+        for ready in wait(list(waitables), timeout):
+            worker = waitables[ready]
+            if worker in self.workers:
+                self._service(worker)
+        self._enforce_deadlines()
+
+    def _service(self, worker: _Worker) -> None:
+        while worker in self.workers:
+            try:
+                if not worker.conn.poll():
+                    break
+                message = _receive(worker.conn)
+            except (EOFError, OSError):
+                break
+            self._handle(worker, message)
+        if worker in self.workers and not worker.process.is_alive():
+            self._dead(worker)
+
+    def _handle(self, worker: _Worker, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "ready":
+            worker.ready = True
+        elif kind == "setup_failed":
+            raise ExecutorError(f"a worker process could not set up: {message['reason']}")
+        elif kind == "result":
+            final = bool(message["final"])
+            stop = self.handler.on_result(message["index"], check_metric(message["metric"]), final)
+            if not final:
+                # If it died meanwhile, the death is handled next.
+                with contextlib.suppress(OSError):
+                    _send(worker.conn, {"type": "stop" if stop else "go"})
+        elif kind == "end":
+            worker.job = None
+            worker.deadline = None
+            self.handler.on_end(message["index"], message["status"], message["reason"])
+
+    def _retire(self, worker: _Worker) -> None:
+        self.workers.remove(worker)
+        worker.process.join()
+        worker.close()
+
+    def _dead(self, worker: _Worker) -> None:
+        self._retire(worker)
+        why = _death(worker.process)
+        if not worker.ready:
+            raise ExecutorError(
+                f"a worker process died while setting up ({why}); its error is above"
+            )
+        if worker.job is not None:
+            self.handler.on_end(
+                worker.job.index,
+                "failed",
+                f"the worker process (pid {worker.process.pid}) died: {why}; it was replaced",
+            )
+        self._spawn()
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers):
+            if worker.deadline is not None and now >= worker.deadline and worker.job is not None:
+                worker.process.kill()
+                self._retire(worker)
+                self.handler.on_end(
+                    worker.job.index,
+                    "failed",
+                    f"timed out after {self.trial_timeout:g} s (trial_timeout); the worker "
+                    "process was killed and replaced",
+                )
+                self._spawn()
+
+    def close(self) -> None:
+        """Stop every worker: ask politely, then kill what is still running after 2 s."""
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                _send(worker.conn, {"type": "exit"})
+        end = time.monotonic() + 2.0
+        for worker in self.workers:
+            worker.process.join(max(0.0, end - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.close()
+        self.workers = []

@@ -1,0 +1,668 @@
+"""Multi-trial experiments: a strategy proposes architectures, a classic trainer trains each
+one in a worker process, and every result goes back to the strategy and into a store.
+
+::
+
+    experiment = nastrain.Experiment(Net(), ClassificationTrainer(Net(), dataset="digits"),
+                                     "evolution", max_trials=20, concurrency=2)
+    result = experiment.run()
+    result.best_arch
+
+Each trial: the strategy proposes an architecture; a worker fixes the model
+space to it (:func:`nastrain.apply_arch`), builds the trainer from its spec
+(``spec.build(model)``) and runs ``fit()``; every result the trainer reports
+streams back to the strategy (which may stop the trial early) and into the
+store (:mod:`nastrain.store`), committed as it arrives. Running an experiment
+again on its store resumes it: finished trials are kept, interrupted ones run
+again, and the strategy goes on from the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+from torch import nn
+
+from nastrain import plugins
+from nastrain.reporting import Metric, default_value
+from nastrain.serialization import SCHEMA_VERSION, dumps, structure
+from nastrain.space import Architecture, SearchSpace, apply_arch
+from nastrain.strategies import Mode, Strategy, StrategySpec
+from nastrain.trainer import BaseOneShotTrainer, BaseTrainer, TrainerSpec
+
+if TYPE_CHECKING:
+    from nastrain.store import Store
+
+__all__ = [
+    "Experiment",
+    "ExperimentConfig",
+    "ExperimentRecord",
+    "ExperimentResult",
+    "Trial",
+    "TrialStatus",
+    "load_config",
+]
+
+#: ``running`` (or interrupted, in a store whose experiment died), ``succeeded``,
+#: ``failed`` (``reason`` says why) or ``early_stopped`` (by the strategy).
+TrialStatus = Literal["running", "succeeded", "failed", "early_stopped"]
+
+#: Where experiments without an explicit store keep theirs, under the working directory.
+DEFAULT_STORE_FOLDER = "nastrain-runs"
+
+
+@attrs.frozen(kw_only=True)
+class Trial:
+    """One architecture an experiment tried, and what its trainer reported."""
+
+    index: int
+    arch: Architecture
+    status: TrialStatus
+    seed: int
+    intermediate: tuple[Metric, ...] = ()
+    final: Metric | None = None
+    reason: str | None = None
+    #: How many times the trial was started (more than 1 after a resumed interruption).
+    attempts: int = 1
+    started: float | None = None
+    ended: float | None = None
+    #: The order in which trials ended (0 for the first to end).
+    end_order: int | None = None
+
+    @property
+    def value(self) -> float | None:
+        """The final result's number (its ``"default"`` for a dict), or ``None``."""
+        return None if self.final is None else default_value(self.final)
+
+    @property
+    def seconds(self) -> float | None:
+        """How long the trial's last attempt took, once it ended."""
+        if self.started is None or self.ended is None:
+            return None
+        return self.ended - self.started
+
+
+@attrs.frozen(kw_only=True)
+class ExperimentRecord:
+    """What a store records about its experiment, and what makes two experiments the same:
+    the space, the trainer spec, the strategy spec, the seed and the mode."""
+
+    space: SearchSpace
+    trainer: TrainerSpec
+    strategy: StrategySpec
+    seed: int
+    mode: Mode
+    #: How the user named the space (``module:attr``), or the class of the space object;
+    #: for people reading the store. It is never imported from the store.
+    space_name: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+
+@attrs.frozen(kw_only=True)
+class ExperimentResult:
+    """The trials of an experiment (all of them, also those of earlier runs on its store)."""
+
+    trials: tuple[Trial, ...]
+    mode: Mode
+    store: str
+
+    def ranked(self) -> list[Trial]:
+        """The succeeded trials with a final result, best first (ties: the earlier trial)."""
+        sign = -1.0 if self.mode == "max" else 1.0
+        done = [t for t in self.trials if t.status == "succeeded" and t.value is not None]
+        return sorted(done, key=lambda t: (sign * t.value, t.index))  # type: ignore[operator]
+
+    def top(self, k: int = 1) -> list[Trial]:
+        """The ``k`` best trials."""
+        return self.ranked()[:k]
+
+    @property
+    def best_trial(self) -> Trial | None:
+        """The best trial, or ``None`` when no trial succeeded."""
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    @property
+    def best_arch(self) -> Architecture | None:
+        """The best trial's architecture, or ``None`` when no trial succeeded."""
+        best = self.best_trial
+        return None if best is None else best.arch
+
+    def counts(self) -> dict[str, int]:
+        """How many trials have each status."""
+        counts: dict[str, int] = {}
+        for trial in self.trials:
+            counts[trial.status] = counts.get(trial.status, 0) + 1
+        return counts
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def trial_seed(seed: int, index: int) -> int:
+    """The seed of trial ``index``: the same in every run and on every worker."""
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class Experiment:
+    """A multi-trial architecture search.
+
+    Args:
+        space: the model space, a ``nn.Module`` with choices, or ``"module:attr"``
+            naming one (or a function returning one, called with ``space_kwargs``)
+            in the user's code; named spaces are imported by each worker.
+        trainer: a classic trainer built with a placeholder model (its ``spec``
+            is what travels to the workers), or a :class:`nastrain.TrainerSpec`.
+        strategy: a registered strategy name, a :class:`StrategySpec`, or a
+            :class:`nastrain.strategies.Strategy`.
+        max_trials: how many trials in all (resumed runs count the stored ones).
+        concurrency: how many trials run at once, each in its own worker process.
+        store: the SQLite file of the experiment; by default
+            ``nastrain-runs/<space>-<hash>.sqlite`` under the working
+            directory, named after what makes the experiment, so running the same
+            experiment again resumes it.
+        seed: seeds the strategy and every trial (``torch``, ``random``, NumPy).
+        mode: ``"max"`` when a larger final result is better, ``"min"`` otherwise.
+        trial_timeout: seconds a trial may run before its worker is killed and
+            the trial recorded as failed.
+        executor: ``"local"`` (worker processes) or ``"inline"`` (trials in this
+            process, one at a time: for debugging and notebooks).
+        modules: modules of the user's code to import first, in this process and
+            in every worker (for example, where a trainer is registered).
+        progress: ``True`` for a progress bar on stderr, ``"lines"`` for a line
+            per finished trial, ``False`` for nothing; ``None``: a bar when stderr
+            is a terminal.
+    """
+
+    def __init__(
+        self,
+        space: nn.Module | str,
+        trainer: BaseTrainer | TrainerSpec,
+        strategy: str | StrategySpec | Strategy = "random",
+        *,
+        max_trials: int,
+        concurrency: int = 1,
+        store: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        mode: Mode = "max",
+        trial_timeout: float | None = None,
+        executor: Literal["local", "inline"] = "local",
+        space_kwargs: Mapping[str, Any] | None = None,
+        modules: Sequence[str] = (),
+        progress: bool | Literal["lines"] | None = None,
+    ) -> None:
+        self.max_trials = _positive_int("max_trials", max_trials)
+        self.concurrency = _positive_int("concurrency", concurrency)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if trial_timeout is not None and (
+            isinstance(trial_timeout, bool)
+            or not isinstance(trial_timeout, (int, float))
+            or not trial_timeout > 0
+        ):
+            raise ValueError(
+                f"trial_timeout must be a number of seconds > 0, got {trial_timeout!r}"
+            )
+        if executor not in ("local", "inline"):
+            raise ValueError(f"executor must be 'local' or 'inline', got {executor!r}")
+        if executor == "inline" and (concurrency != 1 or trial_timeout is not None):
+            raise ValueError(
+                "executor='inline' runs one trial at a time in this process: it takes "
+                "concurrency=1 and no trial_timeout"
+            )
+        self.seed = seed
+        self.mode: Mode = mode
+        self.trial_timeout = None if trial_timeout is None else float(trial_timeout)
+        self.executor = executor
+        self.progress = progress
+        self.modules = tuple(modules)
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ValueError(f"cannot import module {module!r} (from modules): {exc}") from None
+
+        self.space_kwargs = dict(space_kwargs or {})
+        if isinstance(space, str):
+            from nastrain.executor import load_space
+
+            self.space_ref: str | None = space
+            self.space = load_space(space, self.space_kwargs)
+            space_name = space
+        elif isinstance(space, nn.Module):
+            if self.space_kwargs:
+                raise ValueError("space_kwargs go with a space named as 'module:attr'")
+            self.space_ref = None
+            self.space = space
+            space_name = f"{type(space).__module__}.{type(space).__qualname__}"
+        else:
+            raise TypeError(
+                f"space must be a torch nn.Module with choices or 'module:attr', got "
+                f"{type(space).__name__}"
+            )
+        self.search_space = SearchSpace.from_model(self.space)
+        if not self.search_space.choices:
+            raise ValueError(
+                f"space {space_name} has no LayerChoice or InputChoice: there is nothing to search"
+            )
+
+        self.trainer_spec, trainer_cls = _trainer_spec(trainer)
+        if isinstance(trainer, TrainerSpec):
+            # Built once here, for a sample architecture: a bad argument (an unknown dataset,
+            # a misspelt keyword) fails now, not in every trial.
+            self.trainer_spec.build(apply_arch(self.space, self.search_space.sample(seed)))
+        self.strategy = _strategy(strategy)
+        self.record = ExperimentRecord(
+            space=self.search_space,
+            trainer=self.trainer_spec,
+            strategy=self.strategy.spec,
+            seed=seed,
+            mode=mode,
+            space_name=space_name,
+        )
+        self.store_path = Path(store) if store is not None else self._default_store()
+        self.worker_modules = self._worker_modules(trainer_cls)
+        self._result: ExperimentResult | None = None
+
+    def _default_store(self) -> Path:
+        identity = attrs.evolve(self.record, space_name=None)
+        digest = hashlib.sha256(dumps(identity).encode()).hexdigest()[:12]
+        stem = (self.space_ref or type(self.space).__name__).rpartition(":")[2].rpartition(".")[2]
+        return Path.cwd() / DEFAULT_STORE_FOLDER / f"{stem}-{digest}.sqlite"
+
+    def _worker_modules(self, trainer_cls: type) -> tuple[str, ...]:
+        """What each worker imports: the user's modules, and the trainer's (which registers it)."""
+        modules = list(self.modules)
+        for cls in (trainer_cls, type(self.space)):
+            if cls.__module__ in ("__main__", "__mp_main__"):
+                main = sys.modules.get("__main__")
+                if self.executor == "local" and getattr(main, "__file__", None) is None:
+                    raise ValueError(
+                        f"{cls.__qualname__} is defined in an interactive session (a __main__ "
+                        "without a file), which worker processes cannot import: move it into a "
+                        "module, or pass executor='inline'"
+                    )
+            elif cls is trainer_cls:
+                modules.append(cls.__module__)
+        return tuple(dict.fromkeys(modules))
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self) -> ExperimentResult:
+        """Run (or resume) the experiment until ``max_trials`` trials have ended, or the
+        strategy has nothing more to propose; returns every trial of the store."""
+        from nastrain.store import Store
+
+        with Store.open(self.store_path, self.record) as store:
+            self._result = _Run(self, store).execute()
+        return self._result
+
+    def result(self) -> ExperimentResult:
+        """The trials recorded so far (read from the store when this process did not run it)."""
+        if self._result is not None:
+            return self._result
+        from nastrain.store import Store
+
+        if not self.store_path.exists():
+            raise FileNotFoundError(
+                f"this experiment has no store yet at {self.store_path}: call run() first"
+            )
+        with Store.read(self.store_path) as store:
+            store.check_experiment(self.record)
+            return ExperimentResult(
+                trials=tuple(store.trials()), mode=self.mode, store=str(self.store_path)
+            )
+
+    def export_top_models(self, k: int = 1) -> list[Architecture]:
+        """The architectures of the ``k`` best trials, best first."""
+        _positive_int("k", k)
+        return [trial.arch for trial in self.result().top(k)]
+
+
+def _trainer_spec(trainer: BaseTrainer | TrainerSpec) -> tuple[TrainerSpec, type]:
+    if isinstance(trainer, TrainerSpec):
+        spec = trainer
+        cls = plugins.get_trainer(spec.name)
+    elif isinstance(trainer, BaseTrainer):
+        cls = type(trainer)
+        if isinstance(trainer, BaseOneShotTrainer):
+            spec = None
+        else:
+            try:
+                spec = trainer.spec
+            except AttributeError as exc:
+                raise TypeError(
+                    f"{exc}; an experiment rebuilds its trainer in worker processes from the "
+                    "spec (or pass a nastrain.TrainerSpec)"
+                ) from None
+    else:
+        raise TypeError(
+            "trainer must be a classic trainer (built with a placeholder model) or a "
+            f"nastrain.TrainerSpec, got {type(trainer).__name__}"
+        )
+    if issubclass(cls, BaseOneShotTrainer) or spec is None:
+        raise TypeError(
+            f"{cls.__qualname__} is a one-shot trainer: it searches on its own (call its fit() "
+            "and export()); an experiment runs a classic trainer once per architecture"
+        )
+    return spec, cls
+
+
+def _strategy(strategy: str | StrategySpec | Strategy) -> Strategy:
+    if isinstance(strategy, Strategy):
+        return strategy
+    if isinstance(strategy, str):
+        return StrategySpec(name=strategy).build()
+    if isinstance(strategy, StrategySpec):
+        return strategy.build()
+    raise TypeError(
+        "strategy must be a registered name, a StrategySpec or a nastrain.strategies.Strategy, "
+        f"got {type(strategy).__name__}"
+    )
+
+
+class _Run:
+    """One run of an experiment on its open store: the loop, and the executor's handler."""
+
+    def __init__(self, experiment: Experiment, store: Store) -> None:
+        self.experiment = experiment
+        self.store = store
+        self.strategy = experiment.strategy
+        self.trials: list[Trial] = store.trials()
+        # Trials that were running when the last run died: they run again.
+        self.interrupted = [t.index for t in self.trials if t.status == "running"]
+        self.exhausted = False
+        self.trainer_json = experiment.trainer_spec.to_json()
+        self.progress = _Progress(experiment, self.trials)
+
+    def has_more(self) -> bool:
+        return bool(self.interrupted) or (
+            not self.exhausted and len(self.trials) < self.experiment.max_trials
+        )
+
+    def next_job(self) -> Any:
+        from nastrain.executor import TrialJob
+
+        if self.interrupted:
+            trial = self.store.restart_trial(self.trials[self.interrupted.pop(0)])
+            self.trials[trial.index] = trial
+        else:
+            index = len(self.trials)
+            arch = self.strategy.propose(index, self.trials)
+            if arch is None:
+                self.exhausted = True
+                return None
+            try:
+                arch = self.experiment.search_space.validate(arch)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"strategy {self.strategy.spec.name!r} proposed an invalid architecture "
+                    f"for trial {index}: {exc}"
+                ) from None
+            seed = trial_seed(self.experiment.seed, index)
+            trial = self.store.add_trial(index, arch, seed, self.trainer_json)
+            self.trials.append(trial)
+        self.progress.started(trial)
+        return TrialJob(
+            index=trial.index,
+            attempt=trial.attempts,
+            arch=trial.arch,
+            seed=trial.seed,
+            trainer=self.experiment.trainer_spec,
+        )
+
+    def _executor(self) -> Any:
+        from nastrain.executor import InlineExecutor, LocalExecutor, WorkerSetup, available_cpus
+
+        experiment = self.experiment
+        if experiment.executor == "inline":
+            return InlineExecutor(experiment.space, self)
+        setup = WorkerSetup(
+            space_ref=experiment.space_ref,
+            space_kwargs=experiment.space_kwargs,
+            modules=experiment.worker_modules,
+            threads=max(1, available_cpus() // experiment.concurrency),
+            plugins=os.environ.get(plugins.ENV_VAR),
+        )
+        return LocalExecutor(
+            setup=setup,
+            space=None if experiment.space_ref is not None else experiment.space,
+            # The job already taken, plus those still to start.
+            concurrency=min(experiment.concurrency, 1 + self.pending()),
+            trial_timeout=experiment.trial_timeout,
+            handler=self,
+        )
+
+    def pending(self) -> int:
+        """An upper bound on the trials still to start."""
+        return len(self.interrupted) + max(0, self.experiment.max_trials - len(self.trials))
+
+    def execute(self) -> ExperimentResult:
+        self.strategy.setup(
+            self.experiment.search_space, seed=self.experiment.seed, mode=self.experiment.mode
+        )
+        # Ask for the first trial before starting workers: a used-up grid needs none.
+        job = self.next_job() if self.has_more() else None
+        if job is not None:
+            executor = self._executor()
+            self.progress.start()
+            try:
+                executor.start()
+                while True:
+                    while executor.free_slots() > 0:
+                        if job is None and self.has_more():
+                            job = self.next_job()
+                        if job is None:
+                            break
+                        executor.submit(job)
+                        job = None
+                    if executor.running() == 0 and job is None and not self.has_more():
+                        break
+                    executor.poll(None)
+            finally:
+                executor.close()
+                self.progress.stop()
+        return ExperimentResult(
+            trials=tuple(self.trials),
+            mode=self.experiment.mode,
+            store=str(self.experiment.store_path),
+        )
+
+    # --- the executor's handler ---------------------------------------------------------------
+
+    def on_result(self, index: int, metric: Metric, final: bool) -> bool:
+        trial = self.trials[index]
+        self.store.add_result(trial, metric, final)
+        if final:
+            self.trials[index] = attrs.evolve(trial, final=metric)
+            return False
+        trial = attrs.evolve(trial, intermediate=(*trial.intermediate, metric))
+        self.trials[index] = trial
+        return bool(self.strategy.should_stop(trial, self.trials))
+
+    def on_end(self, index: int, status: str, reason: str | None) -> None:
+        trial = self.trials[index]
+        if status == "succeeded" and trial.final is None:
+            status = "failed"
+            reason = (
+                "fit() returned without reporting a final result (nastrain.report_final_result)"
+            )
+        trial = self.store.end_trial(trial, status, reason)  # type: ignore[arg-type]
+        self.trials[index] = trial
+        self.progress.ended(trial, self.trials)
+
+
+class _Progress:
+    """Progress on stderr while trials run: a bar on a terminal, or a line per trial."""
+
+    def __init__(self, experiment: Experiment, trials: list[Trial]) -> None:
+        style = experiment.progress
+        if style is None:
+            style = sys.stderr.isatty()
+        self.style = style
+        self.total = max(experiment.max_trials, len(trials))
+        self.done = sum(1 for t in trials if t.status != "running")
+        self.mode = experiment.mode
+        self.store = experiment.store_path
+        self.bar: Any = None
+        self.task: Any = None
+        self.running = 0
+
+    def start(self) -> None:
+        if self.style is True:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("trials"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=Console(stderr=True),
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("trials", total=self.total, status="")
+            self.bar.update(self.task, completed=self.done)
+        elif self.style == "lines":
+            print(f"nastrain: experiment store {self.store}", file=sys.stderr, flush=True)
+
+    def started(self, trial: Trial) -> None:
+        self.running += 1
+        self._refresh(None)
+
+    def ended(self, trial: Trial, trials: Sequence[Trial]) -> None:
+        self.running -= 1
+        self.done += 1
+        self._refresh(trials)
+        if self.style == "lines":
+            value = "" if trial.value is None else f" {trial.value:.6g}"
+            reason = f" ({trial.reason.splitlines()[0]})" if trial.reason else ""
+            print(
+                f"nastrain: trial {trial.index} {trial.status}{value}{reason} "
+                f"[{self.done}/{self.total}] {json.dumps(trial.arch)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _refresh(self, trials: Sequence[Trial] | None) -> None:
+        if self.bar is None:
+            return
+        status = f"running {self.running}"
+        if trials:
+            best = ExperimentResult(trials=tuple(trials), mode=self.mode, store="").best_trial
+            if best is not None:
+                status += f" · best {best.value:.4g} (trial {best.index})"
+        self.bar.update(self.task, completed=self.done, status=status)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --- experiments described in files (``nastrain run``) ----------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ExperimentConfig:
+    """An experiment as a TOML or JSON document, for ``nastrain run``.
+
+    ``space`` is ``"module:attr"`` in the user's code; ``trainer`` a table with
+    the registered ``name`` and its ``kwargs``; ``strategy`` a registered name
+    or a table with ``name`` and ``kwargs``. A relative ``store`` is relative to
+    the config file; without one, the store is the config's path with the
+    suffix ``.sqlite``.
+    """
+
+    space: str
+    trainer: TrainerSpec
+    max_trials: int
+    strategy: StrategySpec = attrs.field(factory=lambda: StrategySpec(name="random"))
+    concurrency: int = 1
+    store: str | None = None
+    seed: int = 0
+    mode: Mode = "max"
+    trial_timeout: float | None = None
+    executor: Literal["local", "inline"] = "local"
+    space_kwargs: dict[str, Any] = attrs.field(factory=dict)
+    modules: list[str] = attrs.field(factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    def __attrs_post_init__(self) -> None:
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(
+                f"this config has schema_version {self.schema_version}, newer than this "
+                f"nastrain understands ({SCHEMA_VERSION}); upgrade nastrain"
+            )
+
+    def experiment(self, base: Path, **overrides: Any) -> Experiment:
+        """The experiment this config describes; ``base`` is the config file's folder."""
+        store = Path(self.store) if self.store else None
+        if store is not None and not store.is_absolute():
+            store = base / store
+        options: dict[str, Any] = {
+            "max_trials": self.max_trials,
+            "concurrency": self.concurrency,
+            "store": store,
+            "seed": self.seed,
+            "mode": self.mode,
+            "trial_timeout": self.trial_timeout,
+            "executor": self.executor,
+            "space_kwargs": self.space_kwargs,
+            "modules": self.modules,
+        }
+        options.update({k: v for k, v in overrides.items() if v is not None})
+        return Experiment(self.space, self.trainer, self.strategy, **options)
+
+
+def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
+    """Read an experiment config (``.toml`` or ``.json``); a bad key is named in the error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ModuleNotFoundError:
+                raise ValueError(
+                    f"reading {path} needs Python 3.11 or the tomli package "
+                    "(pip install tomli), or write the config as JSON"
+                ) from None
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path} is not valid TOML: {exc}") from None
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    else:
+        raise ValueError(f"config {path} must be a .toml or .json file")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a table of settings, not {type(data).__name__}")
+    return structure(data, ExperimentConfig, what=f"experiment config {path}")

@@ -1,0 +1,255 @@
+"""The classic trainers: train one fixed model and report how good it is.
+
+Every argument is JSON (a dataset, an optimizer and a learning-rate schedule
+are named, with keyword arguments), so an experiment can send the trainer's
+spec to a worker process and build it there. Each epoch ends with an
+intermediate result on the validation set; the last epoch's is also the final
+result. Names are checked when the trainer is built, so a typo fails at once,
+not in a worker.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import nastrain
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "ClassificationTrainer", "RegressionTrainer"]
+
+#: Optimizers by name (case-insensitive; torch's class names work too).
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+}
+
+
+def _cosine(optimizer: torch.optim.Optimizer, epochs: int, **kwargs: Any) -> Any:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **{"T_max": epochs, **kwargs})
+
+
+def _step(optimizer: torch.optim.Optimizer, epochs: int, **kwargs: Any) -> Any:
+    return torch.optim.lr_scheduler.StepLR(
+        optimizer, **{"step_size": max(1, epochs // 3), "gamma": 0.1, **kwargs}
+    )
+
+
+def _multistep(optimizer: torch.optim.Optimizer, epochs: int, **kwargs: Any) -> Any:
+    milestones = [max(1, epochs // 2), max(1, epochs * 3 // 4)]
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, **{"milestones": milestones, "gamma": 0.1, **kwargs}
+    )
+
+
+def _exponential(optimizer: torch.optim.Optimizer, epochs: int, **kwargs: Any) -> Any:
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, **{"gamma": 0.9, **kwargs})
+
+
+#: Learning-rate schedules by name, stepped once per epoch; ``None`` keeps the rate.
+SCHEDULES: dict[str, Callable[..., Any] | None] = {
+    "constant": None,
+    "cosine": _cosine,
+    "step": _step,
+    "multistep": _multistep,
+    "exponential": _exponential,
+}
+
+
+def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
+    if not isinstance(name, str) or name.lower() not in table:
+        raise ValueError(f"unknown {what} {name!r}; known {what}s: {sorted(table)}")
+    return table[name.lower()]
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _batches(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    batch = getattr(dataset, "batch", None)
+    if batch is None:  # any map-style dataset of (input, target) pairs
+        yield from DataLoader(dataset, batch_size, shuffle=shuffle, generator=generator)
+        return
+    n = len(dataset)  # type: ignore[arg-type]
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield batch(order[start : start + batch_size])
+
+
+class _SupervisedTrainer(nastrain.BaseTrainer):
+    """The loop both trainers share: epochs of minibatch training, then validation."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: str = "digits",
+        dataset_kwargs: dict[str, Any] | None = None,
+        optimizer: str = "adam",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        lr_schedule: str = "constant",
+        lr_schedule_kwargs: dict[str, Any] | None = None,
+        epochs: int = 10,
+        batch_size: int = 64,
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.model = model
+        self.dataset = dataset
+        self.dataset_kwargs = dict(dataset_kwargs or {})
+        self.load_dataset = nastrain.get_dataset(dataset)
+        self.optimizer_cls = _lookup(OPTIMIZERS, optimizer, "optimizer")
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.schedule = _lookup(SCHEDULES, lr_schedule, "lr_schedule")
+        self.lr_schedule_kwargs = dict(lr_schedule_kwargs or {})
+        self.epochs = _positive("epochs", epochs)
+        self.batch_size = _positive("batch_size", batch_size)
+        self.seed = seed
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device {device!r} is not a torch device: {exc}") from None
+        # Build the optimizer and schedule once on a stand-in parameter: a misspelt keyword
+        # argument fails here, where the trainer is made, naming what it belongs to.
+        probe = self._make_optimizer([nn.Parameter(torch.zeros(1))])
+        self._make_schedule(probe)
+
+    def _make_optimizer(self, parameters: Any) -> torch.optim.Optimizer:
+        try:
+            return self.optimizer_cls(parameters, **self.optimizer_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"optimizer {self.optimizer_cls.__name__} rejects optimizer_kwargs "
+                f"{self.optimizer_kwargs}: {exc}"
+            ) from None
+
+    def _make_schedule(self, optimizer: torch.optim.Optimizer) -> Any:
+        if self.schedule is None:
+            if self.lr_schedule_kwargs:
+                raise ValueError("lr_schedule 'constant' takes no lr_schedule_kwargs")
+            return None
+        try:
+            return self.schedule(optimizer, self.epochs, **self.lr_schedule_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"lr_schedule rejects lr_schedule_kwargs {self.lr_schedule_kwargs}: {exc}"
+            ) from None
+
+    @abc.abstractmethod
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch."""
+
+    @abc.abstractmethod
+    def evaluate(self, valid: Dataset) -> dict[str, float]:
+        """The validation metrics; ``"default"`` is what strategies compare."""
+
+    def fit(self) -> None:
+        """Train for ``epochs`` epochs; report the validation metrics after each, and the
+        last ones as the final result."""
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        train, valid = self.load_dataset(**self.dataset_kwargs)
+        model = self.model.to(self.device)
+        optimizer = self._make_optimizer(model.parameters())
+        schedule = self._make_schedule(optimizer)
+        metrics: dict[str, float] = {}
+        for _ in range(self.epochs):
+            model.train()
+            total, count = 0.0, 0
+            lr = optimizer.param_groups[0]["lr"]
+            for inputs, targets in _batches(
+                train, self.batch_size, shuffle=True, generator=generator
+            ):
+                inputs, targets = inputs.to(self.device), targets.to(self.device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = self.loss(model(inputs), targets)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(
+                        f"{type(self).__name__}: the training loss became {loss.item()}; "
+                        "lower the learning rate (optimizer_kwargs) or check the data"
+                    )
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(targets)
+                count += len(targets)
+            if schedule is not None:
+                schedule.step()
+            metrics = {**self.evaluate(valid), "train_loss": total / max(count, 1), "lr": lr}
+            nastrain.report_intermediate_result(metrics)
+        nastrain.report_final_result(metrics)
+
+    @torch.no_grad()
+    def _predictions(self, valid: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.model.eval()
+        generator = torch.Generator()
+        for inputs, targets in _batches(valid, 1024, shuffle=False, generator=generator):
+            yield self.model(inputs.to(self.device)), targets.to(self.device)
+
+
+@nastrain.register_trainer(name="classification")
+class ClassificationTrainer(_SupervisedTrainer):
+    """Trains a classifier with cross-entropy; reports validation ``accuracy`` as
+    ``"default"``, with the validation ``loss``, the ``train_loss`` and the ``lr``.
+
+    Args:
+        model: the model, whose output is one logit per class.
+        dataset: a registered dataset name (``nastrain datasets`` lists them):
+            ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``fake`` here.
+        dataset_kwargs: its keyword arguments, e.g. ``{"root": "data"}``.
+        optimizer: ``sgd``, ``adam``, ``adamw``, ``rmsprop`` or ``adagrad``.
+        optimizer_kwargs: e.g. ``{"lr": 0.05, "momentum": 0.9}``.
+        lr_schedule: ``constant``, ``cosine``, ``step``, ``multistep`` or
+            ``exponential``, stepped after every epoch.
+        lr_schedule_kwargs: its keyword arguments (torch's names).
+        epochs, batch_size: the training length and minibatch size.
+        seed: seeds shuffling and torch's generator when ``fit`` starts.
+        device: a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or ``"auto"``.
+    """
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output, target)
+
+    def evaluate(self, valid: Dataset) -> dict[str, float]:
+        correct, loss, count = 0, 0.0, 0
+        for output, target in self._predictions(valid):
+            correct += int((output.argmax(1) == target).sum())
+            loss += float(nn.functional.cross_entropy(output, target, reduction="sum"))
+            count += len(target)
+        return {"default": correct / max(count, 1), "loss": loss / max(count, 1)}
+
+
+@nastrain.register_trainer(name="regression")
+class RegressionTrainer(_SupervisedTrainer):
+    """Trains a regressor with mean squared error; reports the validation coefficient of
+    determination (R², 1 is perfect, larger is better) as ``"default"``, with the
+    validation ``mse``, the ``train_loss`` and the ``lr``. Takes the arguments of
+    :class:`ClassificationTrainer`; its datasets have float targets (``diabetes`` here).
+    """
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(output, target.view_as(output).to(output.dtype))
+
+    def evaluate(self, valid: Dataset) -> dict[str, float]:
+        outputs, targets = [], []
+        for output, target in self._predictions(valid):
+            outputs.append(output.reshape(len(target), -1).float())
+            targets.append(target.reshape(len(target), -1).float())
+        output, target = torch.cat(outputs), torch.cat(targets)
+        mse = float(nn.functional.mse_loss(output, target))
+        variance = float(((target - target.mean(0)) ** 2).mean())
+        r2 = 1.0 - mse / variance if variance > 0 else 0.0
+        return {"default": r2, "mse": mse}

@@ -1,0 +1,29 @@
+"""A user's model space for scikit-learn's 8x8 digits, importable by experiment workers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import nastrain
+
+
+class DigitsSpace(nn.Module):
+    """Six architectures: a linear or two-layer body, and one of three activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nastrain.LayerChoice(
+            {
+                "linear": nn.Linear(64, 32),
+                "mlp": nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32)),
+            },
+            label="body",
+        )
+        self.act = nastrain.LayerChoice(
+            {"relu": nn.ReLU(), "tanh": nn.Tanh(), "gelu": nn.GELU()}, label="act"
+        )
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.body(x.flatten(1))))
