@@ -1,0 +1,586 @@
+"""ENAS: Efficient Neural Architecture Search via Parameter Sharing (Pham et al., ICML 2018).
+
+An LSTM controller samples an architecture, one decision after another; the
+supernet's shared weights are trained on the sampled architectures (the
+weight half of the data), then the controller is trained with REINFORCE on the
+architecture half: the reward of a sampled architecture is
+``reward_function(logits, y)`` of the supernet running it, plus an entropy
+bonus, against a moving-average baseline (§2.2 of the paper). Each epoch is
+first the weight phase over the whole weight half, then the controller phase over
+the whole architecture half, as in the paper and NNI.
+
+Where this differs from NNI's legacy ``EnasTrainer``, on purpose:
+
+- The controller takes one step per decision (label), not per choice module:
+  choices that share a label are one decision and get one sampled value.
+- An ``InputChoice`` with ``n_chosen = k`` samples exactly ``k`` distinct inputs.
+  Each input has a logit, as in the paper's skip connections, and a set ``S`` of
+  ``k`` inputs has probability proportional to ``exp(sum of its logits)`` (the
+  paper's independent per-input gates conditioned on exactly ``k`` being open);
+  the controller samples the set as one categorical over the ``C(n, k)`` sets.
+- The skip penalty (§2.3 of the paper) is the KL divergence of each input's
+  probability of being chosen from ``skip_target``, summed, for ``InputChoice``\\s
+  with ``1 < n_chosen < n_candidates`` (NNI penalises exactly the multi-input
+  choices). With exactly ``k`` of ``n`` chosen the mean density is fixed at
+  ``k / n``, so the penalty keeps the per-input probabilities from collapsing onto
+  a few inputs (their closest point to ``skip_target`` is the uniform choice); set
+  ``skip_weight=0`` to let the controller commit to inputs.
+- The controller's gradient is accumulated over ``ctrl_steps_aggregate`` samples
+  and that accumulation carries over epoch ends (and checkpoints), so a small
+  architecture half still trains it.
+- ``export()`` returns the controller's most likely architecture (greedy decoding:
+  the most likely value of each decision given the ones before it), not a sample.
+- The baseline starts at the first reward, not at 0: with the default decay of
+  0.999 a zero start gives every advantage the sign of the reward for thousands of
+  samples, and Adam turns that into full-size steps in one direction.
+- The controller lives on the trainer's device, and draws all its random numbers for
+  an architecture in one call (the Gumbel-max trick), not one sampler call per decision.
+
+The data, epoch loop, progress, reporting and checkpoints are the core's
+:class:`nastrain.oneshot.SupernetTrainer`; single-path sampling is
+:mod:`nastrain_enas.sampling`; this file is the algorithm.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from nastrain.oneshot import json_floats
+from nastrain.space import Architecture, Choice
+from nastrain_enas.sampling import SamplingTrainer
+
+__all__ = ["Controller", "ControllerSample", "EnasTrainer"]
+
+#: More sets than this for one InputChoice (C(n_candidates, n_chosen)) is refused.
+MAX_SUBSETS = 1 << 20
+
+CONTROLLER_KWARGS = ("lstm_size", "lstm_num_layers", "tanh_constant", "temperature", "skip_target")
+
+
+@attrs.frozen
+class ControllerSample:
+    """One architecture drawn (or decoded, or scored) by the :class:`Controller`.
+
+    ``log_prob`` is log P(arch) under the controller, ``entropy`` the sum of the
+    entropies of the decisions' distributions along the way, ``skip_penalty`` the
+    KL skip penalty (zero unless asked for); all are scalar tensors.
+    """
+
+    arch: Architecture
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    skip_penalty: torch.Tensor
+
+
+class _Decision:
+    """How the controller encodes one decision: its logits, and the values they index."""
+
+    def __init__(self, position: int, choice: Choice) -> None:
+        self.position = position  # index into Controller.soft / Controller.embedding
+        self.choice = choice
+        self.label = choice.label
+        self.subsets: list[tuple[int, ...]] | None = None
+        if choice.kind == "layer":
+            self.n_logits = len(choice.names)
+            self.values: list[Any] = list(choice.names)
+            self.index = {name: i for i, name in enumerate(choice.names)}
+        else:
+            self.n_logits = choice.n_candidates
+            if choice.n_chosen == 1:
+                self.values = [[i] for i in range(choice.n_candidates)]
+                self.index = {(i,): i for i in range(choice.n_candidates)}
+            else:
+                self.subsets = list(
+                    itertools.combinations(range(choice.n_candidates), choice.n_chosen)
+                )
+                self.values = [list(s) for s in self.subsets]
+                self.index = {s: i for i, s in enumerate(self.subsets)}
+        self.n_values = len(self.values)  # the length of its row of logits
+
+    def index_of(self, value: Any) -> int:
+        """The index of an architecture's value for this decision."""
+        key = value if self.choice.kind == "layer" else tuple(self.choice.validate(value))
+        return self.index[key]
+
+
+class Controller(nn.Module):
+    """ENAS's LSTM controller over the decisions of a search space.
+
+    It walks the ``choices`` (one per label) in order. At each decision the LSTM
+    (``lstm_num_layers`` layers of ``lstm_size`` units, bias-free) steps once on the
+    embedding of the previous decision's value (a learned start vector ``g_emb``
+    first); a linear layer of the last hidden state gives the logits, divided by
+    ``temperature`` and squashed to ``tanh_constant * tanh(logits)`` when those are
+    set (the paper's tricks against early collapse). A ``LayerChoice`` has a logit
+    per candidate; an ``InputChoice`` a logit per input, and its value is a set of
+    exactly ``n_chosen`` inputs with probability proportional to the exponential of
+    the sum of their logits; the next input embedding is the mean of the chosen
+    inputs' embeddings. A decision with a single possible value takes no step.
+
+    ``skip_target`` is the prior probability of an input being chosen that the
+    skip penalty measures against (see :meth:`sample`). Parameters start uniform
+    in [-0.1, 0.1], as in the ENAS authors' code.
+    """
+
+    def __init__(
+        self,
+        choices: Sequence[Choice],
+        *,
+        lstm_size: int = 64,
+        lstm_num_layers: int = 1,
+        tanh_constant: float | None = 1.5,
+        temperature: float | None = None,
+        skip_target: float = 0.4,
+    ) -> None:
+        super().__init__()
+        for name, value in (("lstm_size", lstm_size), ("lstm_num_layers", lstm_num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"controller {name} must be an int >= 1, got {value!r}")
+        for name, value in (("tanh_constant", tanh_constant), ("temperature", temperature)):
+            if value is not None and (not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"controller {name} must be a number > 0 or None, got {value!r}")
+        if not isinstance(skip_target, (int, float)) or not 0 < skip_target < 1:
+            raise ValueError(f"controller skip_target must be in (0, 1), got {skip_target!r}")
+        self.choices = tuple(choices)
+        self.lstm_size = lstm_size
+        self.tanh_constant = tanh_constant
+        self.temperature = temperature
+        self.skip_target = float(skip_target)
+        self.lstm = nn.ModuleList(
+            nn.LSTMCell(lstm_size, lstm_size, bias=False) for _ in range(lstm_num_layers)
+        )
+        self.g_emb = nn.Parameter(torch.empty(1, lstm_size))
+        self.soft = nn.ModuleList()
+        self.embedding = nn.ModuleList()
+        self.decisions: list[_Decision] = []
+        #: Every decision's only value, for the decisions that have one (no step taken).
+        self.fixed: dict[str, Any] = {}
+        for choice in self.choices:
+            if choice.size == 1:
+                self.fixed[choice.label] = next(choice.values())
+                continue
+            if choice.size > MAX_SUBSETS:
+                raise ValueError(
+                    f"InputChoice {choice.label!r} has C({choice.n_candidates}, "
+                    f"{choice.n_chosen}) = {choice.size} input sets, more than the ENAS "
+                    f"controller enumerates ({MAX_SUBSETS}); choose fewer inputs per set"
+                )
+            decision = _Decision(len(self.decisions), choice)
+            self.decisions.append(decision)
+            self.soft.append(nn.Linear(lstm_size, decision.n_logits, bias=False))
+            self.embedding.append(nn.Embedding(decision.n_logits, lstm_size))
+            if decision.subsets is not None:
+                members = torch.zeros(len(decision.subsets), decision.n_logits)
+                for row, subset in enumerate(decision.subsets):
+                    members[row, list(subset)] = 1.0
+                # Derived from the space, so not part of the state dict.
+                self.register_buffer(f"members{decision.position}", members, persistent=False)
+        width = max((d.n_values for d in self.decisions), default=0)
+        padding = torch.ones(len(self.decisions), width, dtype=torch.bool)
+        for decision in self.decisions:
+            padding[decision.position, : decision.n_values] = False
+        # Where the rows of sample()'s padded logits are padding.
+        self.register_buffer("_padding", padding, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every parameter uniform in [-0.1, 0.1]."""
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -0.1, 0.1)
+
+    def _members(self, decision: _Decision) -> torch.Tensor:
+        return getattr(self, f"members{decision.position}")
+
+    def _logits(self, decision: _Decision, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.soft[decision.position](hidden).view(-1)
+        if self.temperature is not None:
+            logits = logits / self.temperature
+        if self.tanh_constant is not None:
+            logits = self.tanh_constant * torch.tanh(logits)
+        return logits
+
+    def sample(
+        self,
+        *,
+        greedy: bool = False,
+        arch: Mapping[str, Any] | None = None,
+        skip_penalty: bool = False,
+        stats: bool = True,
+    ) -> ControllerSample:
+        """Draw an architecture, decode the most likely one (``greedy``) or score ``arch``.
+
+        Runs under the caller's grad mode: with gradients on, ``log_prob`` and
+        ``skip_penalty`` are differentiable in the controller's parameters.
+        ``skip_penalty`` computes, for every ``InputChoice`` with ``1 < n_chosen <
+        n_candidates``, sum_i KL(Bernoulli(pi_i) || Bernoulli(skip_target)), where
+        pi_i is the probability that input i is among the chosen. ``stats=False``
+        skips log-probability and entropy (they come back as zeros): sampling only.
+        """
+        device = self.g_emb.device
+        zero = torch.zeros((), device=device)
+        hidden = [torch.zeros(1, self.lstm_size, device=device) for _ in self.lstm]
+        cell = [torch.zeros(1, self.lstm_size, device=device) for _ in self.lstm]
+        forced = None
+        if arch is not None:
+            forced = torch.tensor(
+                [d.index_of(arch[d.label]) for d in self.decisions], device=device
+            )
+        noise = None
+        if forced is None and not greedy:
+            # Gumbel-max: argmax(logits + g), g = -log(e) with e ~ Exp(1), is a draw from
+            # softmax(logits); all the noise in one call, not one sampler call per decision.
+            noise = torch.empty(self._padding.shape, device=device).exponential_().log_()
+        x = self.g_emb
+        all_logits: list[torch.Tensor] = []
+        picks: list[torch.Tensor] = []
+        for i, decision in enumerate(self.decisions):
+            for layer, lstm in enumerate(self.lstm):
+                hidden[layer], cell[layer] = lstm(x, (hidden[layer], cell[layer]))
+                x = hidden[layer]
+            logits = self._logits(decision, x)
+            if decision.subsets is not None:
+                # A set's logit: the sum of its inputs' logits.
+                logits = self._members(decision) @ logits
+            all_logits.append(logits)
+            if forced is not None:
+                pick = forced[i]
+            elif greedy:
+                pick = logits.detach().argmax()
+            else:
+                pick = (logits.detach() - noise[i, : decision.n_values]).argmax()
+            picks.append(pick)
+            weight = self.embedding[decision.position].weight
+            if decision.subsets is None:
+                x = weight[pick].view(1, -1)
+            else:  # the mean of the chosen inputs' embeddings
+                x = (self._members(decision)[pick] @ weight).view(1, -1) / decision.choice.n_chosen
+        log_prob, entropy, penalty = zero, zero, zero
+        if self.decisions and (stats or skip_penalty):
+            # Every decision's distribution at once: one row each, padded with -inf.
+            log_p = F.log_softmax(
+                nn.utils.rnn.pad_sequence(all_logits, batch_first=True, padding_value=-math.inf),
+                -1,
+            )
+            p = log_p.exp()
+            if stats:
+                log_prob = log_p.gather(1, torch.stack(picks).view(-1, 1)).sum()
+                entropy = -(p * log_p.masked_fill(self._padding, 0.0)).sum()
+            if skip_penalty:
+                penalty = self._skip_penalty(p)
+        indices = torch.stack(picks).tolist() if picks else []
+        result: Architecture = {}
+        for choice in self.choices:
+            result[choice.label] = self.fixed.get(choice.label)
+        for decision, index in zip(self.decisions, indices):
+            value = decision.values[index]
+            result[decision.label] = list(value) if isinstance(value, list) else value
+        return ControllerSample(result, log_prob, entropy, penalty)
+
+    def _skip_penalty(self, p: torch.Tensor) -> torch.Tensor:
+        """sum_i KL(Bernoulli(pi_i) || Bernoulli(skip_target)) over the inputs of the
+        multi-input choices, pi_i = P(input i is chosen); ``p`` holds each decision's
+        probabilities (one row per decision)."""
+        penalty = torch.zeros((), device=p.device)
+        rho = self.skip_target
+        for decision in self.decisions:
+            if decision.subsets is None:
+                continue
+            members = self._members(decision)
+            # Kept in [0, 1] against rounding.
+            chosen = (p[decision.position, : len(members)] @ members).clamp(0.0, 1.0)
+            kl = torch.xlogy(chosen, chosen / rho) + torch.xlogy(
+                1 - chosen, (1 - chosen) / (1 - rho)
+            )
+            penalty = penalty + kl.sum()
+        return penalty
+
+    def log_prob(self, arch: Mapping[str, Any]) -> torch.Tensor:
+        """log P(arch) under the controller (differentiable)."""
+        return self.sample(arch=arch).log_prob
+
+
+class _ReinforceState:
+    """The REINFORCE state beyond the controller's weights and optimizer, checkpointable:
+    the moving-average baseline, how many samples the pending gradient holds, and that
+    pending gradient itself (it carries over epoch ends)."""
+
+    def __init__(self, trainer: EnasTrainer) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        return {
+            # NaN: no reward seen yet.
+            "baseline": torch.tensor(
+                math.nan if trainer.baseline is None else trainer.baseline, dtype=torch.float64
+            ),
+            "pending": trainer.pending_samples,
+            "grads": {
+                name: p.grad.detach().clone()
+                for name, p in trainer.controller.named_parameters()
+                if p.grad is not None
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        trainer = self.trainer
+        baseline = float(state["baseline"])
+        trainer.baseline = None if math.isnan(baseline) else baseline
+        trainer.pending_samples = int(state["pending"])
+        grads = state["grads"]
+        for name, p in trainer.controller.named_parameters():
+            p.grad = grads[name].to(p.device).clone() if name in grads else None
+
+
+def _callable_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+class EnasTrainer(SamplingTrainer):
+    """ENAS: shared weights trained on architectures an LSTM controller samples; the
+    controller trained with REINFORCE on the architecture half.
+
+    Takes the arguments of NNI's legacy ``EnasTrainer`` (an NNI user switches by
+    changing the import) plus nastrain's own:
+
+    - ``model``: a model space; its choices are replaced in place by sampling modules.
+    - ``loss(logits, y)``, ``metrics(logits, y) -> dict`` (or ``None``).
+    - ``reward_function(logits, y) -> number``: the reward of the sampled
+      architecture on a batch of the architecture half (e.g. accuracy); a float or
+      a one-element tensor, finite.
+    - ``optimizer``: the weights' optimizer, or ``None`` for SGD(lr 0.05, momentum
+      0.9, weight decay 1e-4).
+    - ``num_epochs``, ``dataset`` (split into a weight half and an architecture
+      half unless ``valid_dataset`` is given), ``batch_size``, ``workers``,
+      ``device``, ``log_frequency``.
+    - ``grad_clip``: the gradient norm of the weights and of the controller is
+      clipped to it (0: no clipping).
+    - ``entropy_weight``: the entropy bonus added to the reward.
+    - ``skip_weight``: weight of the skip penalty (see :mod:`nastrain_enas.enas`).
+    - ``baseline_decay``: the baseline follows ``b = decay * b + (1 - decay) * reward``,
+      starting at the first reward (NNI and the paper start at 0).
+    - ``ctrl_lr``: Adam's learning rate for the controller.
+    - ``ctrl_steps_aggregate``: samples whose gradients are summed into one controller
+      update (across epoch ends).
+    - ``ctrl_kwargs``: :class:`Controller` options: ``lstm_size`` (64),
+      ``lstm_num_layers`` (1), ``tanh_constant`` (1.5), ``temperature`` (None),
+      ``skip_target`` (0.4).
+    - ``seed``, ``checkpoint_dir``, ``progress``, ``lr_scheduler``, ``channels_last``,
+      ``valid_dataset``: as for ``DartsTrainer``; the checkpoint holds the controller,
+      its optimizer, the baseline and the pending controller gradient too.
+
+    After ``fit``, :attr:`history` holds each epoch's mean metrics (weight phase:
+    ``loss`` and the user's metrics; controller phase: ``reward``, ``baseline``,
+    ``ctrl_loss``, ``entropy`` and the user's metrics as ``val_*``) and the
+    controller's most likely architecture with its probability.
+    """
+
+    name = "enas"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[[Any, Any], torch.Tensor],
+        metrics: Callable[[Any, Any], Mapping[str, float]] | None,
+        reward_function: Callable[[Any, Any], Any],
+        optimizer: torch.optim.Optimizer | None,
+        num_epochs: int,
+        dataset: Dataset,
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Any = None,
+        log_frequency: int | None = None,
+        grad_clip: float = 5.0,
+        entropy_weight: float = 1e-4,
+        skip_weight: float = 0.8,
+        baseline_decay: float = 0.999,
+        ctrl_lr: float = 3.5e-4,
+        ctrl_steps_aggregate: int = 20,
+        ctrl_kwargs: Mapping[str, Any] | None = None,
+        *,
+        valid_dataset: Dataset | None = None,
+        seed: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+        lr_scheduler: Any = None,
+        channels_last: bool | None = None,
+    ) -> None:
+        if not callable(reward_function):
+            raise TypeError(
+                "reward_function must be a callable (logits, y) -> number, got "
+                f"{type(reward_function).__name__}"
+            )
+        if (
+            isinstance(ctrl_steps_aggregate, bool)
+            or not isinstance(ctrl_steps_aggregate, int)
+            or ctrl_steps_aggregate < 1
+        ):
+            raise ValueError(
+                f"ctrl_steps_aggregate must be an int >= 1 (samples per controller update), "
+                f"got {ctrl_steps_aggregate!r}"
+            )
+        for name, value in (
+            ("entropy_weight", entropy_weight),
+            ("skip_weight", skip_weight),
+            ("ctrl_lr", ctrl_lr),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if not isinstance(baseline_decay, (int, float)) or not 0 <= baseline_decay < 1:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay!r}")
+        ctrl_kwargs = dict(ctrl_kwargs or {})
+        unknown = sorted(set(ctrl_kwargs) - set(CONTROLLER_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"ctrl_kwargs has unknown option(s) {unknown}; the controller takes "
+                f"{list(CONTROLLER_KWARGS)}"
+            )
+        super().__init__(
+            model,
+            loss,
+            metrics,
+            optimizer,
+            num_epochs,
+            dataset,
+            batch_size,
+            workers,
+            device,
+            log_frequency,
+            grad_clip,
+            valid_dataset=valid_dataset,
+            seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            progress=progress,
+            lr_scheduler=lr_scheduler,
+            channels_last=channels_last,
+        )
+        self.reward_function = reward_function
+        self.entropy_weight = float(entropy_weight)
+        self.skip_weight = float(skip_weight)
+        self.baseline_decay = float(baseline_decay)
+        self.ctrl_steps_aggregate = ctrl_steps_aggregate
+        self.controller = Controller(self.space.choices, **ctrl_kwargs).to(self.device)
+        self.ctrl_optim = torch.optim.Adam(self.controller.parameters(), lr=ctrl_lr)
+        #: The moving-average baseline of the reward (``None`` before the first reward).
+        self.baseline: float | None = None
+        #: Samples in the controller's pending (not yet applied) gradient.
+        self.pending_samples = 0
+        self._ctrl_step = 0  # controller steps in this epoch, for error messages
+
+    # --- one epoch: the weight phase, then the controller phase -----------------------------
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader) + len(self.valid_loader)
+
+    def epoch_steps(self) -> Iterator[dict[str, float]]:
+        yield from self.weight_phase()
+        yield from self.controller_phase()
+
+    def sample_arch(self) -> Architecture:
+        """An architecture drawn from the controller (no gradient), for a weight step."""
+        with torch.no_grad():
+            return self.controller.sample(stats=False).arch
+
+    def controller_phase(self) -> Iterator[dict[str, float]]:
+        """:meth:`controller_step` over the architecture half, the supernet in eval mode."""
+        self.model.eval()
+        self._ctrl_step = 0
+        for batch in self.batches("valid"):
+            self._ctrl_step += 1
+            yield self.controller_step(batch)
+
+    def controller_step(self, batch: Any) -> dict[str, float]:
+        """One REINFORCE sample: draw an architecture, reward it on ``batch``, accumulate
+        -log P(arch) * (reward - baseline) + skip_weight * skip penalty, and update the
+        controller once ``ctrl_steps_aggregate`` samples are accumulated."""
+        x, y = batch
+        sample = self.controller.sample(skip_penalty=self.skip_weight > 0)
+        self.set_arch(sample.arch)
+        with torch.no_grad():
+            logits = self.model(x)
+        reward = self._reward(logits, y)
+        entropy = sample.entropy.item()
+        if self.entropy_weight:
+            reward += self.entropy_weight * entropy
+        if self.baseline is None:
+            self.baseline = reward
+        decay = self.baseline_decay
+        self.baseline = decay * self.baseline + (1 - decay) * reward
+        loss = -sample.log_prob * (reward - self.baseline)
+        if self.skip_weight:
+            loss = loss + self.skip_weight * sample.skip_penalty
+        (loss / self.ctrl_steps_aggregate).backward()
+        self.pending_samples += 1
+        if self.pending_samples >= self.ctrl_steps_aggregate:
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.controller.parameters(), self.grad_clip)
+            self.ctrl_optim.step()
+            self.ctrl_optim.zero_grad(set_to_none=True)
+            self.pending_samples = 0
+        metrics = {
+            "reward": reward,
+            "baseline": self.baseline,
+            "ctrl_loss": loss.item(),
+            "entropy": entropy,
+        }
+        for key, value in self.compute_metrics(logits, y).items():
+            metrics[f"val_{key}"] = value
+        return metrics
+
+    def _reward(self, logits: Any, y: Any) -> float:
+        value = self.reward_function(logits, y)
+        number: float | None = None
+        if isinstance(value, torch.Tensor):
+            if value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+                number = value.item()
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            number = float(value)
+        name = _callable_name(self.reward_function)
+        if number is None:
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise TypeError(
+                f"reward_function {name} returned a {type(value).__name__} ({shown}); it must "
+                "return a number: a float or a one-element tensor"
+            )
+        if not math.isfinite(number):
+            raise ValueError(
+                f"reward_function {name} returned {number} at epoch {self.epoch + 1}, "
+                f"controller step {self._ctrl_step}; a reward must be a finite number"
+            )
+        return number
+
+    # --- epochs, checkpoints, export ---------------------------------------------------------
+
+    def most_likely(self) -> tuple[Architecture, float]:
+        """The controller's most likely architecture (greedy decoding) and its probability."""
+        with torch.no_grad():
+            sample = self.controller.sample(greedy=True)
+        return sample.arch, math.exp(sample.log_prob.item())
+
+    def epoch_record(self) -> dict[str, Any]:
+        arch, prob = self.most_likely()
+        return {"arch": arch, "arch_prob": json_floats([prob])[0]}
+
+    def checkpointables(self) -> dict[str, Any]:
+        return {
+            **super().checkpointables(),
+            "controller": self.controller,
+            "ctrl_optim": self.ctrl_optim,
+            "reinforce": _ReinforceState(self),
+        }
+
+    def export(self) -> dict[str, Any]:
+        """The controller's most likely architecture, in the CONTRACT format."""
+        return self.most_likely()[0]

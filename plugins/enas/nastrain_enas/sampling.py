@@ -1,0 +1,256 @@
+"""Single-path sampling, shared by ENAS and random one-shot (SPOS).
+
+A sampling trainer replaces every ``LayerChoice`` with a :class:`SampledLayerChoice`
+(runs only the sampled candidate) and every ``InputChoice`` with a
+:class:`SampledInputChoice` (reduces exactly ``n_chosen`` distinct inputs), through
+the ``nastrain_replace_module`` hook. Before each step the trainer picks one value
+per decision (label) and hands it to every module of that label, so modules that
+share a label always run the same choice. The weights are trained one sampled
+path at a time: only the sampled candidates get gradients.
+
+The data, epoch loop, progress, reporting and checkpoints are the core's
+:class:`nastrain.oneshot.SupernetTrainer`.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from nastrain import InputChoice, LayerChoice
+from nastrain.mutables import reduce_tensors
+from nastrain.oneshot import SupernetTrainer
+from nastrain.reporting import current_trainer
+from nastrain.space import Architecture
+from nastrain.utils import replace_choices
+
+__all__ = ["SampledInputChoice", "SampledLayerChoice", "SamplingTrainer", "replace_for_sampling"]
+
+
+class SampledLayerChoice(nn.Module):
+    """A ``LayerChoice`` that runs only its sampled candidate.
+
+    ``sampled`` is the candidate's name (as in an exported architecture); the
+    trainer sets it before every step. The candidates stay submodules under
+    ``ops``, so every one of them is in ``parameters()`` and the state dict.
+    """
+
+    def __init__(self, choice: LayerChoice) -> None:
+        super().__init__()
+        self.label = choice.label
+        self.names = list(choice.names)
+        self.ops = nn.ModuleList(list(choice))
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self._chosen: int | None = None
+
+    @property
+    def sampled(self) -> str | None:
+        """The name of the candidate that runs (``None`` until one is sampled)."""
+        return None if self._chosen is None else self.names[self._chosen]
+
+    @sampled.setter
+    def sampled(self, name: str) -> None:
+        index = self._index.get(name) if isinstance(name, str) else None
+        if index is None:
+            raise ValueError(
+                f"LayerChoice {self.label!r} has no candidate {name!r}; "
+                f"its candidates are {self.names}"
+            )
+        self._chosen = index
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._chosen is None:
+            raise RuntimeError(
+                f"LayerChoice {self.label!r}: no candidate is sampled yet; set .sampled or "
+                "run the model through its trainer"
+            )
+        return self.ops[self._chosen](*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"label={self.label!r}, sampled={self.sampled!r}"
+
+
+class SampledInputChoice(nn.Module):
+    """An ``InputChoice`` that reduces exactly ``n_chosen`` distinct sampled inputs.
+
+    ``sampled`` is the sorted list of chosen input indices (as in an exported
+    architecture); the trainer sets it before every step.
+    """
+
+    def __init__(self, choice: InputChoice) -> None:
+        super().__init__()
+        self.label = choice.label
+        self.n_candidates = choice.n_candidates
+        self.n_chosen = choice.n_chosen
+        self.reduction = choice.reduction
+        self._chosen: list[int] | None = None
+
+    @property
+    def sampled(self) -> list[int] | None:
+        """The indices of the inputs that are reduced (``None`` until sampled)."""
+        return None if self._chosen is None else list(self._chosen)
+
+    @sampled.setter
+    def sampled(self, indices: list[int]) -> None:
+        chosen = sorted(indices) if isinstance(indices, (list, tuple)) else None
+        if (
+            chosen is None
+            or len(chosen) != self.n_chosen
+            or len(set(chosen)) != self.n_chosen
+            or not all(isinstance(i, int) and 0 <= i < self.n_candidates for i in chosen)
+        ):
+            raise ValueError(
+                f"InputChoice {self.label!r} takes {self.n_chosen} distinct input indices in "
+                f"0..{self.n_candidates - 1}, got {indices!r}"
+            )
+        self._chosen = chosen
+
+    def forward(self, inputs: list[torch.Tensor]) -> Any:
+        if self._chosen is None:
+            raise RuntimeError(
+                f"InputChoice {self.label!r}: no inputs are sampled yet; set .sampled or run "
+                "the model through its trainer"
+            )
+        if len(inputs) != self.n_candidates:
+            raise ValueError(
+                f"InputChoice {self.label!r} expects {self.n_candidates} inputs, got {len(inputs)}"
+            )
+        return reduce_tensors([inputs[i] for i in self._chosen], self.reduction)
+
+    def extra_repr(self) -> str:
+        return (
+            f"label={self.label!r}, n_candidates={self.n_candidates}, n_chosen={self.n_chosen}, "
+            f"sampled={self._chosen}"
+        )
+
+
+class SamplingTrainer(SupernetTrainer):
+    """Base of the single-path trainers: replaces the choices with sampling modules and
+    trains the weights one sampled architecture per batch of the weight half.
+
+    A subclass says how an architecture is sampled (:meth:`sample_arch`) and what an
+    epoch is (:meth:`epoch_steps`, built from :meth:`weight_step`). A replacement that
+    a third-party plugin supplies for a new kind of choice must take the sampled
+    value through a ``sampled`` attribute, as :class:`SampledLayerChoice` does.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[[Any, Any], torch.Tensor],
+        metrics: Callable[[Any, Any], Mapping[str, float]] | None,
+        optimizer: torch.optim.Optimizer | None,
+        num_epochs: int,
+        dataset: Dataset,
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Any = None,
+        log_frequency: int | None = None,
+        grad_clip: float = 5.0,
+        *,
+        valid_dataset: Dataset | None = None,
+        seed: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+        lr_scheduler: Any = None,
+        channels_last: bool | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            loss=loss,
+            metrics=metrics,
+            num_epochs=num_epochs,
+            dataset=dataset,
+            valid_dataset=valid_dataset,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            log_frequency=log_frequency,
+            seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            progress=progress,
+            channels_last=channels_last,
+        )
+        if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) or grad_clip < 0:
+            raise ValueError(f"grad_clip must be a number >= 0 (0: no clipping), got {grad_clip!r}")
+        self.grad_clip = float(grad_clip)
+        self.nas_modules = replace_choices(self.model, trainer=self)
+        #: The replaced modules of each label: one sampled value goes to all of them.
+        self.modules_by_label: dict[str, list[nn.Module]] = {}
+        for label, module in self.nas_modules:
+            self.modules_by_label.setdefault(label, []).append(module)
+        self.prepare_model()
+        self.weights = [p for p in self.model.parameters() if p.requires_grad]
+        if optimizer is None and self.weights:
+            optimizer = torch.optim.SGD(self.weights, lr=0.05, momentum=0.9, weight_decay=1e-4)
+        #: The weights' optimizer (``None`` for a space without weights).
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        #: The architecture the model runs now.
+        self.current_arch: Architecture = {}
+
+    @abc.abstractmethod
+    def sample_arch(self) -> Architecture:
+        """The architecture of the next weight step."""
+
+    def set_arch(self, arch: Mapping[str, Any]) -> None:
+        """Make the model run ``arch``: every module of a label gets that label's value."""
+        for label, modules in self.modules_by_label.items():
+            value = arch[label]
+            for module in modules:
+                module.sampled = value
+        self.current_arch = dict(arch)
+
+    def weight_step(self, batch: Any) -> dict[str, float]:
+        """One step of the shared weights on a sampled architecture."""
+        x, y = batch
+        self.set_arch(self.sample_arch())
+        optimizer = self.optimizer
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        loss = self.loss(logits, y)
+        if loss.requires_grad:  # a sampled path may have no weights at all
+            loss.backward()
+        if optimizer is not None:
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
+            optimizer.step()
+        with torch.no_grad():
+            return {"loss": loss.item(), **self.compute_metrics(logits.detach(), y)}
+
+    def weight_phase(self) -> Iterator[dict[str, float]]:
+        """:meth:`weight_step` over the weight half, in train mode."""
+        self.model.train()
+        for batch in self.batches("train"):
+            yield self.weight_step(batch)
+
+    def after_epoch(self) -> None:
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+
+    def checkpointables(self) -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        if self.optimizer is not None:
+            items["optimizer"] = self.optimizer
+        if self.lr_scheduler is not None:
+            items["lr_scheduler"] = self.lr_scheduler
+        return items
+
+
+def replace_for_sampling(module: nn.Module, trainer: Any) -> nn.Module | None:
+    """The hook's answer: sampling modules for this plugin's trainers, ``None`` otherwise."""
+    trainer = trainer if trainer is not None else current_trainer()
+    if not isinstance(trainer, SamplingTrainer):
+        return None
+    if isinstance(module, LayerChoice):
+        return SampledLayerChoice(module)
+    if isinstance(module, InputChoice):
+        return SampledInputChoice(module)
+    return None

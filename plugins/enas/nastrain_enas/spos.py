@@ -1,0 +1,233 @@
+"""Random one-shot: single-path one-shot search with uniform sampling (SPOS; Guo et al.,
+ECCV 2020, and Li & Talwalkar's random search with weight sharing, UAI 2019).
+
+Training samples one path uniformly per batch of the weight half: every
+architecture is trained equally often in expectation, so the shared weights rank
+architectures without favouring any. The search itself happens in ``export()``:
+architectures are evaluated with the shared weights on the architecture half and
+the best is returned. A space with no more architectures than ``export_budget``
+is evaluated whole, every architecture once; a larger one by ``export_budget``
+distinct uniformly sampled architectures.
+
+The data, epoch loop, progress, reporting and checkpoints are the core's
+:class:`nastrain.oneshot.SupernetTrainer`; single-path sampling is
+:mod:`nastrain_enas.sampling`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from nastrain.space import Architecture
+from nastrain_enas.sampling import SamplingTrainer
+
+__all__ = ["RandomOneShotTrainer"]
+
+
+class RandomOneShotTrainer(SamplingTrainer):
+    """Single-path one-shot with uniform sampling; ``export()`` evaluates architectures
+    with the shared weights and returns the best.
+
+    Takes the one-shot trainers' common arguments (``model, loss, metrics,
+    optimizer, num_epochs, dataset, batch_size, workers, device, log_frequency,
+    grad_clip``; ``optimizer=None`` is SGD(lr 0.05, momentum 0.9, weight decay
+    1e-4)) and ``valid_dataset``, ``seed``, ``checkpoint_dir``, ``progress``,
+    ``lr_scheduler``, ``channels_last`` as ``DartsTrainer`` does, plus:
+
+    - ``export_budget``: how many architectures ``export()`` evaluates at most.
+    - ``export_batches``: how many batches of the architecture half each
+      architecture is evaluated on (the same batches, drawn once, for all); ``None``:
+      all of it.
+    - ``score_function(logits, y) -> number``: an architecture's score on a batch,
+      higher is better; ``None``: minus ``loss``. The score of an architecture is
+      the mean over its evaluation batches, weighted by batch size.
+
+    Training uses only the weight half (sampling draws from Python's ``random``,
+    which ``seed`` seeds and checkpoints restore). After ``export()``,
+    :attr:`ranking` holds every evaluated architecture with its score, best first,
+    and :attr:`best_score` the exported one's score; the model is left in eval mode
+    running the exported architecture.
+    """
+
+    name = "random"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[[Any, Any], torch.Tensor],
+        metrics: Callable[[Any, Any], Mapping[str, float]] | None,
+        optimizer: torch.optim.Optimizer | None,
+        num_epochs: int,
+        dataset: Dataset,
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Any = None,
+        log_frequency: int | None = None,
+        grad_clip: float = 5.0,
+        *,
+        valid_dataset: Dataset | None = None,
+        seed: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+        lr_scheduler: Any = None,
+        channels_last: bool | None = None,
+        export_budget: int = 100,
+        export_batches: int | None = None,
+        score_function: Callable[[Any, Any], Any] | None = None,
+    ) -> None:
+        for name, value, allow_none in (
+            ("export_budget", export_budget, False),
+            ("export_batches", export_batches, True),
+        ):
+            if value is None and allow_none:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if score_function is not None and not callable(score_function):
+            raise TypeError(
+                "score_function must be a callable (logits, y) -> number or None, got "
+                f"{type(score_function).__name__}"
+            )
+        super().__init__(
+            model,
+            loss,
+            metrics,
+            optimizer,
+            num_epochs,
+            dataset,
+            batch_size,
+            workers,
+            device,
+            log_frequency,
+            grad_clip,
+            valid_dataset=valid_dataset,
+            seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            progress=progress,
+            lr_scheduler=lr_scheduler,
+            channels_last=channels_last,
+        )
+        self.export_budget = export_budget
+        self.export_batches = export_batches
+        self.score_function = score_function
+        #: Every architecture ``export()`` evaluated, with its score, best first.
+        self.ranking: list[tuple[Architecture, float]] = []
+        #: The score of the architecture ``export()`` returned.
+        self.best_score: float | None = None
+
+    # --- training: one uniformly sampled path per batch of the weight half ------------------
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def epoch_steps(self) -> Iterator[dict[str, float]]:
+        yield from self.weight_phase()
+
+    def sample_arch(self) -> Architecture:
+        """A uniformly random architecture (from Python's global ``random``)."""
+        arch: Architecture = {}
+        for choice in self.space.choices:
+            if choice.kind == "layer":
+                arch[choice.label] = choice.names[random.randrange(len(choice.names))]
+            else:
+                arch[choice.label] = sorted(
+                    random.sample(range(choice.n_candidates), choice.n_chosen)
+                )
+        return arch
+
+    # --- export: evaluate architectures with the shared weights -----------------------------
+
+    def candidates(self) -> list[Architecture]:
+        """What ``export()`` evaluates: every architecture of a space no larger than
+        ``export_budget``, else that many distinct uniformly sampled ones (seeded by
+        ``seed``)."""
+        if self.space.size <= self.export_budget:
+            return list(self.space.enumerate())
+        rng = random.Random(self.seed)
+        seen: set[str] = set()
+        archs: list[Architecture] = []
+        while len(archs) < self.export_budget:
+            arch = self.space.sample(rng)
+            key = json.dumps(arch, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                archs.append(arch)
+        return archs
+
+    def evaluation_loader(self) -> DataLoader:
+        """The architecture half in a fixed order, so that every architecture is scored on
+        the same batches (ties stay ties); only ``export_batches`` batches of it, drawn once
+        (seeded by ``seed``), when that is set."""
+        loader = self.valid_loader
+        # The half's indices when the dataset was split, else the whole valid_dataset.
+        indices = list(getattr(loader.sampler, "indices", range(len(loader.dataset))))
+        if self.export_batches is not None and self.export_batches * self.batch_size < len(indices):
+            generator = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
+            kept = torch.randperm(len(indices), generator=generator)
+            kept = kept[: self.export_batches * self.batch_size].sort().values
+            indices = [indices[i] for i in kept.tolist()]
+        return DataLoader(
+            Subset(loader.dataset, indices),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    @torch.no_grad()
+    def evaluate(self, arch: Mapping[str, Any], batches: Iterable[Any] | None = None) -> float:
+        """The score of ``arch`` with the shared weights (the model in eval mode) on
+        ``batches`` (default: :meth:`evaluation_loader`)."""
+        self.model.eval()
+        self.set_arch(self.space.validate(arch))
+        total = count = 0.0
+        for batch in batches if batches is not None else self.evaluation_loader():
+            x, y = self.to_device(batch)
+            logits = self.model(x)
+            n = float(len(y)) if hasattr(y, "__len__") else 1.0
+            total += self._score(logits, y, arch) * n
+            count += n
+        return total / max(count, 1.0)
+
+    def _score(self, logits: Any, y: Any, arch: Mapping[str, Any]) -> float:
+        if self.score_function is None:
+            value: Any = self.loss(logits, y)
+            name = "loss"
+        else:
+            value = self.score_function(logits, y)
+            name = f"score_function {getattr(self.score_function, '__qualname__', '?')}"
+        number: float | None = None
+        if isinstance(value, torch.Tensor):
+            if value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+                number = value.item()
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            number = float(value)
+        if number is None:
+            raise TypeError(
+                f"{name} returned a {type(value).__name__}; it must return a number: a float "
+                "or a one-element tensor"
+            )
+        if not math.isfinite(number):
+            raise ValueError(f"{name} is {number} for architecture {dict(arch)}")
+        return -number if self.score_function is None else number
+
+    def export(self) -> dict[str, Any]:
+        """The best of :meth:`candidates` by score, in the CONTRACT format; the ranking of
+        all of them is kept in :attr:`ranking`."""
+        loader = self.evaluation_loader()
+        scored = [(arch, self.evaluate(arch, loader)) for arch in self.candidates()]
+        # sorted() is stable: ties keep the enumeration order.
+        self.ranking = sorted(scored, key=lambda item: -item[1])
+        best, self.best_score = self.ranking[0]
+        self.set_arch(best)
+        return dict(best)
