@@ -101,11 +101,15 @@ def replace_choices(
     model: nn.Module,
     trainer: BaseTrainer | None = None,
     modules: Replaced | None = None,
+    init_fn: Callable[[Mutable], nn.Module | None] | None = None,
 ) -> Replaced:
     """Replace every choice of any kind with what the plugins' ``nastrain_replace_module`` gives.
 
     This is how a first- or third-party one-shot trainer relaxes a space: it
     answers the hook for the choice types it knows, and another plugin can
-    add a new choice type for it.
+    add a new choice type for it. ``init_fn``, the trainer's own replacement,
+    is the fallback when no plugin answers (so a trainer imported directly
+    works with its plugin left out by ``NASTRAIN_PLUGINS``); it may return
+    ``None`` for a choice it does not know.
     """
-    return _replace(model, Mutable, None, modules, trainer)
+    return _replace(model, Mutable, init_fn, modules, trainer)

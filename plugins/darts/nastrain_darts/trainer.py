@@ -254,7 +254,9 @@ class DartsTrainer(SupernetTrainer):
         self.unrolled = unrolled
         self.export_exclude = tuple(export_exclude)
         self.arch = ArchParameters(self.device)
-        self.nas_modules = replace_choices(self.model, trainer=self)
+        self.nas_modules = replace_choices(
+            self.model, trainer=self, init_fn=lambda choice: relax(choice, self)
+        )
         self.prepare_model()
         self.weights = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = optimizer or torch.optim.SGD(

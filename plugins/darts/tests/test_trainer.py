@@ -192,3 +192,11 @@ def test_progress_bar_per_epoch_shows_loss_and_metrics_unless_off(progress, caps
         assert "epoch 1/2" in err and "epoch 2/2" in err and "loss" in err and "acc" in err
     else:
         assert err == ""
+
+
+def test_works_imported_directly_with_its_plugin_left_out(monkeypatch, nastrain_reload) -> None:
+    monkeypatch.setenv("NASTRAIN_PLUGINS", "")
+    nastrain_reload()
+    trainer = make()
+    trainer.fit()
+    assert set(trainer.export()) == {"op", "pick"}

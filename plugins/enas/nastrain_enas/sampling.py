@@ -180,7 +180,9 @@ class SamplingTrainer(SupernetTrainer):
         if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) or grad_clip < 0:
             raise ValueError(f"grad_clip must be a number >= 0 (0: no clipping), got {grad_clip!r}")
         self.grad_clip = float(grad_clip)
-        self.nas_modules = replace_choices(self.model, trainer=self)
+        self.nas_modules = replace_choices(
+            self.model, trainer=self, init_fn=lambda choice: replace_for_sampling(choice, self)
+        )
         #: The replaced modules of each label: one sampled value goes to all of them.
         self.modules_by_label: dict[str, list[nn.Module]] = {}
         for label, module in self.nas_modules:

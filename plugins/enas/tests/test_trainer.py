@@ -246,3 +246,22 @@ def test_bad_input_is_a_clear_error() -> None:
         spos(export_budget=0)
     with pytest.raises(ValueError, match="grad_clip"):
         spos(grad_clip=-1)
+
+
+def test_works_imported_directly_with_its_plugin_left_out(monkeypatch, nastrain_reload) -> None:
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    import nastrain
+    from nastrain_enas import RandomOneShotTrainer
+
+    monkeypatch.setenv("NASTRAIN_PLUGINS", "")
+    nastrain_reload()
+    model = nn.Sequential(nastrain.LayerChoice({"a": nn.Linear(4, 4), "b": nn.Tanh()}, label="op"))
+    x = torch.randn(32, 4)
+    trainer = RandomOneShotTrainer(
+        model, nn.MSELoss(), None, None, 1, TensorDataset(x, x), batch_size=8, progress=False
+    )
+    trainer.fit()
+    assert trainer.export()["op"] in ("a", "b")
