@@ -6,9 +6,10 @@ once, then runs one trial after another, streaming every reported result back
 through a pipe. Workers are started through multiprocessing's ``forkserver``
 (``spawn`` where there is none), so a worker costs a fork of a process that has
 already imported torch, and torch's threads are divided between them. A trial
-that raises is recorded as failed with its traceback; a worker that dies (a
+that raises is recorded as failed with its traceback, and a worker that dies (a
 SIGKILL, an out-of-memory kill) or runs past the per-trial timeout fails its
-trial and is replaced.
+trial; in all three cases the worker is replaced by a fresh one, since a failed
+trial may leave threads, globals or device memory behind.
 
 :class:`InlineExecutor` runs trials one at a time in the experiment's own
 process: for debugging, notebooks, and spaces that cannot be sent to another
@@ -387,6 +388,8 @@ class LocalExecutor:
         self.trial_timeout = trial_timeout
         self.handler = handler
         self.workers: list[_Worker] = []
+        #: Workers replaced after a trial that raised (a count, for tests and reports).
+        self.recycled = 0
         self._context = _context()
 
     def start(self) -> None:
@@ -477,6 +480,19 @@ class LocalExecutor:
             worker.job = None
             worker.deadline = None
             self.handler.on_end(message["index"], message["status"], message["reason"])
+            if message["status"] == "failed":
+                self._recycle(worker)
+
+    def _recycle(self, worker: _Worker) -> None:
+        """Stop an idle worker (politely, then by force after 2 s) and start a new one."""
+        with contextlib.suppress(OSError):
+            _send(worker.conn, {"type": "exit"})
+        worker.process.join(2.0)
+        if worker.process.is_alive():
+            worker.process.kill()
+        self._retire(worker)
+        self._spawn()
+        self.recycled += 1
 
     def _retire(self, worker: _Worker) -> None:
         self.workers.remove(worker)
