@@ -348,7 +348,7 @@ class SupernetTrainer(BaseOneShotTrainer):
     def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
         """One search step on a batch of each half; returns metrics, at least ``"loss"``
         (checked to be finite). What the default :meth:`epoch_steps` runs."""
-        raise NotImplementedError(
+        raise TypeError(
             f"{type(self).__qualname__} overrides epoch_steps(), which does not call search_step()"
         )
 
