@@ -106,11 +106,13 @@ class DartsLayerChoice(nn.Module):
         return self._alpha[0]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        weights = F.softmax(self.alpha, -1)
-        out = None
-        for i in self.computed:
-            term = self.ops[i](*args, **kwargs) * weights[i]
-            out = term if out is None else out + term
+        weights = F.softmax(self.alpha, -1).unbind()
+        first, *rest = self.computed
+        out = self.ops[first](*args, **kwargs) * weights[first]
+        for i in rest:
+            # In place on the running sum (no product temporaries); autograd keeps what
+            # the backward needs (each candidate's output, for alpha's gradient).
+            out = out.addcmul_(self.ops[i](*args, **kwargs), weights[i])
         return out
 
     def export(self, exclude: Iterable[str] = ()) -> str:
