@@ -29,9 +29,7 @@ import json
 import multiprocessing
 import os
 import pickle
-import random
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -43,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from nastrain import plugins
+from nastrain.oneshot import seed_everything
 from nastrain.reporting import Metric, check_metric, use_reporter
 from nastrain.serialization import SCHEMA_VERSION, converter, structure
 from nastrain.space import Architecture, apply_arch
@@ -164,17 +163,6 @@ def load_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"space {ref!r} returned a {type(model).__name__}, not a torch nn.Module")
     return model
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, torch's (and NumPy's, when loaded) global generators."""
-    import torch
-
-    random.seed(seed)
-    torch.manual_seed(seed)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed(seed)
 
 
 class _CallbackReporter:

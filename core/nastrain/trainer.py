@@ -145,11 +145,14 @@ class BaseTrainer:
             cls.__init__ = _tracked_init(init)  # type: ignore[method-assign]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        missing = [
-            name
-            for name in dir(cls)
-            if getattr(getattr(cls, name, None), "__isabstractmethod__", False)
-        ]
+        missing = cls.__dict__.get("_nastrain_missing")
+        if missing is None:  # once per class: abstractness does not change after creation
+            missing = tuple(
+                name
+                for name in dir(cls)
+                if getattr(getattr(cls, name, None), "__isabstractmethod__", False)
+            )
+            cls._nastrain_missing = missing
         if missing:
             raise TypeError(
                 f"{cls.__qualname__} cannot be instantiated: it does not implement "

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nastrain import InputChoice, LayerChoice
+from nastrain.mutables import reduce_tensors
 from nastrain.oneshot import SupernetTrainer, json_floats
 from nastrain.reporting import current_trainer
 from nastrain.utils import replace_choices
@@ -156,8 +157,6 @@ class DartsInputChoice(nn.Module):
                 f"InputChoice {self.label!r} expects {self.n_candidates} inputs, got {len(inputs)}"
             )
         if self.reduction not in ("sum", "mean"):  # every input chosen: nothing to mix
-            from nastrain.mutables import reduce_tensors
-
             return reduce_tensors(list(inputs), self.reduction)
         weights = F.softmax(self.alpha, -1)
         out = inputs[0] * weights[0]
@@ -392,9 +391,7 @@ class DartsTrainer(SupernetTrainer):
                 continue
             if isinstance(module, DartsLayerChoice):
                 result[label] = module.export(self.export_exclude)
-            elif isinstance(module, DartsInputChoice):
-                result[label] = module.export()
-            else:  # a relaxation a third-party plugin supplied
+            else:  # DartsInputChoice, or a relaxation a third-party plugin supplied
                 result[label] = module.export()
         return result
 
