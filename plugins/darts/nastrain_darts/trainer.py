@@ -16,7 +16,8 @@ The data, epoch loop, progress, reporting and checkpoints are the core's
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -169,6 +170,26 @@ class DartsInputChoice(nn.Module):
         return sorted(torch.topk(self.alpha.detach(), self.n_chosen).indices.tolist())
 
 
+@contextmanager
+def frozen(tensors: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Turn ``requires_grad`` off for ``tensors`` during the block (and back on after).
+
+    A forward pass that will not be differentiated with respect to some leaves
+    should not record them: autograd then saves less for the backward pass
+    (a convolution whose weight needs no gradient does not keep its input; a
+    mixed op whose alpha needs none does not keep its candidates' outputs) and
+    computes less in it.
+    """
+    tensors = [t for t in tensors if t.requires_grad]
+    for t in tensors:
+        t.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for t in tensors:
+            t.requires_grad_(True)
+
+
 def relax(module: nn.Module, trainer: DartsTrainer) -> nn.Module | None:
     """The DARTS relaxation of a choice, or ``None`` for a choice type DARTS does not know."""
     if isinstance(module, LayerChoice):
@@ -259,7 +280,12 @@ class DartsTrainer(SupernetTrainer):
             self.model, trainer=self, init_fn=lambda choice: relax(choice, self)
         )
         self.prepare_model()
-        self.weights = [p for p in self.model.parameters() if p.requires_grad]
+        # A relaxation may register its alpha as a module attribute (a plugin's may): alpha
+        # is still not a weight.
+        arch_ids = {id(alpha) for alpha in self.arch.parameters()}
+        self.weights = [
+            p for p in self.model.parameters() if p.requires_grad and id(p) not in arch_ids
+        ]
         self.optimizer = optimizer or torch.optim.SGD(
             self.weights, lr=learning_rate, momentum=0.9, weight_decay=3e-4
         )
@@ -277,14 +303,15 @@ class DartsTrainer(SupernetTrainer):
         if self.unrolled:
             self._unrolled_arch_gradient(trn_x, trn_y, val_x, val_y)
         else:
-            # First order: d L_val(w, alpha) / d alpha, no weight gradients computed.
-            self.loss(self.model(val_x), val_y).backward(inputs=self.arch.parameters())
+            # First order: d L_val(w, alpha) / d alpha; nothing recorded for the weights.
+            self._alpha_grad(val_x, val_y, accumulate=True)
         self.arch_optimizer.step()
 
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(trn_x)
-        loss = self.loss(logits, trn_y)
-        loss.backward(inputs=self.weights)
+        with frozen(self.arch.parameters()):  # the weights' step: alpha is a constant here
+            logits = self.model(trn_x)
+            loss = self.loss(logits, trn_y)
+            loss.backward(inputs=self.weights)
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         self.optimizer.step()
@@ -311,7 +338,9 @@ class DartsTrainer(SupernetTrainer):
         buffers = [b.detach().clone() for b in self.model.buffers()]
 
         # w' = w - xi * (dL_train/dw + momentum buffer + weight decay), in place.
-        grads = torch.autograd.grad(self.loss(self.model(trn_x), trn_y), weights, allow_unused=True)
+        with frozen(alphas):
+            train_loss = self.loss(self.model(trn_x), trn_y)
+            grads = torch.autograd.grad(train_loss, weights, allow_unused=True)
         group = self.optimizer.param_groups[0]
         momentum, decay = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
         with torch.no_grad():
@@ -339,11 +368,11 @@ class DartsTrainer(SupernetTrainer):
         with torch.no_grad():
             for w, b, g in zip(weights, backup, dw):
                 w.copy_(b).add_(g, alpha=float(eps))
-        d_pos = self._alpha_grad(trn_x, trn_y, alphas)
+        d_pos = self._alpha_grad(trn_x, trn_y)
         with torch.no_grad():
             for w, b, g in zip(weights, backup, dw):
                 w.copy_(b).sub_(g, alpha=float(eps))
-        d_neg = self._alpha_grad(trn_x, trn_y, alphas)
+        d_neg = self._alpha_grad(trn_x, trn_y)
 
         with torch.no_grad():
             for w, b in zip(weights, backup):
@@ -353,8 +382,18 @@ class DartsTrainer(SupernetTrainer):
             for a, g, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
                 a.grad = g - xi * (gp - gn) / (2 * eps)
 
-    def _alpha_grad(self, x: Any, y: Any, alphas: list[nn.Parameter]) -> list[torch.Tensor]:
-        found = torch.autograd.grad(self.loss(self.model(x), y), alphas, allow_unused=True)
+    def _alpha_grad(self, x: Any, y: Any, accumulate: bool = False) -> list[torch.Tensor]:
+        """dL(w, alpha)/dalpha on one batch, the weights held constant (not recorded).
+
+        Returned, or with ``accumulate`` added to each alpha's ``.grad``.
+        """
+        alphas = self.arch.parameters()
+        with frozen(self.weights):
+            loss = self.loss(self.model(x), y)
+            if accumulate:
+                loss.backward(inputs=alphas)
+                return []
+            found = torch.autograd.grad(loss, alphas, allow_unused=True)
         return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, found)]
 
     # --- epochs, checkpoints, export ---------------------------------------------------------
