@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
+from nastrain.kernels import optimize_for_cpu
 from nastrain.reporting import report_intermediate_result
 from nastrain.serialization import SCHEMA_VERSION, dumps, loads
 from nastrain.space import SearchSpace
@@ -107,51 +107,6 @@ def _check_batch(batch: Any, what: str) -> None:
             f"{what} must yield (input, target) pairs, but a batch is a {got}; wrap the data in "
             "a Dataset whose items are (x, y)"
         )
-
-
-class PointwiseConv(nn.Module):
-    """A 1x1 convolution (stride 1, no padding, one group) computed as a matrix product over
-    the channels of a channels-last tensor.
-
-    Each of the many small 1x1 convolutions of a NAS supernet costs more in the
-    convolution library's per-call overhead than in arithmetic; on the
-    channels-last layout the same product is one ``linear`` over a contiguous
-    (N, H, W, C) view. It shares ``weight`` and ``bias`` with the convolution it
-    replaces (same Parameter objects, same state_dict keys).
-    """
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.weight = conv.weight
-        self.bias = conv.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
-        return out.permute(0, 3, 1, 2)
-
-
-def _is_pointwise(module: nn.Module) -> bool:
-    return (
-        type(module) is nn.Conv2d
-        and module.kernel_size == (1, 1)
-        and module.stride == (1, 1)
-        and module.padding in ((0, 0), "valid")
-        and module.dilation == (1, 1)
-        and module.groups == 1
-        and module.padding_mode == "zeros"
-    )
-
-
-def pointwise_as_matmul(model: nn.Module) -> int:
-    """Replace every plain 1x1 ``nn.Conv2d`` in ``model`` by a :class:`PointwiseConv`, in
-    place; returns how many were replaced."""
-    count = 0
-    for module in model.modules():
-        for name, child in list(module._modules.items()):
-            if child is not None and _is_pointwise(child):
-                module._modules[name] = PointwiseConv(child)
-                count += 1
-    return count
 
 
 class _Meter:
@@ -324,7 +279,8 @@ class SupernetTrainer(BaseOneShotTrainer):
 
     def prepare_model(self) -> None:
         """Move the (relaxed) model to :attr:`device` and, with ``channels_last``, switch it to
-        the channels-last memory format and run its 1x1 convolutions as matrix products.
+        the channels-last memory format and, on a CPU, to the faster kernels of
+        :func:`nastrain.kernels.optimize_for_cpu`.
 
         Parameters keep their identity, so optimizers built on them stay valid.
         Subclasses call this once their choices are replaced.
@@ -332,7 +288,8 @@ class SupernetTrainer(BaseOneShotTrainer):
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-            pointwise_as_matmul(self.model)
+            if self.device.type == "cpu":
+                optimize_for_cpu(self.model)
 
     def compute_metrics(self, logits: Any, target: Any) -> dict[str, float]:
         """The user's ``metrics(logits, target)`` as a dict of floats (empty without one)."""

@@ -1,4 +1,4 @@
-"""The shared one-shot machinery: data halves, the loop, reporting, checkpoints, fast paths."""
+"""The shared one-shot machinery: data halves, the loop, reporting, checkpoints."""
 
 from __future__ import annotations
 
@@ -10,13 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import nastrain
-from nastrain.oneshot import (
-    PointwiseConv,
-    SupernetTrainer,
-    pointwise_as_matmul,
-    rng_state,
-    set_rng_state,
-)
+from nastrain.oneshot import SupernetTrainer, rng_state, set_rng_state
 from nastrain.utils import replace_layer_choice
 
 
@@ -116,21 +110,6 @@ def test_rng_state_round_trips_torch_python_and_numpy() -> None:
     set_rng_state(*state)
     again = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(draws[0], again[0]) and draws[1:] == again[1:]
-
-
-def test_pointwise_convolutions_as_matmul_compute_the_same() -> None:
-    model = nn.Sequential(
-        nn.Conv2d(4, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 5, 1, bias=False)
-    )
-    x = torch.randn(2, 4, 5, 5)
-    expected = model(x)
-    weight = model[0].weight
-    assert pointwise_as_matmul(model) == 2
-    assert isinstance(model[0], PointwiseConv) and model[0].weight is weight
-    model.to(memory_format=torch.channels_last)
-    out = model(x.contiguous(memory_format=torch.channels_last))
-    assert torch.allclose(out, expected, atol=1e-5)
-    assert list(model.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight"]
 
 
 def test_bad_input() -> None:

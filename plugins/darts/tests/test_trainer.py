@@ -200,3 +200,35 @@ def test_works_imported_directly_with_its_plugin_left_out(monkeypatch, nastrain_
     trainer = make()
     trainer.fit()
     assert set(trainer.export()) == {"op", "pick"}
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
+def test_a_space_of_parameter_free_candidates_is_searched(unrolled) -> None:
+    class Activation(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = nastrain.LayerChoice(
+                {"identity": nn.Identity(), "tanh": nn.Tanh(), "relu": nn.ReLU()}, label="act"
+            )
+
+        def forward(self, x):
+            return self.act(x)
+
+    x = torch.randn(128, 4, generator=torch.Generator().manual_seed(0)) * 2
+    spare = torch.zeros(1, requires_grad=True)  # the model has no weights to optimise
+    trainer = DartsTrainer(
+        Activation(),
+        nn.MSELoss(),
+        None,
+        torch.optim.SGD([spare], lr=0.1),
+        num_epochs=30,
+        dataset=TensorDataset(x, torch.tanh(x)),
+        batch_size=32,
+        arc_learning_rate=0.05,
+        unrolled=unrolled,
+        seed=0,
+        progress=False,
+    )
+    assert trainer.weights == []
+    trainer.fit()
+    assert trainer.export() == {"act": "tanh"}

@@ -1,0 +1,445 @@
+"""Faster CPU paths for the small layers a NAS supernet is made of.
+
+A supernet runs hundreds of small depthwise and 1x1 convolutions and
+BatchNorms per step. On CPUs, with the channels-last memory format, the
+library's default kernels for some of them are several times slower than the
+arithmetic needs (measured on the project's 2-core AVX-512 machines, batch 32,
+8-32 channels, 4x4 to 16x16 maps):
+
+* the backward pass of a depthwise convolution that is dilated or strided: the
+  input gradient is up to 15x slower than the forward convolution it mirrors,
+  and the weight gradient of a dilated one up to 7x slower than an undilated one;
+* a channels-last BatchNorm over fewer than 16 channels (one AVX-512 vector),
+  about 2x slower than the same BatchNorm on the contiguous layout;
+* a 1x1 convolution over a small map, where the convolution library's per-call
+  overhead dominates (a matrix product over the channels is faster), while over a
+  large map the convolution is the faster one.
+
+:func:`optimize_for_cpu` rewrites a model in place to take the faster path in each
+case. The results are the same up to float rounding (the tests hold them to
+1e-5 of PyTorch's own), parameters and buffers keep their identity and their
+``state_dict`` names, so optimizers, checkpoints and ``apply_arch`` are unaffected.
+:class:`~nastrain.oneshot.SupernetTrainer` calls it for a CPU model in the
+channels-last format.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DepthwiseConv",
+    "LeanBatchNorm2d",
+    "PointwiseConv",
+    "depthwise_weight_grad",
+    "fold_relu_into_depthwise",
+    "optimize_for_cpu",
+    "pointwise_as_matmul",
+]
+
+#: A 1x1 convolution over at most this many input elements runs as a matrix product.
+MATMUL_MAX_ELEMENTS = 32 * 1024
+#: A BatchNorm over fewer channels than this runs on the contiguous layout.
+SMALL_CHANNELS = 16
+
+
+class PointwiseConv(nn.Module):
+    """A 1x1 convolution (stride 1, no padding, one group) that runs as a matrix product over
+    the channels of a channels-last tensor when the tensor is small.
+
+    Each of the many small 1x1 convolutions of a NAS supernet costs more in the
+    convolution library's per-call overhead than in arithmetic; on the
+    channels-last layout the same product is one ``linear`` over a contiguous
+    (N, H, W, C) view. Above :data:`MATMUL_MAX_ELEMENTS` input elements the
+    convolution is the faster of the two and is used. It shares ``weight`` and
+    ``bias`` with the convolution it replaces (same Parameter objects, same
+    state_dict keys).
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.weight = conv.weight
+        self.bias = conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > MATMUL_MAX_ELEMENTS or not x.is_contiguous(
+            memory_format=torch.channels_last
+        ):
+            return F.conv2d(x, self.weight, self.bias)
+        out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
+        return out.permute(0, 3, 1, 2)
+
+
+def _is_pointwise(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.Conv2d
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.padding in ((0, 0), "valid")
+        and module.dilation == (1, 1)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+    )
+
+
+def _channels_last_zeros(n: int, c: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    return like.new_zeros((n, h, w, c)).permute(0, 3, 1, 2)
+
+
+def _depthwise_input_grad(
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    in_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    """The input gradient of a depthwise convolution, computed by a forward convolution.
+
+    It is the correlation of the output gradient (zeros inserted between its
+    pixels when strided) with the spatially flipped kernel, padded by
+    ``dilation * (k - 1) - padding``; the forward kernel is much faster than the
+    library's backward one for dilated and strided convolutions.
+    """
+    kernel = weight.shape[-2:]
+    if stride != (1, 1):
+        n, c, out_h, out_w = grad.shape
+        size = [in_size[i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) for i in (0, 1)]
+        spread = _channels_last_zeros(n, c, size[0], size[1], grad)
+        rows = slice(0, (out_h - 1) * stride[0] + 1, stride[0])
+        cols = slice(0, (out_w - 1) * stride[1] + 1, stride[1])
+        spread[:, :, rows, cols] = grad
+        grad = spread
+    pad = tuple(dilation[i] * (kernel[i] - 1) - padding[i] for i in (0, 1))
+    flipped = weight.flip(-1, -2)
+    return F.conv2d(grad, flipped, padding=pad, dilation=dilation, groups=weight.shape[0])
+
+
+def _library_weight_grad(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    return torch.ops.aten.convolution_backward(
+        grad,
+        x,
+        weight,
+        None,
+        list(stride),
+        list(padding),
+        list(dilation),
+        False,
+        [0, 0],
+        weight.shape[0],
+        [False, True, False],
+    )[1]
+
+
+def _space_to_batch(t: torch.Tensor, d: int) -> torch.Tensor:
+    """(N, C, H, W) -> (d*d*N, C, H/d, W/d): the d*d polyphase components of ``t``, in the
+    channels-last format."""
+    n, c, h, w = t.shape
+    t = t.permute(0, 2, 3, 1).reshape(n, h // d, d, w // d, d, c)
+    t = t.permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, h // d, w // d, c)
+    return t.permute(0, 3, 1, 2)
+
+
+def depthwise_weight_grad(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    """The weight gradient of a depthwise convolution, an undilated one where possible.
+
+    A convolution with dilation ``d`` and padding ``d * q`` reads, for each output
+    pixel, inputs ``d`` apart: at stride ``d`` only the input's every ``d``-th row and
+    column (one undilated convolution of ``x[::d, ::d]``), at stride 1 each of the
+    ``d * d`` polyphase components of ``x`` separately (one undilated convolution of
+    them stacked on the batch). Otherwise the library computes it.
+    """
+    d = dilation[0]
+    if d == 1 or dilation[1] != d or padding[0] % d or padding[1] % d:
+        return _library_weight_grad(grad, x, weight, stride, padding, dilation)
+    q = (padding[0] // d, padding[1] // d)
+    if stride == (d, d):
+        sub = x[:, :, ::d, ::d].contiguous(memory_format=torch.channels_last)
+        kernel = weight.shape[-2:]
+        out_size = tuple(sub.shape[2 + i] + 2 * q[i] - kernel[i] + 1 for i in (0, 1))
+        if out_size == tuple(grad.shape[-2:]):
+            return _library_weight_grad(grad, sub, weight, (1, 1), q, (1, 1))
+    elif stride == (1, 1) and x.shape[-2] % d == 0 and x.shape[-1] % d == 0:
+        xs, gs = _space_to_batch(x, d), _space_to_batch(grad, d)
+        return _library_weight_grad(gs, xs, weight, (1, 1), q, (1, 1))
+    return _library_weight_grad(grad, x, weight, stride, padding, dilation)
+
+
+class _DepthwiseConvFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        relu_first: bool,
+    ) -> torch.Tensor:
+        ctx.config = (stride, padding, dilation, tuple(x.shape[-2:]), relu_first)
+        # The input is needed for the weight's gradient and for ReLU's mask; with a ReLU
+        # first, the ReLU's input is kept (the layer before keeps it anyway) rather than
+        # its output, which is recomputed in the backward pass.
+        keep = relu_first or weight.requires_grad
+        ctx.save_for_backward(x if keep else None, weight)
+        if relu_first:
+            x = F.relu(x)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, in_size, relu_first = ctx.config
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _depthwise_input_grad(grad, weight, in_size, stride, padding, dilation)
+            if relu_first:
+                grad_x = torch.ops.aten.threshold_backward(grad_x, x, 0)
+        if ctx.needs_input_grad[1]:
+            conv_input = F.relu(x) if relu_first else x
+            grad_w = depthwise_weight_grad(grad, conv_input, weight, stride, padding, dilation)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+class DepthwiseConv(nn.Module):
+    """A depthwise ``nn.Conv2d`` (one filter per channel) with a faster backward pass,
+    optionally with the ReLU before it folded in.
+
+    The forward pass is the library's convolution; the input gradient is a forward
+    convolution with the flipped kernel, the weight gradient an undilated
+    convolution's where the dilation allows (:func:`depthwise_weight_grad`). With
+    ``relu_first``, it computes ``conv(relu(x))`` and keeps ``x`` instead of
+    ``relu(x)`` for the backward pass: in a NAS cell the same ``x`` feeds several
+    such operations and is kept once, where each separate ReLU would keep an output
+    of its own. Shares ``weight`` and ``bias`` with the convolution it replaces.
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu_first: bool = False) -> None:
+        super().__init__()
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.stride: tuple[int, int] = tuple(conv.stride)  # type: ignore[assignment]
+        self.padding: tuple[int, int] = tuple(conv.padding)  # type: ignore[assignment,arg-type]
+        self.dilation: tuple[int, int] = tuple(conv.dilation)  # type: ignore[assignment]
+        self.relu_first = relu_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _DepthwiseConvFunction.apply(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.relu_first
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[-2:])}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
+            + (", relu_first=True" if self.relu_first else "")
+        )
+
+
+def fold_relu_into_depthwise(model: nn.Module) -> int:
+    """In every ``nn.Sequential`` of ``model``, replace a ReLU directly followed by a
+    depthwise convolution by an ``nn.Identity`` and a :class:`DepthwiseConv` with
+    ``relu_first`` (the convolution may already be one); returns how many were folded.
+
+    Positions and ``state_dict`` keys stay as they were (a ReLU has no state).
+    """
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module._modules.items())
+        for (relu_name, relu), (conv_name, conv) in itertools.pairwise(children):
+            if type(relu) is not nn.ReLU:
+                continue
+            if _is_depthwise(conv):
+                conv = DepthwiseConv(conv)
+            if isinstance(conv, DepthwiseConv) and not conv.relu_first:
+                conv.relu_first = True
+                module._modules[conv_name] = conv
+                module._modules[relu_name] = nn.Identity()
+                count += 1
+    return count
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    if not (
+        type(module) is nn.Conv2d
+        and module.groups > 1
+        and module.in_channels == module.groups == module.out_channels
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    ):
+        return False
+    # The flipped-kernel input gradient needs padding <= dilation * (kernel - 1).
+    return all(
+        module.padding[i] <= module.dilation[i] * (module.kernel_size[i] - 1) for i in (0, 1)
+    )
+
+
+class _LeanBatchNormFunction(torch.autograd.Function):
+    """Training-mode BatchNorm without affine parameters that keeps its output, not its input,
+    for the backward pass (see :class:`LeanBatchNorm2d`)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        running_mean: torch.Tensor | None,
+        running_var: torch.Tensor | None,
+        momentum: float,
+        eps: float,
+    ) -> torch.Tensor:
+        switch = _needs_contiguous(x)
+        out, _, invstd = torch.native_batch_norm(
+            x.contiguous() if switch else x,
+            None,
+            None,
+            running_mean,
+            running_var,
+            True,
+            momentum,
+            eps,
+        )
+        if switch:
+            out = out.contiguous(memory_format=torch.channels_last)
+        ctx.save_for_backward(out, invstd)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        out, invstd = ctx.saved_tensors
+        switch = _needs_contiguous(out)
+        if switch:
+            out, grad = out.contiguous(), grad.contiguous()
+        # The output is the normalised input, x_hat: the library's backward, given x_hat as its
+        # input with mean 0 and inverse deviation 1, and the true inverse deviation as the
+        # scale, computes invstd * (g - mean(g) - x_hat * mean(g * x_hat)): the input gradient.
+        grad_x = torch.ops.aten.native_batch_norm_backward(
+            grad,
+            out,
+            invstd,
+            None,
+            None,
+            torch.zeros_like(invstd),
+            torch.ones_like(invstd),
+            True,
+            ctx.eps,
+            [True, False, False],
+        )[0]
+        if switch:
+            grad_x = grad_x.contiguous(memory_format=torch.channels_last)
+        return grad_x, None, None, None, None
+
+
+def _needs_contiguous(x: torch.Tensor) -> bool:
+    """A 4-D channels-last tensor with fewer than :data:`SMALL_CHANNELS` channels."""
+    return (
+        x.dim() == 4
+        and x.shape[1] < SMALL_CHANNELS
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+class LeanBatchNorm2d(nn.BatchNorm2d):
+    """A ``BatchNorm2d`` that saves less for the backward pass and is faster on few channels.
+
+    Without affine parameters and in training mode (a DARTS search cell's
+    BatchNorm), the backward pass needs only the normalised output, which the
+    next layer, or the mixed op weighting it, keeps anyway: this one saves that
+    output instead of its input, so the input is freed. A channels-last input
+    with fewer than :data:`SMALL_CHANNELS` channels is normalised on the
+    contiguous layout (faster there) and handed on channels-last again.
+    Otherwise it is ``nn.BatchNorm2d``. Built by :meth:`like`, it shares the
+    original's buffers and parameters.
+    """
+
+    @classmethod
+    def like(cls, bn: nn.BatchNorm2d) -> LeanBatchNorm2d:
+        """A LeanBatchNorm2d with ``bn``'s settings, parameters, buffers and mode."""
+        lean = cls(
+            bn.num_features,
+            eps=bn.eps,
+            momentum=bn.momentum,
+            affine=bn.affine,
+            track_running_stats=bn.track_running_stats,
+        )
+        for name, param in bn.named_parameters(recurse=False):
+            setattr(lean, name, param)
+        for name, buffer in bn.named_buffers(recurse=False):
+            setattr(lean, name, buffer)
+        lean.train(bn.training)
+        return lean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.weight is None and x.dim() == 4):
+            if _needs_contiguous(x):
+                return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+            return super().forward(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # a cumulative average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return _LeanBatchNormFunction.apply(
+            x, self.running_mean, self.running_var, momentum, self.eps
+        )
+
+
+def pointwise_as_matmul(model: nn.Module) -> int:
+    """Replace every plain 1x1 ``nn.Conv2d`` in ``model`` by a :class:`PointwiseConv`, in
+    place; returns how many were replaced."""
+    return _replace(model, _is_pointwise, PointwiseConv)
+
+
+def _replace(model: nn.Module, test: Any, make: Any) -> int:
+    count = 0
+    for module in model.modules():
+        for name, child in list(module._modules.items()):
+            if child is not None and test(child):
+                module._modules[name] = make(child)
+                count += 1
+    return count
+
+
+def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
+    """Rewrite ``model`` in place for fast channels-last training on a CPU; returns how many
+    modules each rewrite touched.
+
+    * ``pointwise``: 1x1 convolutions become :class:`PointwiseConv`;
+    * ``relu_folded``: a ReLU right before a depthwise convolution in an ``nn.Sequential``
+      is folded into it (:func:`fold_relu_into_depthwise`);
+    * ``depthwise``: the other depthwise convolutions become :class:`DepthwiseConv`;
+    * ``batchnorm``: BatchNorms become :class:`LeanBatchNorm2d`.
+
+    Calling it twice changes nothing more.
+    """
+    return {
+        "pointwise": pointwise_as_matmul(model),
+        "relu_folded": fold_relu_into_depthwise(model),
+        "depthwise": _replace(model, _is_depthwise, DepthwiseConv),
+        "batchnorm": _replace(model, lambda m: type(m) is nn.BatchNorm2d, LeanBatchNorm2d.like),
+    }

@@ -1,0 +1,226 @@
+"""The CPU fast paths of nastrain.kernels compute what PyTorch's own layers compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nastrain.kernels import (
+    MATMUL_MAX_ELEMENTS,
+    DepthwiseConv,
+    LeanBatchNorm2d,
+    PointwiseConv,
+    fold_relu_into_depthwise,
+    optimize_for_cpu,
+    pointwise_as_matmul,
+)
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def forward_backward(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Output, input gradient and parameter gradients for a fixed random output gradient."""
+    x = x.detach().clone().requires_grad_(True)
+    for p in module.parameters():
+        p.grad = None
+    out = module(x)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    return (out.detach(), x.grad, *(p.grad for p in module.parameters()))
+
+
+def assert_close(ours: tuple, theirs: tuple) -> None:
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        if a is None or b is None:  # a frozen parameter: no gradient on either side
+            assert a is None and b is None
+            continue
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation", "size"),
+    [
+        (3, 1, 1, 1, 8),  # sep_conv_3x3
+        (5, 1, 2, 1, 8),  # sep_conv_5x5
+        (3, 1, 2, 2, 8),  # dil_conv_3x3: polyphase weight gradient
+        (5, 1, 4, 2, 8),  # dil_conv_5x5
+        (3, 2, 1, 1, 8),  # strided: zeros inserted in the input gradient
+        (5, 2, 2, 1, 7),  # strided, odd size
+        (3, 2, 2, 2, 8),  # strided and dilated: subsampled weight gradient
+        (5, 2, 4, 2, 7),  # ... on an odd size
+        (3, 1, 2, 2, 7),  # dilated on an odd size: the library's weight gradient
+        (3, 1, 0, 1, 6),  # no padding
+        (3, 3, 3, 3, 9),  # stride = dilation = 3
+        ((3, 5), (1, 2), (1, 2), (1, 1), 8),  # rectangular
+    ],
+)
+@pytest.mark.parametrize("bias", [False, True])
+def test_depthwise_conv_matches_conv2d(kernel, stride, padding, dilation, size, bias) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, kernel, stride, padding, dilation, groups=6, bias=bias)
+    x = channels_last(torch.randn(3, 6, size, size + 1))
+    expected = forward_backward(conv, x)
+    fast = DepthwiseConv(conv)
+    assert fast.weight is conv.weight
+    assert_close(forward_backward(fast, x), expected)
+    assert_close(forward_backward(fast, x.contiguous()), expected)  # either layout
+
+
+@pytest.mark.parametrize(("stride", "dilation"), [(1, 1), (2, 2), (1, 2)])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_depthwise_conv_with_the_relu_folded_in_matches_relu_then_conv2d(
+    stride, dilation, frozen
+) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 3, stride, dilation, dilation, groups=6, bias=False)
+    conv.weight.requires_grad_(not frozen)
+    x = channels_last(torch.randn(3, 6, 8, 8))
+    expected = forward_backward(nn.Sequential(nn.ReLU(), conv), x)
+    assert_close(forward_backward(DepthwiseConv(conv, relu_first=True), x), expected)
+
+
+def test_a_relu_is_folded_only_right_before_a_depthwise_conv() -> None:
+    model = nn.Sequential(
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),  # folded
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),  # a full convolution: kept
+        nn.Tanh(),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),  # no ReLU before it
+    )
+    assert fold_relu_into_depthwise(model) == 1
+    assert isinstance(model[0], nn.Identity) and model[1].relu_first
+    assert isinstance(model[2], nn.ReLU) and type(model[5]) is nn.Conv2d
+    assert fold_relu_into_depthwise(model) == 0
+
+
+def test_depthwise_conv_skips_the_weight_gradient_it_is_not_asked_for() -> None:
+    conv = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    conv.weight.requires_grad_(False)
+    DepthwiseConv(conv)(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is None
+
+
+@pytest.mark.parametrize("size", [4, 40])  # below and above MATMUL_MAX_ELEMENTS
+def test_pointwise_conv_matches_conv2d_on_both_paths(size) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 1)
+    x = channels_last(torch.randn(4, 8, size, size))
+    assert (x.numel() > MATMUL_MAX_ELEMENTS) == (size == 40)
+    expected = forward_backward(conv, x)
+    assert_close(forward_backward(PointwiseConv(conv), x), expected)
+
+
+def test_pointwise_convolutions_as_matmul_compute_the_same() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(4, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 5, 1, bias=False)
+    )
+    x = torch.randn(2, 4, 5, 5)
+    expected = model(x)
+    weight = model[0].weight
+    assert pointwise_as_matmul(model) == 2
+    assert isinstance(model[0], PointwiseConv) and model[0].weight is weight
+    model.to(memory_format=torch.channels_last)
+    out = model(channels_last(x))
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight"]
+
+
+def small_net() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),  # fewer than 16 channels: run on the contiguous layout
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 5, padding=4, dilation=2, groups=8, bias=False),
+        nn.Conv2d(8, 16, 1, bias=False),
+        nn.BatchNorm2d(16, affine=False),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    )
+
+
+def test_optimize_for_cpu_keeps_results_parameters_and_state_dict() -> None:
+    torch.manual_seed(0)
+    reference, model = small_net(), small_net()
+    model.load_state_dict(reference.state_dict())
+    params = list(model.parameters())
+    keys = list(model.state_dict())
+    model.to(memory_format=torch.channels_last)
+    counts = optimize_for_cpu(model)
+    assert counts == {"pointwise": 1, "relu_folded": 1, "depthwise": 1, "batchnorm": 2}
+    assert set(optimize_for_cpu(model).values()) == {0}
+    assert isinstance(model[2], nn.Identity) and model[3].relu_first
+    assert list(model.parameters()) == params and list(model.state_dict()) == keys
+    assert isinstance(model[3], DepthwiseConv) and isinstance(model[4], PointwiseConv)
+    assert isinstance(model[1], LeanBatchNorm2d) and model[1].running_mean is not None
+
+    x = torch.randn(5, 3, 12, 12)
+    model.train(), reference.train()
+    assert_close(forward_backward(model, channels_last(x)), forward_backward(reference, x))
+    # BatchNorm running statistics were updated the same way.
+    torch.testing.assert_close(model[1].running_mean, reference[1].running_mean)
+    torch.testing.assert_close(model[5].running_var, reference[5].running_var)
+    model.eval(), reference.eval()
+    assert_close(forward_backward(model, channels_last(x)), forward_backward(reference, x))
+    # The small BatchNorm hands the next layer a channels-last tensor again.
+    assert model[:2](channels_last(x)).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    ("channels", "affine", "momentum", "layout"),
+    [
+        (8, False, 0.1, "channels_last"),  # small: normalised on the contiguous layout
+        (24, False, 0.1, "channels_last"),
+        (24, False, None, "contiguous"),  # cumulative running averages
+        (8, True, 0.1, "channels_last"),  # affine: nn.BatchNorm2d's own path
+        (24, True, 0.3, "contiguous"),
+    ],
+)
+def test_lean_batchnorm_matches_batchnorm(channels, affine, momentum, layout) -> None:
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(channels, affine=affine, momentum=momentum)
+    if affine:
+        nn.init.normal_(reference.weight), nn.init.normal_(reference.bias)
+    lean = LeanBatchNorm2d.like(reference)
+    mirror = nn.BatchNorm2d(channels, affine=affine, momentum=momentum)
+    mirror.load_state_dict(reference.state_dict())
+    assert lean.running_mean is reference.running_mean and lean.weight is reference.weight
+    assert list(lean.state_dict()) == list(reference.state_dict())
+    for _ in range(3):  # running statistics accumulate alike
+        x = torch.randn(4, channels, 5, 6) * 3 + 1
+        if layout == "channels_last":
+            x = channels_last(x)
+        expected = forward_backward(mirror, x)
+        ours = forward_backward(lean, x)
+        assert_close(ours, expected)
+        assert ours[0].is_contiguous(memory_format=torch.channels_last) == (
+            layout == "channels_last"
+        )
+    torch.testing.assert_close(lean.running_var, mirror.running_var)
+    assert lean.num_batches_tracked.item() == mirror.num_batches_tracked.item() == 3
+    lean.eval(), mirror.eval()
+    assert_close(forward_backward(lean, x), forward_backward(mirror, x))
+
+
+def test_lean_batchnorm_keeps_its_output_not_its_input_for_backward() -> None:
+    x = torch.randn(4, 24, 5, 5, requires_grad=True)
+    hidden = x * 2  # what a convolution would hand the BatchNorm
+
+    def saved_by(module: nn.Module) -> list[torch.Tensor]:
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = module(hidden)
+        return [t for t in saved if t.shape == hidden.shape] + [out]
+
+    *plain, _ = saved_by(nn.BatchNorm2d(24, affine=False))
+    assert any(t is hidden for t in plain)
+    *lean, out = saved_by(LeanBatchNorm2d(24, affine=False))
+    assert not any(t is hidden for t in lean)
+    assert any(t.data_ptr() == out.data_ptr() for t in lean)
