@@ -26,7 +26,7 @@ channels-last format.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,17 +87,51 @@ def _is_pointwise(module: nn.Module) -> bool:
     )
 
 
-def _channels_last_zeros(n: int, c: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-    return like.new_zeros((n, h, w, c)).permute(0, 3, 1, 2)
+_CONV_BACKWARD = torch.ops.aten.convolution_backward.default
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
+_BATCH_NORM_BACKWARD = torch.ops.aten.native_batch_norm_backward.default
+
+
+class _DepthwisePlan(NamedTuple):
+    """How one depthwise convolution computes its gradients, worked out once."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    #: The padding of the flipped-kernel convolution that gives the input gradient.
+    grad_padding: tuple[int, int]
+    #: "subsample" (stride = dilation), "polyphase" (stride 1, dilated) or "library".
+    weight_grad: str
+    #: The padding of the undilated convolution the weight gradient is computed as.
+    undilated_padding: tuple[int, int]
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> _DepthwisePlan:
+        stride: tuple[int, int] = tuple(conv.stride)  # type: ignore[assignment]
+        padding: tuple[int, int] = tuple(conv.padding)  # type: ignore[assignment,arg-type]
+        dilation: tuple[int, int] = tuple(conv.dilation)  # type: ignore[assignment]
+        kernel = conv.kernel_size
+        d = dilation[0]
+        method = "library"
+        if d > 1 and dilation[1] == d and padding[0] % d == 0 and padding[1] % d == 0:
+            if stride == (d, d):
+                method = "subsample"
+            elif stride == (1, 1):
+                method = "polyphase"
+        return cls(
+            stride,
+            padding,
+            dilation,
+            conv.groups,
+            tuple(dilation[i] * (kernel[i] - 1) - padding[i] for i in (0, 1)),  # type: ignore[arg-type]
+            method,
+            (padding[0] // d, padding[1] // d),
+        )
 
 
 def _depthwise_input_grad(
-    grad: torch.Tensor,
-    weight: torch.Tensor,
-    in_size: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
+    grad: torch.Tensor, weight: torch.Tensor, in_size: tuple[int, ...], plan: _DepthwisePlan
 ) -> torch.Tensor:
     """The input gradient of a depthwise convolution, computed by a forward convolution.
 
@@ -106,41 +140,24 @@ def _depthwise_input_grad(
     ``dilation * (k - 1) - padding``; the forward kernel is much faster than the
     library's backward one for dilated and strided convolutions.
     """
-    kernel = weight.shape[-2:]
+    stride = plan.stride
     if stride != (1, 1):
         n, c, out_h, out_w = grad.shape
-        size = [in_size[i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) for i in (0, 1)]
-        spread = _channels_last_zeros(n, c, size[0], size[1], grad)
-        rows = slice(0, (out_h - 1) * stride[0] + 1, stride[0])
-        cols = slice(0, (out_w - 1) * stride[1] + 1, stride[1])
-        spread[:, :, rows, cols] = grad
+        pad = plan.grad_padding
+        # Sized so that the convolution below gives exactly the input's size.
+        spread = grad.new_zeros(
+            (n, in_size[0] - pad[0] + plan.padding[0], in_size[1] - pad[1] + plan.padding[1], c)
+        ).permute(0, 3, 1, 2)
+        spread[
+            :,
+            :,
+            : (out_h - 1) * stride[0] + 1 : stride[0],
+            : (out_w - 1) * stride[1] + 1 : stride[1],
+        ] = grad
         grad = spread
-    pad = tuple(dilation[i] * (kernel[i] - 1) - padding[i] for i in (0, 1))
-    flipped = weight.flip(-1, -2)
-    return F.conv2d(grad, flipped, padding=pad, dilation=dilation, groups=weight.shape[0])
-
-
-def _library_weight_grad(
-    grad: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> torch.Tensor:
-    return torch.ops.aten.convolution_backward(
-        grad,
-        x,
-        weight,
-        None,
-        list(stride),
-        list(padding),
-        list(dilation),
-        False,
-        [0, 0],
-        weight.shape[0],
-        [False, True, False],
-    )[1]
+    return F.conv2d(
+        grad, weight.flip(-1, -2), None, 1, plan.grad_padding, plan.dilation, plan.groups
+    )
 
 
 def _space_to_batch(t: torch.Tensor, d: int) -> torch.Tensor:
@@ -152,13 +169,11 @@ def _space_to_batch(t: torch.Tensor, d: int) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)
 
 
+_WEIGHT_ONLY = [False, True, False]
+
+
 def depthwise_weight_grad(
-    grad: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, plan: _DepthwisePlan
 ) -> torch.Tensor:
     """The weight gradient of a depthwise convolution, an undilated one where possible.
 
@@ -168,20 +183,37 @@ def depthwise_weight_grad(
     ``d * d`` polyphase components of ``x`` separately (one undilated convolution of
     them stacked on the batch). Otherwise the library computes it.
     """
-    d = dilation[0]
-    if d == 1 or dilation[1] != d or padding[0] % d or padding[1] % d:
-        return _library_weight_grad(grad, x, weight, stride, padding, dilation)
-    q = (padding[0] // d, padding[1] // d)
-    if stride == (d, d):
+    groups, q = plan.groups, plan.undilated_padding
+    if plan.weight_grad == "subsample":
+        d = plan.dilation[0]
         sub = x[:, :, ::d, ::d].contiguous(memory_format=torch.channels_last)
-        kernel = weight.shape[-2:]
-        out_size = tuple(sub.shape[2 + i] + 2 * q[i] - kernel[i] + 1 for i in (0, 1))
-        if out_size == tuple(grad.shape[-2:]):
-            return _library_weight_grad(grad, sub, weight, (1, 1), q, (1, 1))
-    elif stride == (1, 1) and x.shape[-2] % d == 0 and x.shape[-1] % d == 0:
-        xs, gs = _space_to_batch(x, d), _space_to_batch(grad, d)
-        return _library_weight_grad(gs, xs, weight, (1, 1), q, (1, 1))
-    return _library_weight_grad(grad, x, weight, stride, padding, dilation)
+        k = weight.shape[-2:]
+        if (sub.shape[2] + 2 * q[0] - k[0] + 1, sub.shape[3] + 2 * q[1] - k[1] + 1) == tuple(
+            grad.shape[-2:]
+        ):
+            return _CONV_BACKWARD(
+                grad, sub, weight, None, [1, 1], q, [1, 1], False, [0, 0], groups, _WEIGHT_ONLY
+            )[1]
+    elif plan.weight_grad == "polyphase":
+        d = plan.dilation[0]
+        if x.shape[-2] % d == 0 and x.shape[-1] % d == 0:
+            xs, gs = _space_to_batch(x, d), _space_to_batch(grad, d)
+            return _CONV_BACKWARD(
+                gs, xs, weight, None, [1, 1], q, [1, 1], False, [0, 0], groups, _WEIGHT_ONLY
+            )[1]
+    return _CONV_BACKWARD(
+        grad,
+        x,
+        weight,
+        None,
+        plan.stride,
+        plan.padding,
+        plan.dilation,
+        False,
+        [0, 0],
+        groups,
+        _WEIGHT_ONLY,
+    )[1]
 
 
 class _DepthwiseConvFunction(torch.autograd.Function):
@@ -191,36 +223,33 @@ class _DepthwiseConvFunction(torch.autograd.Function):
         x: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
+        plan: _DepthwisePlan,
         relu_first: bool,
     ) -> torch.Tensor:
-        ctx.config = (stride, padding, dilation, tuple(x.shape[-2:]), relu_first)
+        ctx.plan, ctx.relu_first, ctx.in_size = plan, relu_first, x.shape[-2:]
         # The input is needed for the weight's gradient and for ReLU's mask; with a ReLU
         # first, the ReLU's input is kept (the layer before keeps it anyway) rather than
         # its output, which is recomputed in the backward pass.
-        keep = relu_first or weight.requires_grad
-        ctx.save_for_backward(x if keep else None, weight)
+        ctx.save_for_backward(x if relu_first or weight.requires_grad else None, weight)
         if relu_first:
             x = F.relu(x)
-        return F.conv2d(x, weight, bias, stride, padding, dilation, weight.shape[0])
+        return F.conv2d(x, weight, bias, plan.stride, plan.padding, plan.dilation, plan.groups)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        stride, padding, dilation, in_size, relu_first = ctx.config
+        plan, relu_first = ctx.plan, ctx.relu_first
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _depthwise_input_grad(grad, weight, in_size, stride, padding, dilation)
+        if need_x:
+            grad_x = _depthwise_input_grad(grad, weight, ctx.in_size, plan)
             if relu_first:
-                grad_x = torch.ops.aten.threshold_backward(grad_x, x, 0)
-        if ctx.needs_input_grad[1]:
-            conv_input = F.relu(x) if relu_first else x
-            grad_w = depthwise_weight_grad(grad, conv_input, weight, stride, padding, dilation)
-        if ctx.needs_input_grad[2]:
+                grad_x = _THRESHOLD_BACKWARD(grad_x, x, 0)
+        if need_w:
+            grad_w = depthwise_weight_grad(grad, F.relu(x) if relu_first else x, weight, plan)
+        if need_b:
             grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class DepthwiseConv(nn.Module):
@@ -240,20 +269,17 @@ class DepthwiseConv(nn.Module):
         super().__init__()
         self.weight = conv.weight
         self.bias = conv.bias
-        self.stride: tuple[int, int] = tuple(conv.stride)  # type: ignore[assignment]
-        self.padding: tuple[int, int] = tuple(conv.padding)  # type: ignore[assignment,arg-type]
-        self.dilation: tuple[int, int] = tuple(conv.dilation)  # type: ignore[assignment]
+        self.plan = _DepthwisePlan.of(conv)
         self.relu_first = relu_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _DepthwiseConvFunction.apply(
-            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.relu_first
-        )
+        return _DepthwiseConvFunction.apply(x, self.weight, self.bias, self.plan, self.relu_first)
 
     def extra_repr(self) -> str:
+        plan = self.plan
         return (
             f"{self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[-2:])}, "
-            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
+            f"stride={plan.stride}, padding={plan.padding}, dilation={plan.dilation}"
             + (", relu_first=True" if self.relu_first else "")
         )
 
@@ -325,33 +351,36 @@ class _LeanBatchNormFunction(torch.autograd.Function):
         if switch:
             out = out.contiguous(memory_format=torch.channels_last)
         ctx.save_for_backward(out, invstd)
-        ctx.eps = eps
+        ctx.eps, ctx.switch = eps, switch
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         out, invstd = ctx.saved_tensors
-        switch = _needs_contiguous(out)
-        if switch:
+        if ctx.switch:
             out, grad = out.contiguous(), grad.contiguous()
+        zeros, ones = _zeros_and_ones(invstd)
         # The output is the normalised input, x_hat: the library's backward, given x_hat as its
         # input with mean 0 and inverse deviation 1, and the true inverse deviation as the
         # scale, computes invstd * (g - mean(g) - x_hat * mean(g * x_hat)): the input gradient.
-        grad_x = torch.ops.aten.native_batch_norm_backward(
-            grad,
-            out,
-            invstd,
-            None,
-            None,
-            torch.zeros_like(invstd),
-            torch.ones_like(invstd),
-            True,
-            ctx.eps,
-            [True, False, False],
+        grad_x = _BATCH_NORM_BACKWARD(
+            grad, out, invstd, None, None, zeros, ones, True, ctx.eps, [True, False, False]
         )[0]
-        if switch:
+        if ctx.switch:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)
         return grad_x, None, None, None, None
+
+
+_UNIT_STATS: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _zeros_and_ones(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Constant zeros and ones shaped like ``like`` (a per-channel vector), made once."""
+    key = (like.numel(), like.dtype, like.device)
+    pair = _UNIT_STATS.get(key)
+    if pair is None:
+        pair = _UNIT_STATS[key] = (torch.zeros_like(like), torch.ones_like(like))
+    return pair
 
 
 def _needs_contiguous(x: torch.Tensor) -> bool:

@@ -387,10 +387,11 @@ class DartsTrainer(SupernetTrainer):
         xi = self._virtual_step_size()
         scratch = self._scratch()
         backup, grads, dw = scratch.backup, scratch.grads, scratch.dw
+        buffers = list(self.model.buffers())
         with torch.no_grad():
             torch._foreach_copy_(backup.views, weights)
-            for saved, buf in zip(scratch.buffers, self.model.buffers()):
-                saved.copy_(buf)
+            if buffers:
+                torch._foreach_copy_(scratch.buffers, buffers)
 
         # w' = w - xi * (dL_train/dw + momentum buffer + weight decay), in place. The gradients
         # accumulate into preallocated storage (weights with none get zeros).
@@ -402,10 +403,16 @@ class DartsTrainer(SupernetTrainer):
         with torch.no_grad():
             if decay:
                 torch._foreach_add_(grads.views, backup.views, alpha=decay)
-            for w, step in zip(weights, grads.views):
-                buf = self.optimizer.state.get(w, {}).get("momentum_buffer") if momentum else None
-                if buf is not None:
-                    step.add_(buf, alpha=momentum)
+            if momentum:
+                state = self.optimizer.state
+                pairs = [
+                    (step, state[w]["momentum_buffer"])
+                    for w, step in zip(weights, grads.views)
+                    if state.get(w, {}).get("momentum_buffer") is not None
+                ]
+                if pairs:
+                    steps, bufs = zip(*pairs)
+                    torch._foreach_add_(list(steps), list(bufs), alpha=momentum)
             torch._foreach_sub_(weights, grads.views, alpha=xi)
 
         # dL_val(w', alpha) with respect to w' and alpha.
@@ -428,8 +435,8 @@ class DartsTrainer(SupernetTrainer):
 
         with torch.no_grad():
             torch._foreach_copy_(weights, backup.views)
-            for buf, saved in zip(self.model.buffers(), scratch.buffers):
-                buf.copy_(saved)
+            if buffers:
+                torch._foreach_copy_(buffers, scratch.buffers)
             for w in weights:
                 w.grad = None
             for a, g, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
