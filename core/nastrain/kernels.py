@@ -26,6 +26,7 @@ channels-last format.
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any, NamedTuple
 
 import torch
@@ -36,10 +37,11 @@ __all__ = [
     "DepthwiseConv",
     "LeanBatchNorm2d",
     "PointwiseConv",
+    "SharedReLU",
     "depthwise_weight_grad",
-    "fold_relu_into_depthwise",
     "optimize_for_cpu",
     "pointwise_as_matmul",
+    "share_relus_before_depthwise",
 ]
 
 #: A 1x1 convolution over at most this many input elements runs as a matrix product.
@@ -284,29 +286,120 @@ class DepthwiseConv(nn.Module):
         )
 
 
-def fold_relu_into_depthwise(model: nn.Module) -> int:
-    """In every ``nn.Sequential`` of ``model``, replace a ReLU directly followed by a
-    depthwise convolution by an ``nn.Identity`` and a :class:`DepthwiseConv` with
-    ``relu_first`` (the convolution may already be one); returns how many were folded.
+class _PassCache:
+    """ReLU outputs by input tensor, kept for one forward pass of a model (see
+    :class:`SharedReLU`); hooks on the model open and clear it around each pass."""
 
-    Positions and ``state_dict`` keys stay as they were (a ReLU has no state).
+    def __init__(self) -> None:
+        self.active = False
+        self.outputs: dict[int, tuple[Any, int, bool, torch.Tensor, int]] = {}
+
+    def open(self, module: nn.Module, args: Any) -> None:
+        self.outputs.clear()
+        self.active = True
+
+    def close(self, module: nn.Module, args: Any, out: Any) -> None:
+        self.outputs.clear()
+        self.active = False
+
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return F.relu(x)
+        grad = torch.is_grad_enabled()
+        hit = self.outputs.get(id(x))
+        if hit is not None:
+            ref, version, was_grad, out, out_version = hit
+            # The same tensor, unchanged, in the same grad mode, and its ReLU not modified.
+            if (
+                ref() is x
+                and version == x._version
+                and was_grad == grad
+                and (out_version == out._version)
+            ):
+                return out
+        out = F.relu(x)
+        self.outputs[id(x)] = (weakref.ref(x), x._version, grad, out, out._version)
+        return out
+
+
+class SharedReLU(nn.Module):
+    """A ReLU computed once per input tensor and forward pass of the model.
+
+    In a NAS cell the same state enters many candidate operations, most of which
+    begin with a ReLU: each would compute, keep for the backward pass and
+    differentiate its own copy of ``relu(state)``. These share one (the backward
+    pass adds their gradients and runs one ReLU backward). Outside a forward
+    pass of the model it was installed for, it is a plain ReLU.
     """
-    count = 0
+
+    def __init__(self, cache: _PassCache) -> None:
+        super().__init__()
+        self._cache = cache
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._cache.relu(x)
+
+
+def _entrances(model: nn.Module) -> set[int]:
+    """ids of the modules that receive their ``nn.Sequential``'s input: a Sequential's first
+    module, recursively (the first module of a first module, ...)."""
+    entrances: set[int] = set()
     for module in model.modules():
+        if isinstance(module, nn.Sequential) and len(module):
+            first = module[0]
+            entrances.add(id(first))
+            while isinstance(first, nn.Sequential) and len(first):
+                first = first[0]
+                entrances.add(id(first))
+    # A Sequential that is not itself the first of its parent passes its own input on.
+    for module in model.modules():
+        if isinstance(module, nn.Sequential) and len(module):
+            for child in list(module)[1:]:
+                entrances.discard(id(child))
+                while isinstance(child, nn.Sequential) and len(child):
+                    child = child[0]
+                    entrances.discard(id(child))
+    return entrances
+
+
+def share_relus_before_depthwise(model: nn.Module) -> dict[str, int]:
+    """Rewrite each ReLU right before a depthwise convolution in an ``nn.Sequential`` of
+    ``model``; returns how many became shared and how many were folded.
+
+    A ReLU that sees the input of a candidate operation (the first module of its
+    Sequential, or of a first Sequential in one) becomes a :class:`SharedReLU`:
+    operations reading the same state share it. A ReLU inside an operation, which
+    nothing shares, is folded into the convolution (:class:`DepthwiseConv` with
+    ``relu_first``). Positions and ``state_dict`` keys stay as they were.
+    """
+    cache = getattr(model, "_nastrain_pass_cache", None)
+    counts = {"shared": 0, "folded": 0}
+    entrances = _entrances(model)
+    for module in list(model.modules()):
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module._modules.items())
         for (relu_name, relu), (conv_name, conv) in itertools.pairwise(children):
-            if type(relu) is not nn.ReLU:
+            if type(relu) is not nn.ReLU or relu.inplace:
                 continue
             if _is_depthwise(conv):
                 conv = DepthwiseConv(conv)
-            if isinstance(conv, DepthwiseConv) and not conv.relu_first:
-                conv.relu_first = True
                 module._modules[conv_name] = conv
+            if not isinstance(conv, DepthwiseConv) or conv.relu_first:
+                continue
+            if id(relu) in entrances:
+                if cache is None:
+                    cache = _PassCache()
+                    model._nastrain_pass_cache = cache  # type: ignore[assignment]
+                    model.register_forward_pre_hook(cache.open)
+                    model.register_forward_hook(cache.close)
+                module._modules[relu_name] = SharedReLU(cache)
+                counts["shared"] += 1
+            else:
+                conv.relu_first = True
                 module._modules[relu_name] = nn.Identity()
-                count += 1
-    return count
+                counts["folded"] += 1
+    return counts
 
 
 def _is_depthwise(module: nn.Module) -> bool:
@@ -459,16 +552,19 @@ def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
     modules each rewrite touched.
 
     * ``pointwise``: 1x1 convolutions become :class:`PointwiseConv`;
-    * ``relu_folded``: a ReLU right before a depthwise convolution in an ``nn.Sequential``
-      is folded into it (:func:`fold_relu_into_depthwise`);
+    * ``relu_shared``, ``relu_folded``: a ReLU right before a depthwise convolution in an
+      ``nn.Sequential`` is shared by the operations reading the same input, or folded
+      into the convolution (:func:`share_relus_before_depthwise`);
     * ``depthwise``: the other depthwise convolutions become :class:`DepthwiseConv`;
     * ``batchnorm``: BatchNorms become :class:`LeanBatchNorm2d`.
 
     Calling it twice changes nothing more.
     """
+    relus = share_relus_before_depthwise(model)
     return {
         "pointwise": pointwise_as_matmul(model),
-        "relu_folded": fold_relu_into_depthwise(model),
+        "relu_shared": relus["shared"],
+        "relu_folded": relus["folded"],
         "depthwise": _replace(model, _is_depthwise, DepthwiseConv),
         "batchnorm": _replace(model, lambda m: type(m) is nn.BatchNorm2d, LeanBatchNorm2d.like),
     }

@@ -11,9 +11,10 @@ from nastrain.kernels import (
     DepthwiseConv,
     LeanBatchNorm2d,
     PointwiseConv,
-    fold_relu_into_depthwise,
+    SharedReLU,
     optimize_for_cpu,
     pointwise_as_matmul,
+    share_relus_before_depthwise,
 )
 
 
@@ -83,19 +84,78 @@ def test_depthwise_conv_with_the_relu_folded_in_matches_relu_then_conv2d(
     assert_close(forward_backward(DepthwiseConv(conv, relu_first=True), x), expected)
 
 
-def test_a_relu_is_folded_only_right_before_a_depthwise_conv() -> None:
-    model = nn.Sequential(
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1, groups=4),  # folded
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1),  # a full convolution: kept
-        nn.Tanh(),
-        nn.Conv2d(4, 4, 3, padding=1, groups=4),  # no ReLU before it
-    )
-    assert fold_relu_into_depthwise(model) == 1
-    assert isinstance(model[0], nn.Identity) and model[1].relu_first
-    assert isinstance(model[2], nn.ReLU) and type(model[5]) is nn.Conv2d
-    assert fold_relu_into_depthwise(model) == 0
+class Edge(nn.Module):
+    """Three operations reading one state, as a NAS edge's candidates do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(dilation: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.ReLU(), nn.Conv2d(4, 4, 3, padding=dilation, dilation=dilation, groups=4)
+            )
+
+        self.ops = nn.ModuleList(
+            [
+                block(1),
+                block(2),
+                nn.Sequential(block(1), block(1)),  # the inner block's ReLU sees no shared input
+                nn.Sequential(nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)),  # not depthwise
+            ]
+        )
+
+    def forward(self, x):
+        return sum(op(x) for op in self.ops)
+
+
+def test_relus_before_depthwise_convs_are_shared_at_the_entrance_and_folded_inside() -> None:
+    torch.manual_seed(0)
+    reference, model = Edge(), Edge()
+    model.load_state_dict(reference.state_dict())
+    assert share_relus_before_depthwise(model) == {"shared": 3, "folded": 1}
+    assert share_relus_before_depthwise(model) == {"shared": 0, "folded": 0}
+    assert all(isinstance(model.ops[i][0], SharedReLU) for i in (0, 1))
+    assert isinstance(model.ops[2][0][0], SharedReLU)
+    assert isinstance(model.ops[2][1][0], nn.Identity) and model.ops[2][1][1].relu_first
+    assert type(model.ops[3][0]) is nn.ReLU
+    assert list(model.state_dict()) == list(reference.state_dict())
+    x = channels_last(torch.randn(2, 4, 6, 6))
+    for _ in range(2):  # a second pass computes afresh
+        assert_close(forward_backward(model, x), forward_backward(reference, x))
+
+
+def test_a_shared_relu_is_computed_once_per_input_and_pass() -> None:
+    model = Edge()
+    share_relus_before_depthwise(model)
+    first, second = model.ops[0][0], model.ops[1][0]
+    seen: list[torch.Tensor] = []
+    model.ops[0][1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    model.ops[1][1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(2, 4, 6, 6)
+    model(x)
+    assert seen[0] is seen[1]  # one ReLU output for both operations
+    model(x)
+    assert seen[2] is not seen[0] and seen[2] is seen[3]  # a new pass, a new one
+    # Outside a pass of the model it recomputes.
+    assert first(x) is not second(x)
+    torch.testing.assert_close(first(x), torch.relu(x))
+
+
+def test_a_shared_relu_recomputes_after_an_in_place_change() -> None:
+    class Meddling(Edge):
+        def forward(self, x):
+            a = self.ops[0][0](x)
+            a.mul_(0)  # its output changed in place
+            b = self.ops[1][0](x)
+            x.add_(1)  # its input changed in place
+            c = self.ops[2][0][0](x)
+            return a, b, c
+
+    model = Meddling()
+    share_relus_before_depthwise(model)
+    x = torch.randn(2, 4, 6, 6)
+    expected = (torch.zeros_like(x), torch.relu(x), torch.relu(x + 1))
+    assert_close(model(x.clone()), expected)
 
 
 def test_depthwise_conv_skips_the_weight_gradient_it_is_not_asked_for() -> None:
@@ -154,7 +214,13 @@ def test_optimize_for_cpu_keeps_results_parameters_and_state_dict() -> None:
     keys = list(model.state_dict())
     model.to(memory_format=torch.channels_last)
     counts = optimize_for_cpu(model)
-    assert counts == {"pointwise": 1, "relu_folded": 1, "depthwise": 1, "batchnorm": 2}
+    assert counts == {
+        "pointwise": 1,
+        "relu_shared": 0,
+        "relu_folded": 1,  # the ReLU is not the first module: nothing else reads its input
+        "depthwise": 1,
+        "batchnorm": 2,
+    }
     assert set(optimize_for_cpu(model).values()) == {0}
     assert isinstance(model[2], nn.Identity) and model[3].relu_first
     assert list(model.parameters()) == params and list(model.state_dict()) == keys
