@@ -116,18 +116,37 @@ def ratio(ours: float | None, theirs: float | None) -> str:
     return "—" if ours is None or not theirs else f"{ours / theirs:.2f}x"
 
 
+def paired_ratio(cfg: Config, base: Config | None, key: str) -> str:
+    """The median over repetitions of ours / NNI's within the same repetition, with the
+    per-repetition ratios: runs next to each other in time share the machine's state,
+    which drifts over minutes on a shared virtual machine."""
+    if base is None:
+        return "—"
+    theirs = {r["rep"]: r.get(key) for r in base.runs if "rep" in r}
+    ratios = [
+        r[key] / theirs[r["rep"]]
+        for r in cfg.runs
+        if r.get(key) is not None and theirs.get(r.get("rep"))
+    ]
+    if not ratios:
+        return "—"
+    each = ", ".join(f"{x:.2f}" for x in ratios)
+    return f"{statistics.median(ratios):.2f}x ({each})"
+
+
 def table(cfgs: list[Config]) -> str:
     """The markdown table of medians."""
     by_name = {c.name: c for c in cfgs}
     rows = [
         "| configuration | steps/s | steps/s at median step | peak RSS MB | added MB "
-        "| speed vs NNI | added MB vs NNI | step / floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| speed vs NNI | speed vs NNI, paired by repetition | added MB vs NNI "
+        "| step / floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cfg in cfgs:
         if not cfg.runs:
             reason = cfg.errors[0] if cfg.errors else "not run"
-            rows.append(f"| {cfg.name} | n/a ({reason}) | | | | | | |")
+            rows.append(f"| {cfg.name} | n/a ({reason}) | | | | | | | |")
             continue
         speed, added = median(cfg, "steps_per_s"), median(cfg, "added_mb")
         base = by_name.get(cfg.baseline) if cfg.baseline else None
@@ -142,7 +161,8 @@ def table(cfgs: list[Config]) -> str:
         rows.append(
             f"| {cfg.name}{note} | {fmt(speed, 3)} | {fmt(at_median, 3)} "
             f"| {fmt(median(cfg, 'peak_rss_mb'), 0)} "
-            f"| {fmt(added, 0)} | {ratio(speed, base_speed)} | {ratio(added, base_added)} "
+            f"| {fmt(added, 0)} | {ratio(speed, base_speed)} "
+            f"| {paired_ratio(cfg, base, 'steps_per_s')} | {ratio(added, base_added)} "
             f"| {floor_cell} |"
         )
     return "\n".join(rows)
@@ -196,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             result = run_once(cfg, args)
             took = time.perf_counter() - t0
+            result["rep"] = rep + 1
             if "error" in result:
                 cfg.errors.append(result["error"])
                 status = result["error"]
