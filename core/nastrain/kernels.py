@@ -15,6 +15,11 @@ arithmetic needs (measured on the project's 2-core AVX-512 machines, batch 32,
   overhead dominates (a matrix product over the channels is faster), while over a
   large map the convolution is the faster one.
 
+Two rewrites save memory and calls as well: the candidate operations that read
+one state share one ReLU of it (:class:`SharedReLU`), and a training-mode
+BatchNorm without affine parameters keeps its output rather than its input for
+the backward pass (:class:`LeanBatchNorm2d`).
+
 :func:`optimize_for_cpu` rewrites a model in place to take the faster path in each
 case. The results are the same up to float rounding (the tests hold them to
 1e-5 of PyTorch's own), parameters and buffers keep their identity and their
