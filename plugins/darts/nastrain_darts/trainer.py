@@ -271,9 +271,9 @@ class DartsTrainer(SupernetTrainer):
       epoch; ``fit`` resumes from one), ``progress`` (a progress bar; default:
       when stderr is a terminal), ``lr_scheduler`` (stepped once per epoch and checkpointed),
       ``export_exclude`` (candidate names ``export`` never picks; the paper
-      excludes ``none``), ``channels_last`` (the channels-last memory format and
-      1x1 convolutions as matrix products; default: on for a CPU and a model with
-      convolutions).
+      excludes ``none``), ``channels_last`` (the channels-last memory format and, on a
+      CPU, the faster layers of :mod:`nastrain.kernels`; default: on for a CPU and a
+      model with convolutions).
 
     After ``fit``, :attr:`history` holds each epoch's mean metrics and
     ``alphas`` (softmax weights per label), for plotting.
