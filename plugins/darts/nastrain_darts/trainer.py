@@ -385,9 +385,9 @@ class DartsTrainer(SupernetTrainer):
         """
         weights, alphas = self.weights, self.arch.parameters()
         xi = self._virtual_step_size()
-        scratch = self._scratch()
-        backup, grads, dw = scratch.backup, scratch.grads, scratch.dw
         buffers = list(self.model.buffers())
+        scratch = self._scratch(buffers)
+        backup, grads, dw = scratch.backup, scratch.grads, scratch.dw
         with torch.no_grad():
             torch._foreach_copy_(backup.views, weights)
             if buffers:
@@ -442,11 +442,11 @@ class DartsTrainer(SupernetTrainer):
             for a, g, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
                 a.grad = g - xi * (gp - gn) / (2 * eps)
 
-    def _scratch(self) -> _UnrolledScratch:
+    def _scratch(self, buffers: list[torch.Tensor]) -> _UnrolledScratch:
         """The unrolled step's storage, allocated once (see :class:`_UnrolledScratch`)."""
         scratch = getattr(self, "_unrolled_scratch", None)
-        if scratch is None or not scratch.fits(self.weights, list(self.model.buffers())):
-            scratch = _UnrolledScratch(self.weights, list(self.model.buffers()))
+        if scratch is None or not scratch.fits(self.weights, buffers):
+            scratch = _UnrolledScratch(self.weights, buffers)
             self._unrolled_scratch = scratch
         return scratch
 
