@@ -42,10 +42,12 @@ __all__ = [
     "DepthwiseConv",
     "LeanBatchNorm2d",
     "PointwiseConv",
+    "SharedPoolNorm",
     "SharedReLU",
     "depthwise_weight_grad",
     "optimize_for_cpu",
     "pointwise_as_matmul",
+    "share_pool_norms",
     "share_relus_before_depthwise",
 ]
 
@@ -292,39 +294,69 @@ class DepthwiseConv(nn.Module):
 
 
 class _PassCache:
-    """ReLU outputs by input tensor, kept for one forward pass of a model (see
-    :class:`SharedReLU`); hooks on the model open and clear it around each pass."""
+    """Results by input tensor, kept for one forward pass of a model (see :class:`SharedReLU`
+    and :class:`SharedPoolNorm`); hooks on the model open and clear it around each pass."""
 
     def __init__(self) -> None:
         self.active = False
-        self.outputs: dict[int, tuple[Any, int, bool, torch.Tensor, int]] = {}
+        self.entries: dict[tuple[int, Any], tuple[Any, int, bool, torch.Tensor, int, Any]] = {}
 
     def open(self, module: nn.Module, args: Any) -> None:
-        self.outputs.clear()
+        self.entries.clear()
         self.active = True
 
     def close(self, module: nn.Module, args: Any, out: Any) -> None:
-        self.outputs.clear()
+        self.entries.clear()
         self.active = False
 
-    def relu(self, x: torch.Tensor) -> torch.Tensor:
+    def get(self, x: torch.Tensor, tag: Any) -> tuple[torch.Tensor, Any] | None:
+        """The output (and extra value) stored for ``x`` under ``tag`` in this pass, if ``x``
+        is the same tensor, unchanged, in the same grad mode, and the output unmodified."""
         if not self.active:
-            return F.relu(x)
-        grad = torch.is_grad_enabled()
-        hit = self.outputs.get(id(x))
+            return None
+        hit = self.entries.get((id(x), tag))
+        if hit is None:
+            return None
+        ref, version, was_grad, out, out_version, extra = hit
+        if (
+            ref() is x
+            and version == x._version
+            and was_grad == torch.is_grad_enabled()
+            and out_version == out._version
+        ):
+            return out, extra
+        return None
+
+    def put(self, x: torch.Tensor, tag: Any, out: torch.Tensor, extra: Any = None) -> None:
+        """Store ``out`` (and ``extra``) as what ``x`` gives under ``tag`` in this pass."""
+        if self.active:
+            self.entries[(id(x), tag)] = (
+                weakref.ref(x),
+                x._version,
+                torch.is_grad_enabled(),
+                out,
+                out._version,
+                extra,
+            )
+
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        hit = self.get(x, "relu")
         if hit is not None:
-            ref, version, was_grad, out, out_version = hit
-            # The same tensor, unchanged, in the same grad mode, and its ReLU not modified.
-            if (
-                ref() is x
-                and version == x._version
-                and was_grad == grad
-                and (out_version == out._version)
-            ):
-                return out
+            return hit[0]
         out = F.relu(x)
-        self.outputs[id(x)] = (weakref.ref(x), x._version, grad, out, out._version)
+        self.put(x, "relu", out)
         return out
+
+
+def _pass_cache(model: nn.Module) -> _PassCache:
+    """``model``'s pass cache, created (with the hooks that open and clear it) on first use."""
+    cache = getattr(model, "_nastrain_pass_cache", None)
+    if cache is None:
+        cache = _PassCache()
+        model._nastrain_pass_cache = cache  # type: ignore[assignment]
+        model.register_forward_pre_hook(cache.open)
+        model.register_forward_hook(cache.close)
+    return cache
 
 
 class SharedReLU(nn.Module):
@@ -377,7 +409,6 @@ def share_relus_before_depthwise(model: nn.Module) -> dict[str, int]:
     nothing shares, is folded into the convolution (:class:`DepthwiseConv` with
     ``relu_first``). Positions and ``state_dict`` keys stay as they were.
     """
-    cache = getattr(model, "_nastrain_pass_cache", None)
     counts = {"shared": 0, "folded": 0}
     entrances = _entrances(model)
     for module in list(model.modules()):
@@ -393,12 +424,7 @@ def share_relus_before_depthwise(model: nn.Module) -> dict[str, int]:
             if not isinstance(conv, DepthwiseConv) or conv.relu_first:
                 continue
             if id(relu) in entrances:
-                if cache is None:
-                    cache = _PassCache()
-                    model._nastrain_pass_cache = cache  # type: ignore[assignment]
-                    model.register_forward_pre_hook(cache.open)
-                    model.register_forward_hook(cache.close)
-                module._modules[relu_name] = SharedReLU(cache)
+                module._modules[relu_name] = SharedReLU(_pass_cache(model))
                 counts["shared"] += 1
             else:
                 conv.relu_first = True
@@ -436,7 +462,7 @@ class _LeanBatchNormFunction(torch.autograd.Function):
         eps: float,
     ) -> torch.Tensor:
         switch = _needs_contiguous(x)
-        out, _, invstd = torch.native_batch_norm(
+        out, mean, invstd = torch.native_batch_norm(
             x.contiguous() if switch else x,
             None,
             None,
@@ -450,10 +476,13 @@ class _LeanBatchNormFunction(torch.autograd.Function):
             out = out.contiguous(memory_format=torch.channels_last)
         ctx.save_for_backward(out, invstd)
         ctx.eps, ctx.switch = eps, switch
-        return out
+        ctx.mark_non_differentiable(mean, invstd)
+        return out, mean, invstd
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: torch.Tensor, *unused: Any
+    ) -> tuple[Any, ...]:
         out, invstd = ctx.saved_tensors
         if ctx.switch:
             out, grad = out.contiguous(), grad.contiguous()
@@ -526,14 +555,85 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
             if _needs_contiguous(x):
                 return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
             return super().forward(x)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # a cumulative average
-                momentum = 1.0 / float(self.num_batches_tracked)
         return _LeanBatchNormFunction.apply(
-            x, self.running_mean, self.running_var, momentum, self.eps
+            x, self.running_mean, self.running_var, _step_momentum(self), self.eps
+        )[0]
+
+
+def _step_momentum(bn: nn.BatchNorm2d) -> float:
+    """Count one more training batch for ``bn``; the momentum its running statistics are
+    updated with for it (what ``nn.BatchNorm2d`` does in training mode)."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # a cumulative average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return momentum
+
+
+class SharedPoolNorm(nn.Sequential):
+    """A parameter-free pooling followed by a BatchNorm without affine parameters (a DARTS
+    search cell's pooling candidate), computed once per input tensor and forward pass.
+
+    Every edge that reads a state has its own pooling candidate; in training mode
+    they all compute the same output (the pooling has no parameters and the
+    BatchNorm normalises with the batch's own statistics). The first one computes
+    it; the others take it and update their own running statistics with the same
+    batch statistics, exactly as their BatchNorm would. In evaluation mode, or
+    outside a forward pass of the model it was installed for, it is the
+    ``nn.Sequential(pool, bn)`` it replaces (same children, same ``state_dict`` keys).
+    """
+
+    def __init__(self, pool: nn.Module, bn: nn.BatchNorm2d, cache: _PassCache) -> None:
+        super().__init__(pool, bn)
+        self._cache = cache
+        settings = sorted(
+            (k, repr(v)) for k, v in vars(pool).items() if not k.startswith("_") and k != "training"
         )
+        # Two of them share a result if their poolings are alike and their BatchNorms' eps.
+        self._tag = (type(pool), tuple(settings), bn.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool, bn = self[0], self[1]
+        if not (bn.training and bn.weight is None and x.dim() == 4 and self._cache.active):
+            return bn(pool(x))
+        momentum = _step_momentum(bn)
+        hit = self._cache.get(x, self._tag)
+        if hit is not None:
+            out, (mean, var) = hit
+            if bn.running_mean is not None and bn.running_var is not None:
+                with torch.no_grad():
+                    bn.running_mean.lerp_(mean, momentum)
+                    bn.running_var.lerp_(var, momentum)
+            return out
+        pooled = pool(x)
+        out, mean, invstd = _LeanBatchNormFunction.apply(
+            pooled, bn.running_mean, bn.running_var, momentum, bn.eps
+        )
+        n = pooled.numel() // pooled.shape[1]
+        # The batch's unbiased variance, as BatchNorm's running estimate takes it.
+        var = (invstd.detach().pow(-2) - bn.eps) * (n / max(n - 1, 1))
+        self._cache.put(x, self._tag, out, (mean.detach(), var))
+        return out
+
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+
+
+def share_pool_norms(model: nn.Module) -> int:
+    """Replace every ``nn.Sequential(pooling, BatchNorm2d without affine)`` in ``model`` by a
+    :class:`SharedPoolNorm`, in place; returns how many were replaced."""
+    def test(module: nn.Module) -> bool:
+        return (
+            type(module) is nn.Sequential
+            and len(module) == 2
+            and type(module[0]) in _POOLS
+            and not getattr(module[0], "return_indices", False)
+            and type(module[1]) in (nn.BatchNorm2d, LeanBatchNorm2d)
+            and module[1].weight is None
+        )
+
+    return _replace(model, test, lambda seq: SharedPoolNorm(seq[0], seq[1], _pass_cache(model)))
 
 
 def pointwise_as_matmul(model: nn.Module) -> int:
@@ -560,6 +660,8 @@ def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
     * ``relu_shared``, ``relu_folded``: a ReLU right before a depthwise convolution in an
       ``nn.Sequential`` is shared by the operations reading the same input, or folded
       into the convolution (:func:`share_relus_before_depthwise`);
+    * ``pool_norm_shared``: a pooling followed by a BatchNorm without affine parameters is
+      computed once per state (:class:`SharedPoolNorm`);
     * ``depthwise``: the other depthwise convolutions become :class:`DepthwiseConv`;
     * ``batchnorm``: BatchNorms become :class:`LeanBatchNorm2d`.
 
@@ -567,6 +669,7 @@ def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
     """
     relus = share_relus_before_depthwise(model)
     return {
+        "pool_norm_shared": share_pool_norms(model),
         "pointwise": pointwise_as_matmul(model),
         "relu_shared": relus["shared"],
         "relu_folded": relus["folded"],

@@ -11,9 +11,11 @@ from nastrain.kernels import (
     DepthwiseConv,
     LeanBatchNorm2d,
     PointwiseConv,
+    SharedPoolNorm,
     SharedReLU,
     optimize_for_cpu,
     pointwise_as_matmul,
+    share_pool_norms,
     share_relus_before_depthwise,
 )
 
@@ -158,6 +160,84 @@ def test_a_shared_relu_recomputes_after_an_in_place_change() -> None:
     assert_close(model(x.clone()), expected)
 
 
+class PoolingEdges(nn.Module):
+    """Edges reading one state, each with its own pooling candidates (pooling + BatchNorm
+    without affine parameters), as in a DARTS search cell; mixed with fixed weights."""
+
+    def __init__(self, momentum: float | None = 0.1) -> None:
+        super().__init__()
+
+        def pooled(pool: nn.Module) -> nn.Sequential:
+            return nn.Sequential(pool, nn.BatchNorm2d(4, affine=False, momentum=momentum))
+
+        self.ops = nn.ModuleList(
+            [
+                pooled(nn.MaxPool2d(3, 1, 1)),
+                pooled(nn.AvgPool2d(3, 1, 1, count_include_pad=False)),
+                pooled(nn.MaxPool2d(3, 1, 1)),  # another edge: shares the first one's result
+                pooled(nn.AvgPool2d(3, 1, 1, count_include_pad=False)),  # ... the second's
+                pooled(nn.AvgPool2d(3, 1, 1)),  # counts the padding: its own
+                pooled(nn.MaxPool2d(3, 2, 1)),  # strided: its own
+                nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.BatchNorm2d(4)),  # affine: untouched
+            ]
+        )
+
+    def forward(self, x):
+        outs = [op(x) for op in self.ops]
+        return sum(o.flatten(1).mean(1) * (i + 1) for i, o in enumerate(outs))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_shared_pool_norms_compute_what_each_edge_would_and_update_every_running_stat(
+    momentum,
+) -> None:
+    torch.manual_seed(0)
+    reference, model = PoolingEdges(momentum), PoolingEdges(momentum)
+    model.load_state_dict(reference.state_dict())
+    keys = list(model.state_dict())
+    assert share_pool_norms(model) == 6
+    assert share_pool_norms(model) == 0
+    assert type(model.ops[6]) is nn.Sequential
+    assert list(model.state_dict()) == keys
+    optimize_for_cpu(model)  # the BatchNorms become lean ones inside
+    computed: list[nn.Module] = []
+    for i in range(6):
+        model.ops[i][0].register_forward_hook(lambda m, a, o, i=i: computed.append(i))
+    for step in range(3):  # the running statistics follow the reference's, step by step
+        x = channels_last(torch.randn(3, 4, 7, 7) * (step + 1) + step)
+        computed.clear()
+        assert_close(forward_backward(model, x), forward_backward(reference, x))
+        assert computed == [0, 1, 4, 5]  # the alike edges took the first one's result
+        for ours, theirs in zip(model.modules(), reference.modules(), strict=True):
+            if isinstance(theirs, nn.BatchNorm2d):
+                torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+                torch.testing.assert_close(ours.running_var, theirs.running_var)
+                assert ours.num_batches_tracked == theirs.num_batches_tracked == step + 1
+    model.eval(), reference.eval()
+    x = channels_last(torch.randn(3, 4, 7, 7))
+    assert_close(forward_backward(model, x), forward_backward(reference, x))
+
+
+def test_a_shared_pool_norm_recomputes_after_an_in_place_change() -> None:
+    class Meddling(PoolingEdges):
+        def forward(self, x):
+            a = self.ops[0](x)
+            a.mul_(0)  # its output changed in place: the next edge computes its own
+            b = self.ops[2](x)
+            return a, b
+
+    model = Meddling()
+    share_pool_norms(model)
+    assert isinstance(model.ops[2], SharedPoolNorm)
+    x = torch.randn(3, 4, 7, 7)
+    a, b = model(x)
+    assert a.abs().sum() == 0 and b.abs().sum() > 0
+    expected = nn.functional.batch_norm(
+        nn.functional.max_pool2d(x, 3, 1, 1), None, None, training=True
+    )
+    torch.testing.assert_close(b, expected)
+
+
 def test_depthwise_conv_skips_the_weight_gradient_it_is_not_asked_for() -> None:
     conv = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False)
     x = torch.randn(2, 4, 6, 6, requires_grad=True)
@@ -215,6 +295,7 @@ def test_optimize_for_cpu_keeps_results_parameters_and_state_dict() -> None:
     model.to(memory_format=torch.channels_last)
     counts = optimize_for_cpu(model)
     assert counts == {
+        "pool_norm_shared": 0,
         "pointwise": 1,
         "relu_shared": 0,
         "relu_folded": 1,  # the ReLU is not the first module: nothing else reads its input
