@@ -623,6 +623,7 @@ _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 def share_pool_norms(model: nn.Module) -> int:
     """Replace every ``nn.Sequential(pooling, BatchNorm2d without affine)`` in ``model`` by a
     :class:`SharedPoolNorm`, in place; returns how many were replaced."""
+
     def test(module: nn.Module) -> bool:
         return (
             type(module) is nn.Sequential
