@@ -47,6 +47,7 @@ __all__ = [
     "depthwise_weight_grad",
     "optimize_for_cpu",
     "pointwise_as_matmul",
+    "pointwise_conv",
     "share_pool_norms",
     "share_relus_before_depthwise",
 ]
@@ -76,12 +77,19 @@ class PointwiseConv(nn.Module):
         self.bias = conv.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > MATMUL_MAX_ELEMENTS or not x.is_contiguous(
-            memory_format=torch.channels_last
-        ):
-            return F.conv2d(x, self.weight, self.bias)
-        out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
-        return out.permute(0, 3, 1, 2)
+        return pointwise_conv(x, self.weight, self.bias)
+
+
+def pointwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias)`` for a 1x1 ``weight`` (``(out, in, 1, 1)`` or
+    ``(out, in)``), as a matrix product over the channels when ``x`` is a small
+    channels-last tensor (see :class:`PointwiseConv`)."""
+    if x.numel() > MATMUL_MAX_ELEMENTS or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.conv2d(x, weight.view(*weight.shape[:2], 1, 1), bias)
+    out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)
+    return out.permute(0, 3, 1, 2)
 
 
 def _is_pointwise(module: nn.Module) -> bool:

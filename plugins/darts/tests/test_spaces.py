@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nastrain import ChosenInputs, InputChoice, LayerChoice, SearchSpace, apply_arch, fixed_arch
-from nastrain_darts.ops import OPS, PRIMITIVES, Zero
+from nastrain_darts.ops import OPS, PRIMITIVES, FactorizedReduce, Zero
 from nastrain_darts.spaces import DartsSpace, darts_cnn_space, genotype
 
 # DARTS V2 (the paper's second-order result, Figure 4), with each node's pair in input order.
@@ -201,6 +201,36 @@ def test_every_op_keeps_channels_and_shapes_like_zero(stride, size):
     assert list(OPS) == PRIMITIVES
     for name in PRIMITIVES:
         assert OPS[name](8, stride, False)(x).shape == expected, name
+
+
+def factorized_reduce_by_definition(fr: FactorizedReduce, x: torch.Tensor) -> torch.Tensor:
+    """The paper's FactorizedReduce: ReLU, two 1x1 stride-2 convolutions (the second on the
+    input shifted by a pixel, padded back on an odd side), concatenated, BatchNorm."""
+    x = torch.relu(x)
+    shifted = torch.nn.functional.pad(x[:, :, 1:, 1:], (0, x.shape[3] % 2, 0, x.shape[2] % 2))
+    return fr.bn(torch.cat([fr.conv_1(x), fr.conv_2(shifted)], dim=1))
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 8), (8, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_factorized_reduce_computes_its_definition(size, channels_last):
+    torch.manual_seed(0)
+    fr = FactorizedReduce(6, 8)
+    x = torch.randn(3, 6, *size)
+    if channels_last:
+        fr.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for compute in (fr, lambda t: factorized_reduce_by_definition(fr, t)):
+        xi = x.clone().requires_grad_(True)
+        out = compute(xi)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+        results.append([out, xi.grad, *(p.grad for p in fr.parameters())])
+        fr.zero_grad(set_to_none=True)
+    for ours, expected in zip(*results, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    if channels_last:
+        assert results[0][1].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_ops_can_be_shrunk_and_unknown_ops_are_named():
