@@ -82,6 +82,59 @@ class ArchParameters:
             }
 
 
+class _WeightedSum(torch.autograd.Function):
+    """sum_k weights[indices[k]] * outputs[k], as one autograd node.
+
+    The mixed operation's sum: one node per edge instead of a product per
+    candidate. The candidates' outputs are kept for the backward pass only when
+    the weights need a gradient (an architecture pass); each weight's gradient is
+    then one inner product. Its backward pass is differentiable again.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, weights: torch.Tensor, indices: list[int], *outputs: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.indices = indices
+        if weights.requires_grad:
+            ctx.save_for_backward(weights, *outputs)
+        else:
+            ctx.save_for_backward(weights)
+        out = outputs[0] * weights[indices[0]]
+        for i, output in zip(indices[1:], outputs[1:]):
+            out.addcmul_(output, weights[i])  # in place on the sum: no product temporaries
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        weights, *outputs = ctx.saved_tensors
+        indices = ctx.indices
+        grad_weights = None
+        if ctx.needs_input_grad[0]:
+            flat_grad, order = _flatten(grad)
+            inner = [torch.dot(flat_grad, _flatten(o, order)[0].to(grad.dtype)) for o in outputs]
+            at = torch.tensor(indices, device=weights.device)
+            grad_weights = torch.zeros_like(weights).index_put(
+                (at,), torch.stack(inner).to(weights.dtype)
+            )
+        grad_outputs = [
+            grad * weights[i] if needed else None
+            for i, needed in zip(indices, ctx.needs_input_grad[2:])
+        ]
+        return (grad_weights, None, *grad_outputs)
+
+
+def _flatten(t: torch.Tensor, order: tuple[int, ...] | None = None) -> tuple[torch.Tensor, Any]:
+    """``t`` as a vector, its elements in ``order`` of dimensions (by default the order they
+    have in memory for a channels-last tensor, else the logical one): a view, no copy, when
+    the layout allows. Two tensors flattened in one order pair up element by element."""
+    if order is None:
+        channels_last = t.dim() == 4 and not t.is_contiguous()
+        channels_last = channels_last and t.is_contiguous(memory_format=torch.channels_last)
+        order = (0, 2, 3, 1) if channels_last else tuple(range(t.dim()))
+    return t.permute(order).reshape(-1), order
+
+
 class DartsLayerChoice(nn.Module):
     """A ``LayerChoice`` relaxed as DARTS does: sum_i softmax(alpha)_i * candidate_i(x).
 
@@ -108,14 +161,8 @@ class DartsLayerChoice(nn.Module):
         return self._alpha[0]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        weights = F.softmax(self.alpha, -1).unbind()
-        first, *rest = self.computed
-        out = self.ops[first](*args, **kwargs) * weights[first]
-        for i in rest:
-            # In place on the running sum (no product temporaries); autograd keeps what
-            # the backward needs (each candidate's output, for alpha's gradient).
-            out = out.addcmul_(self.ops[i](*args, **kwargs), weights[i])
-        return out
+        outputs = [self.ops[i](*args, **kwargs) for i in self.computed]
+        return _WeightedSum.apply(F.softmax(self.alpha, -1), self.computed, *outputs)
 
     def export(self, exclude: Iterable[str] = ()) -> str:
         """The name of the strongest candidate not in ``exclude``."""

@@ -88,6 +88,49 @@ def test_the_none_op_is_skipped_but_keeps_its_softmax_weight() -> None:
     assert relaxed.computed == [1, 2]
 
 
+@pytest.mark.parametrize(
+    "layouts", [("contiguous", "contiguous"), ("cl", "cl"), ("cl", "contiguous")]
+)
+def test_the_mixed_sum_has_the_gradients_of_the_plain_weighted_sum(layouts) -> None:
+    """The relaxed choice's sum (one autograd node) against sum_i w_i * o_i written out: outputs,
+    gradients for the weights and every output (in any memory layout), and second derivatives
+    (the exact second-order test differentiates through it)."""
+    from nastrain_darts.trainer import _WeightedSum
+
+    def layout(t, name):
+        return t.contiguous(memory_format=torch.channels_last) if name == "cl" else t
+
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.softmax(torch.randn(4, dtype=torch.double, generator=generator), -1)
+    weights.requires_grad_(True)
+    outputs = [
+        layout(torch.randn(2, 3, 4, 5, dtype=torch.double, generator=generator), name)
+        .detach()
+        .requires_grad_(True)
+        for name in layouts
+    ]
+    indices = [1, 3]  # candidates 0 and 2 are `none`: weighted, never computed
+
+    def ours(w, *outs):
+        return _WeightedSum.apply(w, indices, *outs)
+
+    def plain(w, *outs):
+        return sum(w[i] * o for i, o in zip(indices, outs))
+
+    torch.testing.assert_close(ours(weights, *outputs), plain(weights, *outputs))
+    grad = torch.randn(2, 3, 4, 5, dtype=torch.double, generator=generator)
+    ours_grads = torch.autograd.grad(ours(weights, *outputs), [weights, *outputs], grad)
+    plain_grads = torch.autograd.grad(plain(weights, *outputs), [weights, *outputs], grad)
+    for a, b in zip(ours_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    assert ours_grads[0][[0, 2]].eq(0).all()
+    assert torch.autograd.gradgradcheck(ours, (weights, *outputs))
+    # With the weights frozen (a weight pass) only the outputs get gradients.
+    frozen = weights.detach()
+    ours(frozen, *outputs).backward(grad)
+    torch.testing.assert_close(outputs[0].grad, grad * frozen[1])
+
+
 def test_fit_exports_a_runnable_architecture_and_keeps_history() -> None:
     space = Space(none_op=nn.Identity())  # an ordinary op named none, to test the exclusion
     trainer = make(Space(), num_epochs=3)
