@@ -192,6 +192,7 @@ class DartsInputChoice(nn.Module):
         self.n_candidates = choice.n_candidates
         self.n_chosen = choice.n_chosen
         self.reduction = choice.reduction
+        self.indices = list(range(self.n_candidates))
         self._alpha = [alpha]
 
     @property
@@ -206,11 +207,7 @@ class DartsInputChoice(nn.Module):
             )
         if self.reduction not in ("sum", "mean"):  # every input chosen: nothing to mix
             return reduce_tensors(list(inputs), self.reduction)
-        weights = F.softmax(self.alpha, -1)
-        out = inputs[0] * weights[0]
-        for i in range(1, len(inputs)):
-            out = out + inputs[i] * weights[i]
-        return out
+        return _WeightedSum.apply(F.softmax(self.alpha, -1), self.indices, *inputs)
 
     def export(self) -> list[int]:
         """The sorted indices of the ``n_chosen`` strongest inputs."""
