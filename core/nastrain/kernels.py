@@ -469,21 +469,15 @@ class _LeanBatchNormFunction(torch.autograd.Function):
         momentum: float,
         eps: float,
     ) -> torch.Tensor:
-        switch = _needs_contiguous(x)
-        out, mean, invstd = torch.native_batch_norm(
-            x.contiguous() if switch else x,
-            None,
-            None,
-            running_mean,
-            running_var,
-            True,
-            momentum,
-            eps,
-        )
-        if switch:
-            out = out.contiguous(memory_format=torch.channels_last)
+        small = _small_channels_last(x)
+        if small:
+            out, mean, invstd = _small_batch_norm(x, running_mean, running_var, momentum, eps)
+        else:
+            out, mean, invstd = torch.native_batch_norm(
+                x, None, None, running_mean, running_var, True, momentum, eps
+            )
         ctx.save_for_backward(out, invstd)
-        ctx.eps, ctx.switch = eps, switch
+        ctx.eps, ctx.small = eps, small
         ctx.mark_non_differentiable(mean, invstd)
         return out, mean, invstd
 
@@ -492,8 +486,15 @@ class _LeanBatchNormFunction(torch.autograd.Function):
         ctx: Any, grad: torch.Tensor, *unused: Any
     ) -> tuple[Any, ...]:
         out, invstd = ctx.saved_tensors
-        if ctx.switch:
-            out, grad = out.contiguous(), grad.contiguous()
+        if ctx.small:
+            # invstd * (g - mean(g) - x_hat * mean(g * x_hat)), per channel, on the
+            # (pixels, channels) matrices of the channels-last gradient and output.
+            g, x_hat = _pixels_by_channels(grad), _pixels_by_channels(out)
+            n = g.shape[0]
+            grad_x = (g + g.sum(0).div_(-n)).addcmul_(x_hat, (g * x_hat).sum(0).div_(-n))
+            batch, channels, height, width = out.shape
+            grad_x = grad_x.mul_(invstd).view(batch, height, width, channels).permute(0, 3, 1, 2)
+            return grad_x, None, None, None, None
         zeros, ones = _zeros_and_ones(invstd)
         # The output is the normalised input, x_hat: the library's backward, given x_hat as its
         # input with mean 0 and inverse deviation 1, and the true inverse deviation as the
@@ -501,9 +502,39 @@ class _LeanBatchNormFunction(torch.autograd.Function):
         grad_x = _BATCH_NORM_BACKWARD(
             grad, out, invstd, None, None, zeros, ones, True, ctx.eps, [True, False, False]
         )[0]
-        if ctx.switch:
-            grad_x = grad_x.contiguous(memory_format=torch.channels_last)
         return grad_x, None, None, None, None
+
+
+def _pixels_by_channels(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> the (N*H*W, C) matrix of its channels-last layout (a view when ``t`` is
+    channels-last)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _small_batch_norm(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-mode BatchNorm (no affine) of a channels-last ``x`` with few channels, on its
+    (pixels, channels) matrix: column sums there are fast, where the library's channels-last
+    kernel is slow under one vector of channels. Returns what ``native_batch_norm`` does
+    (output, batch mean, inverse deviation) and updates the running statistics alike."""
+    pixels = _pixels_by_channels(x)
+    n = pixels.shape[0]
+    mean = pixels.sum(0).div_(n)
+    centred = pixels - mean
+    var = centred.square().sum(0).div_(n)
+    invstd = (var + eps).rsqrt_()
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            unbiased = var * (n / max(n - 1, 1))
+            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+    out = centred.mul_(invstd).view(x.shape[0], x.shape[2], x.shape[3], x.shape[1])
+    return out.permute(0, 3, 1, 2), mean, invstd
 
 
 _UNIT_STATS: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -518,7 +549,7 @@ def _zeros_and_ones(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pair
 
 
-def _needs_contiguous(x: torch.Tensor) -> bool:
+def _small_channels_last(x: torch.Tensor) -> bool:
     """A 4-D channels-last tensor with fewer than :data:`SMALL_CHANNELS` channels."""
     return (
         x.dim() == 4
@@ -560,7 +591,7 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.weight is None and x.dim() == 4):
-            if _needs_contiguous(x):
+            if _small_channels_last(x):
                 return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
             return super().forward(x)
         return _LeanBatchNormFunction.apply(

@@ -323,7 +323,8 @@ def test_optimize_for_cpu_keeps_results_parameters_and_state_dict() -> None:
 @pytest.mark.parametrize(
     ("channels", "affine", "momentum", "layout"),
     [
-        (8, False, 0.1, "channels_last"),  # small: normalised on the contiguous layout
+        (8, False, 0.1, "channels_last"),  # small: normalised on the (pixels, channels) matrix
+        (3, False, None, "channels_last"),
         (24, False, 0.1, "channels_last"),
         (24, False, None, "contiguous"),  # cumulative running averages
         (8, True, 0.1, "channels_last"),  # affine: nn.BatchNorm2d's own path
