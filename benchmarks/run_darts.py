@@ -62,6 +62,18 @@ def configs() -> list[Config]:
     ]
 
 
+def run_order(cfgs: list[Config]) -> list[Config]:
+    """The order of one repetition: each NNI baseline followed at once by the runs compared
+    with it, so that the paired ratios compare runs seconds, not minutes, apart."""
+    order: list[Config] = []
+    for cfg in cfgs:
+        if cfg.baseline is None:
+            order.append(cfg)
+            order.extend(c for c in cfgs if c.baseline == cfg.name)
+    order.extend(c for c in cfgs if c not in order)  # compared with a baseline not run
+    return order
+
+
 def prime_memory(mb: int) -> float:
     """Write ``mb`` MiB once and free it; returns the seconds it took.
 
@@ -210,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"primed {args.prime_mb} MiB in {prime_memory(args.prime_mb):.1f} s", file=sys.stderr)
     for rep in range(args.reps):
-        for cfg in cfgs:
+        for cfg in run_order(cfgs):
             if cfg.skipped:
                 continue
             t0 = time.perf_counter()

@@ -426,19 +426,24 @@ def share_relus_before_depthwise(model: nn.Module) -> dict[str, int]:
         for (relu_name, relu), (conv_name, conv) in itertools.pairwise(children):
             if type(relu) is not nn.ReLU or relu.inplace:
                 continue
-            if _is_depthwise(conv):
-                conv = DepthwiseConv(conv)
-                module._modules[conv_name] = conv
-            if not isinstance(conv, DepthwiseConv) or conv.relu_first:
+            if not (_is_depthwise(conv) or isinstance(conv, DepthwiseConv)):
                 continue
             if id(relu) in entrances:
+                # The convolution is left to optimize_for_cpu's depthwise rewrite.
                 module._modules[relu_name] = SharedReLU(_pass_cache(model))
                 counts["shared"] += 1
-            else:
+            elif not getattr(conv, "relu_first", False):
+                if not isinstance(conv, DepthwiseConv):
+                    conv = module._modules[conv_name] = DepthwiseConv(conv)
                 conv.relu_first = True
                 module._modules[relu_name] = nn.Identity()
                 counts["folded"] += 1
     return counts
+
+
+def _is_strided_or_dilated_depthwise(module: nn.Module) -> bool:
+    # An undilated stride-1 one is as fast in the library, in one call for both gradients.
+    return _is_depthwise(module) and (module.stride != (1, 1) or module.dilation != (1, 1))
 
 
 def _is_depthwise(module: nn.Module) -> bool:
@@ -713,6 +718,6 @@ def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
         "pointwise": pointwise_as_matmul(model),
         "relu_shared": relus["shared"],
         "relu_folded": relus["folded"],
-        "depthwise": _replace(model, _is_depthwise, DepthwiseConv),
+        "depthwise": _replace(model, _is_strided_or_dilated_depthwise, DepthwiseConv),
         "batchnorm": _replace(model, lambda m: type(m) is nn.BatchNorm2d, LeanBatchNorm2d.like),
     }
