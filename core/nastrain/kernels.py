@@ -10,15 +10,18 @@ arithmetic needs (measured on the project's 2-core AVX-512 machines, batch 32,
   input gradient is up to 15x slower than the forward convolution it mirrors,
   and the weight gradient of a dilated one up to 7x slower than an undilated one;
 * a channels-last BatchNorm over fewer than 16 channels (one AVX-512 vector),
-  about 2x slower than the same BatchNorm on the contiguous layout;
+  about 2x slower than the same arithmetic as column sums and products on the
+  (pixels, channels) matrix of the layout;
 * a 1x1 convolution over a small map, where the convolution library's per-call
   overhead dominates (a matrix product over the channels is faster), while over a
   large map the convolution is the faster one.
 
-Two rewrites save memory and calls as well: the candidate operations that read
-one state share one ReLU of it (:class:`SharedReLU`), and a training-mode
-BatchNorm without affine parameters keeps its output rather than its input for
-the backward pass (:class:`LeanBatchNorm2d`).
+Three rewrites save memory and calls as well: the candidate operations that read
+one state share one ReLU of it (:class:`SharedReLU`) and one result of a pooling
+followed by a BatchNorm without affine parameters (:class:`SharedPoolNorm`: the
+edges of a DARTS cell that read one state all compute the same one), and a
+training-mode BatchNorm without affine parameters keeps its output rather than
+its input for the backward pass (:class:`LeanBatchNorm2d`).
 
 :func:`optimize_for_cpu` rewrites a model in place to take the faster path in each
 case. The results are the same up to float rounding (the tests hold them to
@@ -54,7 +57,8 @@ __all__ = [
 
 #: A 1x1 convolution over at most this many input elements runs as a matrix product.
 MATMUL_MAX_ELEMENTS = 32 * 1024
-#: A BatchNorm over fewer channels than this runs on the contiguous layout.
+#: A channels-last BatchNorm over fewer channels than this runs on the (pixels, channels)
+#: matrix (training) or the contiguous layout (evaluation).
 SMALL_CHANNELS = 16
 
 
@@ -571,8 +575,9 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
     BatchNorm), the backward pass needs only the normalised output, which the
     next layer, or the mixed op weighting it, keeps anyway: this one saves that
     output instead of its input, so the input is freed. A channels-last input
-    with fewer than :data:`SMALL_CHANNELS` channels is normalised on the
-    contiguous layout (faster there) and handed on channels-last again.
+    with fewer than :data:`SMALL_CHANNELS` channels is normalised with column
+    sums on its (pixels, channels) matrix in training mode, on the contiguous
+    layout in evaluation mode (both faster), and handed on channels-last.
     Otherwise it is ``nn.BatchNorm2d``. Built by :meth:`like`, it shares the
     original's buffers and parameters.
     """
@@ -707,7 +712,8 @@ def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
       into the convolution (:func:`share_relus_before_depthwise`);
     * ``pool_norm_shared``: a pooling followed by a BatchNorm without affine parameters is
       computed once per state (:class:`SharedPoolNorm`);
-    * ``depthwise``: the other depthwise convolutions become :class:`DepthwiseConv`;
+    * ``depthwise``: the other strided or dilated depthwise convolutions become
+      :class:`DepthwiseConv` (an undilated stride-1 one is as fast in the library);
     * ``batchnorm``: BatchNorms become :class:`LeanBatchNorm2d`.
 
     Calling it twice changes nothing more.
