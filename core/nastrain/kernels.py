@@ -477,7 +477,8 @@ class _LeanBatchNormFunction(torch.autograd.Function):
         running_var: torch.Tensor | None,
         momentum: float,
         eps: float,
-    ) -> torch.Tensor:
+        with_stats: bool = False,
+    ) -> Any:
         small = _small_channels_last(x)
         if small:
             out, mean, invstd = _small_batch_norm(x, running_mean, running_var, momentum, eps)
@@ -487,6 +488,8 @@ class _LeanBatchNormFunction(torch.autograd.Function):
             )
         ctx.save_for_backward(out, invstd)
         ctx.eps, ctx.small = eps, small
+        if not with_stats:
+            return out
         ctx.mark_non_differentiable(mean, invstd)
         return out, mean, invstd
 
@@ -503,15 +506,15 @@ class _LeanBatchNormFunction(torch.autograd.Function):
             grad_x = (g + g.sum(0).div_(-n)).addcmul_(x_hat, (g * x_hat).sum(0).div_(-n))
             batch, channels, height, width = out.shape
             grad_x = grad_x.mul_(invstd).view(batch, height, width, channels).permute(0, 3, 1, 2)
-            return grad_x, None, None, None, None
+            return grad_x, None, None, None, None, None
         zeros, ones = _zeros_and_ones(invstd)
         # The output is the normalised input, x_hat: the library's backward, given x_hat as its
         # input with mean 0 and inverse deviation 1, and the true inverse deviation as the
         # scale, computes invstd * (g - mean(g) - x_hat * mean(g * x_hat)): the input gradient.
         grad_x = _BATCH_NORM_BACKWARD(
-            grad, out, invstd, None, None, zeros, ones, True, ctx.eps, [True, False, False]
+            grad, out, invstd, None, None, zeros, ones, True, ctx.eps, _INPUT_ONLY
         )[0]
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 def _pixels_by_channels(t: torch.Tensor) -> torch.Tensor:
@@ -546,6 +549,7 @@ def _small_batch_norm(
     return out.permute(0, 3, 1, 2), mean, invstd
 
 
+_INPUT_ONLY = [True, False, False]
 _UNIT_STATS: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -606,7 +610,7 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         return _LeanBatchNormFunction.apply(
             x, self.running_mean, self.running_var, _step_momentum(self), self.eps
-        )[0]
+        )
 
 
 def _step_momentum(bn: nn.BatchNorm2d) -> float:
@@ -657,7 +661,7 @@ class SharedPoolNorm(nn.Sequential):
             return out
         pooled = pool(x)
         out, mean, invstd = _LeanBatchNormFunction.apply(
-            pooled, bn.running_mean, bn.running_var, momentum, bn.eps
+            pooled, bn.running_mean, bn.running_var, momentum, bn.eps, True
         )
         n = pooled.numel() // pooled.shape[1]
         # The batch's unbiased variance, as BatchNorm's running estimate takes it.
