@@ -47,6 +47,7 @@ __all__ = [
     "PointwiseConv",
     "SharedPoolNorm",
     "SharedReLU",
+    "StridedPointwiseConv",
     "depthwise_weight_grad",
     "optimize_for_cpu",
     "pointwise_as_matmul",
@@ -94,6 +95,66 @@ def pointwise_conv(
         return F.conv2d(x, weight.view(*weight.shape[:2], 1, 1), bias)
     out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)
     return out.permute(0, 3, 1, 2)
+
+
+class _Subsample(torch.autograd.Function):
+    """``x[:, :, ::s, ::t]`` as a dense channels-last tensor; the backward pass writes the
+    gradient straight into zeros laid out like ``x`` (autograd's strided-slice backward
+    builds them in the contiguous layout and converts)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
+        ctx.shape, ctx.stride = x.shape, stride
+        ctx.memory_format = (
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last) or not x.is_contiguous()
+            else torch.contiguous_format
+        )
+        return x[:, :, :: stride[0], :: stride[1]].contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        grad_x = torch.empty(
+            ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.memory_format
+        ).zero_()
+        grad_x[:, :, :: ctx.stride[0], :: ctx.stride[1]] = grad
+        return grad_x, None
+
+
+class StridedPointwiseConv(nn.Module):
+    """A strided 1x1 convolution (no padding, one group) as the subsampled input's
+    :func:`pointwise_conv`.
+
+    It reads every ``stride``-th pixel only: the convolution library's strided
+    1x1 kernels, and autograd's backward of a strided slice, are several times
+    slower than gathering those pixels once and multiplying (a reduction cell's
+    ``FactorizedReduce``, a ResNet shortcut). Shares ``weight`` and ``bias`` with
+    the convolution it replaces.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.stride: tuple[int, int] = tuple(conv.stride)  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise_conv(_Subsample.apply(x, self.stride), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, stride={self.stride}"
+
+
+def _is_strided_pointwise(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.Conv2d
+        and module.kernel_size == (1, 1)
+        and module.stride != (1, 1)
+        and module.padding in ((0, 0), "valid")
+        and module.dilation == (1, 1)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+    )
 
 
 def _is_pointwise(module: nn.Module) -> bool:
@@ -711,6 +772,7 @@ def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
     modules each rewrite touched.
 
     * ``pointwise``: 1x1 convolutions become :class:`PointwiseConv`;
+    * ``strided_pointwise``: strided 1x1 convolutions become :class:`StridedPointwiseConv`;
     * ``relu_shared``, ``relu_folded``: a ReLU right before a depthwise convolution in an
       ``nn.Sequential`` is shared by the operations reading the same input, or folded
       into the convolution (:func:`share_relus_before_depthwise`);
@@ -726,6 +788,7 @@ def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
     return {
         "pool_norm_shared": share_pool_norms(model),
         "pointwise": pointwise_as_matmul(model),
+        "strided_pointwise": _replace(model, _is_strided_pointwise, StridedPointwiseConv),
         "relu_shared": relus["shared"],
         "relu_folded": relus["folded"],
         "depthwise": _replace(model, _is_strided_or_dilated_depthwise, DepthwiseConv),

@@ -13,6 +13,7 @@ from nastrain.kernels import (
     PointwiseConv,
     SharedPoolNorm,
     SharedReLU,
+    StridedPointwiseConv,
     optimize_for_cpu,
     pointwise_as_matmul,
     share_pool_norms,
@@ -256,6 +257,43 @@ def test_pointwise_conv_matches_conv2d_on_both_paths(size) -> None:
     assert_close(forward_backward(PointwiseConv(conv), x), expected)
 
 
+@pytest.mark.parametrize(
+    ("stride", "size"), [(2, (8, 8)), (2, (7, 9)), ((2, 1), (6, 5)), (3, (8, 7))]
+)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("view", [False, True])  # the input a slice of a larger tensor
+@pytest.mark.parametrize("frozen", [False, True])
+def test_strided_pointwise_conv_matches_conv2d(stride, size, bias, view, frozen) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, 1, stride=stride, bias=bias)
+    for p in conv.parameters():
+        p.requires_grad_(not frozen)
+    fast = StridedPointwiseConv(conv)
+    assert fast.weight is conv.weight
+    x = channels_last(torch.randn(3, 6, size[0] + 1, size[1] + 1))
+
+    def through(module: nn.Module) -> nn.Module:
+        return nn.Sequential(module) if not view else Shifted(module)
+
+    # The reference on the contiguous layout: the library's channels-last strided 1x1
+    # backward crashes on some of these sizes (torch 2.14.1, e.g. 8x10 with this gradient).
+    expected = forward_backward(through(conv), x.contiguous())
+    ours = forward_backward(through(fast), x)
+    assert_close(ours, expected)
+    assert ours[1].is_contiguous(memory_format=torch.channels_last)
+
+
+class Shifted(nn.Module):
+    """Runs ``module`` on the input shifted by a pixel (a strided view), as FactorizedReduce."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x[:, :, 1:, 1:])
+
+
 def test_pointwise_convolutions_as_matmul_compute_the_same() -> None:
     model = nn.Sequential(
         nn.Conv2d(4, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 5, 1, bias=False)
@@ -297,6 +335,7 @@ def test_optimize_for_cpu_keeps_results_parameters_and_state_dict() -> None:
     assert counts == {
         "pool_norm_shared": 0,
         "pointwise": 1,
+        "strided_pointwise": 0,
         "relu_shared": 0,
         "relu_folded": 1,  # the ReLU is not the first module: nothing else reads its input
         "depthwise": 1,
