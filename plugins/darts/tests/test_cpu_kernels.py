@@ -1,0 +1,70 @@
+"""The shipped space searched through the core's CPU kernels (channels-last, nastrain.kernels)
+computes what the same search computes in plain PyTorch."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from nastrain.kernels import SharedPoolNorm, StridedPointwiseConv
+from nastrain_darts import DartsTrainer
+from nastrain_darts.spaces import DartsSpace
+from nastrain_darts.trainer import frozen
+
+
+def trainer(model: nn.Module, channels_last: bool, data: TensorDataset) -> DartsTrainer:
+    optimizer = torch.optim.SGD(model.parameters(), 0.025)
+    return DartsTrainer(
+        model,
+        nn.CrossEntropyLoss(),
+        None,
+        optimizer,
+        1,
+        data,
+        batch_size=8,
+        seed=0,
+        progress=False,
+        channels_last=channels_last,
+    )
+
+
+@pytest.mark.parametrize("size", [8, 6])  # 6: the second reduction halves an odd size
+def test_kernels_compute_the_plain_search_gradients_and_statistics(size) -> None:
+    torch.manual_seed(0)
+    space = DartsSpace(C=4, layers=5).double()
+    x = torch.randn(8, 3, size, size, dtype=torch.float64)
+    y = torch.randint(0, 10, (8,))
+    data = TensorDataset(x, y)
+    twin = copy.deepcopy(space)  # before a trainer relaxes the space in place
+    plain = trainer(space, False, data)
+    fast = trainer(twin, True, data)
+    assert any(isinstance(m, SharedPoolNorm) for m in fast.model.modules())
+    assert any(isinstance(m, StridedPointwiseConv) for m in fast.model.modules())
+    assert not any(isinstance(m, SharedPoolNorm) for m in plain.model.modules())
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the same alphas, away from uniform
+        for a, b in zip(plain.arch.parameters(), fast.arch.parameters(), strict=True):
+            a.copy_(torch.randn(a.shape, generator=generator, dtype=a.dtype))
+            b.copy_(a)
+
+    results = []
+    for t, batch in ((plain, x), (fast, x.contiguous(memory_format=torch.channels_last))):
+        alpha_grads = t._alpha_grad(batch, y)
+        with frozen(t.arch.parameters()):
+            t.loss(t.model(batch), y).backward(inputs=t.weights)
+        weight_grads = {name: p.grad for name, p in t.model.named_parameters()}
+        results.append((alpha_grads, weight_grads, dict(t.model.named_buffers())))
+        t.optimizer.zero_grad(set_to_none=True)
+
+    (alpha_plain, w_plain, buf_plain), (alpha_fast, w_fast, buf_fast) = results
+    for a, b in zip(alpha_plain, alpha_fast, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    assert w_fast.keys() == w_plain.keys() and buf_fast.keys() == buf_plain.keys()
+    for name, grad in w_plain.items():
+        torch.testing.assert_close(w_fast[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+    for name, buffer in buf_plain.items():
+        torch.testing.assert_close(buf_fast[name], buffer, rtol=1e-9, atol=1e-12, msg=name)
