@@ -201,7 +201,7 @@ def test_shared_pool_norms_compute_what_each_edge_would_and_update_every_running
     assert type(model.ops[6]) is nn.Sequential
     assert list(model.state_dict()) == keys
     optimize_for_cpu(model)  # the BatchNorms become lean ones inside
-    computed: list[nn.Module] = []
+    computed: list[int] = []
     for i in range(6):
         model.ops[i][0].register_forward_hook(lambda m, a, o, i=i: computed.append(i))
     for step in range(3):  # the running statistics follow the reference's, step by step
