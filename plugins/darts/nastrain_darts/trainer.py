@@ -240,11 +240,13 @@ class _FlatTensors:
 
     def __init__(self, like: list[torch.Tensor]) -> None:
         kinds = {(t.dtype, t.device) for t in like}
+        #: The one block behind the views (None when their dtypes or devices differ).
+        self.flat: torch.Tensor | None = None
         if len(kinds) != 1:
             self.views = [torch.zeros_like(t) for t in like]
             return
         (dtype, device), offset = kinds.pop(), 0
-        flat = torch.zeros(sum(t.numel() for t in like), dtype=dtype, device=device)
+        flat = self.flat = torch.zeros(sum(t.numel() for t in like), dtype=dtype, device=device)
         self.views = []
         for t in like:
             # The tensor's own strides (channels-last weights stay channels-last), so that
@@ -255,12 +257,17 @@ class _FlatTensors:
 
     def attach_as_grad(self, tensors: list[torch.Tensor]) -> None:
         """Zero the views and make them the ``.grad`` of ``tensors``."""
-        torch._foreach_zero_(self.views)
+        if self.flat is not None:
+            self.flat.zero_()  # each view covers its own span of the block exactly
+        else:
+            torch._foreach_zero_(self.views)
         for t, view in zip(tensors, self.views):
             t.grad = view
 
     def norm(self) -> torch.Tensor:
         """The 2-norm of all views together."""
+        if self.flat is not None:
+            return self.flat.norm()
         return torch.stack(torch._foreach_norm(self.views)).norm()
 
 
