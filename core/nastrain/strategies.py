@@ -235,18 +235,41 @@ class RegularizedEvolution(Strategy):
     Classifier Architecture Search", AAAI 2019, Algorithm 1, in its asynchronous form.
 
     Until ``population_size`` trials have finished, architectures are drawn at
-    random. After that the population is the ``population_size`` most recently
-    finished trials (the oldest die, "aging"); each proposal samples
-    ``sample_size`` of them, takes the best as the parent, and mutates one of
-    its choices to a different value. Failed and early-stopped trials never
-    join the population. The search ends when every architecture of a (small)
-    space has been tried.
+    random (none twice). After that the population is the ``population_size``
+    most recently finished trials: the oldest die ("aging"), whatever their
+    results. Each proposal samples ``sample_size`` members of the population
+    uniformly *with replacement* (as the paper's ``random S elements`` of a
+    population it may draw again from), takes the best of the sample as the parent
+    (ties: the earlier trial) and mutates one of its choices to a different value.
+    Failed and early-stopped trials never join the population.
+
+    ``duplicates`` says what happens when a child is an architecture already tried
+    (finished or running): ``"mutate"`` (the default) mutates again, up to
+    ``retries`` times with a fresh tournament each time, then falls back to a random
+    architecture not tried yet, so no architecture is trained twice;
+    ``"retrain"`` proposes it anyway, as the paper's Algorithm 1 does (the child is
+    trained again and joins the population with its new result). The search ends
+    when every architecture of a (small) space has been tried.
     """
 
     name = "evolution"
 
-    def __init__(self, *, population_size: int = 10, sample_size: int = 3) -> None:
-        for key, value in (("population_size", population_size), ("sample_size", sample_size)):
+    #: The values of ``duplicates``.
+    DUPLICATES = ("mutate", "retrain")
+
+    def __init__(
+        self,
+        *,
+        population_size: int = 10,
+        sample_size: int = 3,
+        duplicates: str = "mutate",
+        retries: int = 100,
+    ) -> None:
+        for key, value in (
+            ("population_size", population_size),
+            ("sample_size", sample_size),
+            ("retries", retries),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"evolution: {key} must be an integer >= 1, got {value!r}")
         if sample_size > population_size:
@@ -254,24 +277,46 @@ class RegularizedEvolution(Strategy):
                 f"evolution: sample_size ({sample_size}) cannot exceed population_size "
                 f"({population_size})"
             )
+        if duplicates not in self.DUPLICATES:
+            raise ValueError(
+                f"evolution: duplicates must be one of {list(self.DUPLICATES)}, got {duplicates!r}"
+            )
         self.population_size = population_size
         self.sample_size = sample_size
+        self.duplicates = duplicates
+        self.retries = retries
+
+    def population(self, history: Sequence[Trial]) -> list[Trial]:
+        """The living population: the ``population_size`` trials that finished last (with a
+        final result), oldest first; fewer while the search is still young."""
+        finished = sorted(
+            (t for t in history if self.trial_score(t) is not None),
+            key=lambda t: t.end_order if t.end_order is not None else t.index,
+        )
+        return finished[-self.population_size :]
+
+    def tournament(self, population: Sequence[Trial], rng: random.Random) -> Trial:
+        """The parent: the best of ``sample_size`` members drawn with replacement."""
+        sample = [rng.choice(population) for _ in range(self.sample_size)]
+        return max(sample, key=lambda t: (self.trial_score(t), -t.index))
 
     def propose(self, index: int, history: Sequence[Trial]) -> Architecture | None:
         rng = self.rng(index)
         seen = {arch_key(t.arch) for t in history}
         if len(seen) >= self.space.size:
             return None  # a small space, all of it tried: nothing is left to learn
-        finished = sorted(
-            (t for t in history if self.trial_score(t) is not None),
-            key=lambda t: t.end_order if t.end_order is not None else t.index,
-        )
-        if len(finished) < self.population_size:
+        finished = sum(1 for t in history if self.trial_score(t) is not None)
+        if finished < self.population_size:
             return sample_unseen(self.space, rng, seen)
-        population = finished[-self.population_size :]
-        sample = rng.sample(population, self.sample_size)
-        parent = max(sample, key=lambda t: (self.trial_score(t), -t.index))
-        return self.mutate(parent.arch, rng)
+        population = self.population(history)
+        if self.duplicates == "retrain":
+            return self.mutate(self.tournament(population, rng).arch, rng)
+        for _ in range(self.retries):
+            child = self.mutate(self.tournament(population, rng).arch, rng)
+            if arch_key(child) not in seen:
+                return child
+        # The parents' neighbourhoods are used up: an architecture not tried yet instead.
+        return sample_unseen(self.space, rng, seen)
 
     def mutate(self, arch: Architecture, rng: random.Random) -> Architecture:
         """``arch`` with one choice (drawn uniformly among those with a choice) changed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 
+import attrs
 import pytest
 
 import nastrain
@@ -259,3 +260,99 @@ def test_evolution_ends_when_a_small_space_is_used_up(trials, tmp_path) -> None:
     assert len({arch_key(t.arch) for t in result.trials}) == 4
     assert len(result.trials) < 50
     assert result.best_arch == {"c0": "1", "c1": "1"}
+
+
+def _finished(index: int, arch: dict, value: float, end_order: int | None = None):
+    return nastrain.Trial(
+        index=index,
+        arch=arch,
+        status="succeeded",
+        seed=0,
+        final=value,
+        end_order=index if end_order is None else end_order,
+    )
+
+
+def _parent_of(child: dict, members: dict[str, dict]) -> str:
+    """Which member ``child`` is a one-choice mutation of (members differ in every choice)."""
+    (name,) = [n for n, arch in members.items() if sum(child[k] != arch[k] for k in arch) == 1]
+    return name
+
+
+def _uniform_members(trials, *values: str) -> tuple[nastrain.SearchSpace, dict[str, dict]]:
+    # 4 choices of 8 candidates: members that differ in every choice, so a child (one
+    # choice changed) names its parent.
+    space = nastrain.SearchSpace.from_model(trials.SyntheticSpace(n=4, k=8))
+    return space, {v: {label: v for label in space.labels} for v in values}
+
+
+def test_evolution_tournament_samples_with_replacement(trials) -> None:
+    # Real et al., Algorithm 1: the sample is S draws from the population, with replacement.
+    # With S = P = 3, a sample without replacement is the whole population and the parent
+    # always the best; with replacement the best is missing from (2/3)^3 = 30% of samples.
+    space, members = _uniform_members(trials, "1", "2", "3")
+    history = [_finished(i, arch, float(v)) for i, (v, arch) in enumerate(members.items())]
+    strategy = RegularizedEvolution(population_size=3, sample_size=3)
+    strategy.setup(space, seed=0, mode="max")
+    parents = [_parent_of(strategy.propose(3 + i, history), members) for i in range(100)]
+    counts = {v: parents.count(v) for v in members}
+    # Expected: "3" 70, "2" 26, "1" 4 (binomial, 100 draws).
+    assert 55 <= counts["3"] <= 85, counts
+    assert counts["2"] + counts["1"] >= 15, counts
+
+
+def test_evolution_ages_out_the_oldest_member_not_the_worst(trials) -> None:
+    # population_size 3 > sample_size 2, four trials finished: the population is the three
+    # youngest. The oldest had by far the best result and is never a parent any more; the
+    # worst member is still alive (a parent when the sample drew it twice: 1/9).
+    space, members = _uniform_members(trials, "7", "1", "2", "3")
+    values = {"7": 100.0, "1": 1.0, "2": 2.0, "3": 3.0}
+    history = [_finished(i, arch, values[v]) for i, (v, arch) in enumerate(members.items())]
+    strategy = RegularizedEvolution(population_size=3, sample_size=2)
+    strategy.setup(space, seed=0, mode="max")
+    assert [t.index for t in strategy.population(history)] == [1, 2, 3]
+    parents = [_parent_of(strategy.propose(4 + i, history), members) for i in range(180)]
+    counts = {v: parents.count(v) for v in members}
+    # Expected: "7" 0, "1" 20 (1/9), "2" 60 (3/9), "3" 100 (5/9).
+    assert counts["7"] == 0, counts
+    assert counts["1"] >= 8 and counts["3"] > counts["2"] > counts["1"], counts
+    # Aging follows the order trials ended in, not their index.
+    reordered = [attrs.evolve(t, end_order=e) for t, e in zip(history, (3, 0, 1, 2))]
+    assert [t.index for t in strategy.population(reordered)] == [2, 3, 0]
+
+
+def test_evolution_does_not_train_an_architecture_twice_by_default(trials, tmp_path) -> None:
+    # 27 architectures, 16 trials at the default arguments (10 random, then 6 children):
+    # children that were tried already are mutated again.
+    def run(**kwargs) -> list[str]:
+        result = nastrain.Experiment(
+            trials.SyntheticSpace(n=3, k=3),
+            trials.ScoreTrainer(None),
+            nastrain.StrategySpec(name="evolution", kwargs=kwargs),
+            max_trials=16,
+            executor="inline",
+            store=tmp_path / f"e-{len(kwargs)}.sqlite",
+        ).run()
+        assert len(result.trials) == 16
+        return [arch_key(t.arch) for t in result.trials]
+
+    assert len(set(run())) == 16
+    # The paper's behaviour, on request: a child is trained again even if seen before.
+    assert len(set(run(duplicates="retrain"))) < 16
+
+
+def test_evolution_falls_back_to_an_untried_architecture(trials) -> None:
+    # Every neighbour of the only member was tried: the child is another untried architecture.
+    space = nastrain.SearchSpace.from_model(trials.SyntheticSpace(n=2, k=3))
+    parent = {"c0": "0", "c1": "0"}
+    tried = [parent, {"c0": "1", "c1": "0"}, {"c0": "2", "c1": "0"}]
+    tried += [{"c0": "0", "c1": "1"}, {"c0": "0", "c1": "2"}]
+    history = [_finished(0, parent, 5.0)] + [
+        nastrain.Trial(index=i, arch=a, status="failed", seed=0) for i, a in enumerate(tried[1:], 1)
+    ]
+    strategy = RegularizedEvolution(population_size=1, sample_size=1, retries=5)
+    strategy.setup(space, seed=0, mode="max")
+    child = strategy.propose(5, history)
+    assert child is not None and arch_key(child) not in {arch_key(a) for a in tried}
+    with pytest.raises(ValueError, match="duplicates must be one of .*got 'x'"):
+        RegularizedEvolution(duplicates="x")
