@@ -3,7 +3,8 @@
 These are the trainer guide's ``replace_layer_choice`` and
 ``replace_input_choice``; every replacement goes through the
 ``nastrain_replace_module`` hook, so a plugin can supply (or wrap) the module
-that relaxes a kind of choice for a kind of trainer.
+that relaxes a kind of choice for a kind of trainer. :func:`recalibrate_bn` (from
+:mod:`nastrain.calibration`) gives a sampled path its own BatchNorm statistics.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from collections.abc import Callable
 from torch import nn
 
 from nastrain import plugins
+from nastrain.calibration import recalibrate_bn
 from nastrain.mutables import InputChoice, LayerChoice, Mutable
 from nastrain.trainer import BaseTrainer, trainer_in_context
 
-__all__ = ["replace_choices", "replace_input_choice", "replace_layer_choice"]
+__all__ = ["recalibrate_bn", "replace_choices", "replace_input_choice", "replace_layer_choice"]
 
 Replaced = list[tuple[str, nn.Module]]
 
