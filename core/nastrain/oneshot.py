@@ -12,11 +12,14 @@ overrides ``epoch_steps`` and ``steps_per_epoch`` instead of ``search_step``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import pickle
 import random
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,17 +35,25 @@ from nastrain.serialization import SCHEMA_VERSION, dumps, loads
 from nastrain.space import SearchSpace
 from nastrain.trainer import BaseOneShotTrainer
 
-__all__ = ["CheckpointMeta", "SupernetTrainer", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointMeta", "SupernetTrainer", "read_checkpoint", "rng_state", "set_rng_state"]
 
 logger = logging.getLogger("nastrain")
 
-CHECKPOINT_TENSORS = "checkpoint.pt"
-CHECKPOINT_META = "checkpoint.json"
+#: The one file of a checkpoint, in the checkpoint directory.
+CHECKPOINT_FILE = "checkpoint.pt"
+#: What ``save_checkpoint`` writes before it atomically renames the file into place.
+CHECKPOINT_TMP = CHECKPOINT_FILE + ".tmp"
+#: The JSON half of the two-file checkpoints of nastrain before 2026-12 (not read any more).
+LEGACY_CHECKPOINT_META = "checkpoint.json"
+#: The ``"format"`` entry that marks a torch file as a nastrain checkpoint.
+CHECKPOINT_FORMAT = "nastrain.oneshot-checkpoint"
+_CHECKPOINT_KEYS = ("format", "epoch", "meta", "model", "extra", "rng")
 
 
 @attrs.frozen(kw_only=True)
 class CheckpointMeta:
-    """The JSON half of a checkpoint (the tensors are in ``checkpoint.pt``)."""
+    """The JSON-ready part of a checkpoint (epoch, trainer, space, Python's and NumPy's RNG
+    states, history), stored as a JSON string under ``"meta"`` in ``checkpoint.pt``."""
 
     trainer: str
     epoch: int
@@ -93,9 +104,60 @@ def seed_everything(seed: int) -> None:
 
 
 def _resolve_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` (``None``: CUDA when available, else the CPU); a device
+    this machine does not have is refused here, when the trainer is built."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"device {device!r} is not a device torch knows: {exc}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "with" if torch.backends.cuda.is_built() else "without"
+            raise ValueError(
+                f"device {device!r} asks for CUDA, but CUDA is not available on this machine "
+                f"(torch {torch.__version__}, built {built} CUDA); pass device='cpu' or leave "
+                "device unset"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device {device!r} does not exist: this machine has {count} CUDA device(s)"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asks for MPS, which is not available on this machine")
+    return resolved
+
+
+def _check_checkpoint_dir(directory: Path) -> None:
+    """Refuse, without creating anything, a ``checkpoint_dir`` that cannot become a writable
+    folder: a file, a path under a file, or a folder (or nearest existing parent) not writable."""
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == directory else f"lies under {existing}, which is a file"
+        raise NotADirectoryError(
+            f"checkpoint_dir {directory} {where}, not a folder; pass a folder to write "
+            "checkpoints into"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == directory else f"would be created in {existing}, which is"
+        raise PermissionError(
+            f"checkpoint_dir {directory} {what} not writable; checkpoints could not be saved"
+        )
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _check_batch(batch: Any, what: str) -> None:
@@ -186,6 +248,10 @@ class SupernetTrainer(BaseOneShotTrainer):
                 f"{type(self).__name__}: the model has no LayerChoice or InputChoice, so there "
                 "is nothing to search; train it with a classic trainer instead"
             )
+        self.device = _resolve_device(device)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if self.checkpoint_dir is not None:
+            _check_checkpoint_dir(self.checkpoint_dir)
         self.seed = seed
         if seed is not None:
             seed_everything(seed)
@@ -195,9 +261,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         self.num_epochs = num_epochs
         self.batch_size = batch_size
         self.workers = workers
-        self.device = _resolve_device(device)
         self.log_frequency = log_frequency
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = progress
         if channels_last is None:  # on CPUs, convolutions of NAS ops are much faster so
             channels_last = self.device.type == "cpu" and any(
@@ -207,8 +271,12 @@ class SupernetTrainer(BaseOneShotTrainer):
         #: One record per finished epoch: ``epoch``, ``metrics`` and what the algorithm adds.
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # epochs completed
+        # Without a seed, the data order is drawn from torch's global generator (never reseeded
+        # here), so a user's own torch.manual_seed() still makes the run reproducible.
+        if seed is None:
+            seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
         self.data_generator = torch.Generator()
-        self.data_generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        self.data_generator.manual_seed(seed)
         self.train_loader, self.valid_loader = self._loaders(dataset, valid_dataset)
 
     # --- data ---------------------------------------------------------------------------
@@ -341,12 +409,14 @@ class SupernetTrainer(BaseOneShotTrainer):
         return sys.stderr.isatty()
 
     def fit(self) -> None:
-        """Search for ``num_epochs`` epochs, resuming from ``checkpoint_dir`` if it holds one."""
-        if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_META).exists():
-            self.load_checkpoint(self.checkpoint_dir)
-            logger.info(
-                "resumed %s from %s after epoch %d", self.name, self.checkpoint_dir, self.epoch
-            )
+        """Search for ``num_epochs`` epochs, resuming from ``checkpoint_dir`` if it holds a
+        checkpoint (a half-written one is ignored with a warning: the last whole one is used).
+
+        A ``checkpoint_dir`` that cannot be written is reported here, before any training.
+        """
+        if self.checkpoint_dir is not None:
+            self._prepare_checkpoint_dir(self.checkpoint_dir)
+            self._resume(self.checkpoint_dir)
         progress = None
         if self._progress_enabled():
             from rich.console import Console
@@ -421,24 +491,66 @@ class SupernetTrainer(BaseOneShotTrainer):
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def save_checkpoint(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the trainer's state after :attr:`epoch` epochs into ``directory``.
+    @staticmethod
+    def _prepare_checkpoint_dir(directory: Path) -> None:
+        """Create ``directory`` and check a file can be written there (read-only file
+        systems and permissions alike), naming the folder when not."""
+        _check_checkpoint_dir(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise PermissionError(
+                f"checkpoint_dir {directory} is not writable ({exc.strerror or exc}); "
+                "checkpoints could not be saved"
+            ) from None
 
-        Tensors (model, optimizers, RNG states) go to ``checkpoint.pt`` through
-        ``torch.save``; the rest (epoch, RNG states of Python and NumPy, the
-        space, the history) to ``checkpoint.json``. Both are written to temporary
-        files first and renamed, the JSON last, so a crash leaves the previous
-        checkpoint whole.
+    def _resume(self, directory: Path) -> None:
+        path = directory / CHECKPOINT_FILE
+        half_written = directory / CHECKPOINT_TMP
+        if half_written.exists():
+            if path.exists():
+                self.load_checkpoint(directory)
+                logger.warning(
+                    "%s: ignored %s, a checkpoint whose writing was interrupted; resumed %s "
+                    "from the last whole checkpoint, %s, after epoch %d",
+                    directory,
+                    half_written.name,
+                    self.name,
+                    path.name,
+                    self.epoch,
+                )
+            else:
+                logger.warning(
+                    "%s: ignored %s, a checkpoint whose writing was interrupted; there is no "
+                    "whole checkpoint, so %s starts from the first epoch",
+                    directory,
+                    half_written.name,
+                    self.name,
+                )
+            half_written.unlink(missing_ok=True)
+        elif path.exists():
+            self.load_checkpoint(directory)
+            logger.info("resumed %s from %s after epoch %d", self.name, directory, self.epoch)
+        elif (directory / LEGACY_CHECKPOINT_META).exists():
+            raise ValueError(_legacy_message(directory / LEGACY_CHECKPOINT_META))
+
+    def save_checkpoint(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the trainer's state after :attr:`epoch` epochs into ``directory``, atomically.
+
+        One file, ``checkpoint.pt``, written by ``torch.save`` and readable with
+        ``weights_only=True``: the tensors (model, :meth:`checkpointables`, torch's
+        and the data order's RNG states) and, as a JSON string, a
+        :class:`CheckpointMeta` (epoch, trainer, space, Python's and NumPy's RNG
+        states, history). It is written to ``checkpoint.pt.tmp``, flushed to disk
+        (``fsync``), renamed over the previous checkpoint in one ``os.replace`` and
+        the folder is synced, so a crash at any moment leaves either the previous
+        checkpoint or the new one whole, never a mix.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch_rng, python_rng, numpy_rng = rng_state()
-        tensors = {
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "extra": {key: obj.state_dict() for key, obj in self.checkpointables().items()},
-            "rng": {**torch_rng, "data": self.data_generator.get_state()},
-        }
         meta = CheckpointMeta(
             trainer=self.name,
             epoch=self.epoch,
@@ -447,39 +559,151 @@ class SupernetTrainer(BaseOneShotTrainer):
             numpy_rng=numpy_rng,
             history=self.history,
         )
-        tmp_tensors = directory / (CHECKPOINT_TENSORS + ".tmp")
-        tmp_meta = directory / (CHECKPOINT_META + ".tmp")
-        torch.save(tensors, tmp_tensors)
-        tmp_meta.write_text(dumps(meta))
-        os.replace(tmp_tensors, directory / CHECKPOINT_TENSORS)
-        os.replace(tmp_meta, directory / CHECKPOINT_META)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "meta": dumps(meta),
+            "model": self.model.state_dict(),
+            "extra": {key: obj.state_dict() for key, obj in self.checkpointables().items()},
+            "rng": {**torch_rng, "data": self.data_generator.get_state()},
+        }
+        tmp = directory / CHECKPOINT_TMP
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, directory / CHECKPOINT_FILE)
+        _fsync_directory(directory)
         return directory
 
     def load_checkpoint(self, directory: str | os.PathLike[str]) -> None:
-        """Restore what :meth:`save_checkpoint` wrote; refuses a checkpoint of another space."""
+        """Restore what :meth:`save_checkpoint` wrote into ``directory``.
+
+        Refuses, with a ``ValueError`` naming the file and what is wrong with it, a
+        checkpoint of another trainer or space and a file that is not a whole
+        nastrain checkpoint (empty, truncated, foreign, of the older two-file
+        format, or holding pickled objects, which are never unpickled). The file's
+        structure, trainer and space are checked before the trainer is changed.
+        """
         directory = Path(directory)
-        meta = loads((directory / CHECKPOINT_META).read_text(), CheckpointMeta, what="checkpoint")
+        path = directory / CHECKPOINT_FILE
+        state = read_checkpoint(path, map_location=self.device)
+        meta = _checkpoint_meta(state["meta"], path)
         if meta.trainer != self.name:
             raise ValueError(
                 f"{directory} holds a checkpoint of trainer {meta.trainer!r}, not {self.name!r}"
             )
         _check_same_space(meta.space, self.space, directory)
-        tensors = torch.load(
-            directory / CHECKPOINT_TENSORS, map_location=self.device, weights_only=True
-        )
-        if tensors["epoch"] != meta.epoch:
+        if state["epoch"] != meta.epoch:
             raise ValueError(
-                f"{directory}: checkpoint.pt is from epoch {tensors['epoch']} but checkpoint.json "
-                f"from epoch {meta.epoch}; the files do not belong together"
+                f"{path}: its tensors are from epoch {state['epoch']} but its metadata from "
+                f"epoch {meta.epoch}; the file is not one checkpoint"
             )
-        self.model.load_state_dict(tensors["model"])
-        for key, obj in self.checkpointables().items():
-            obj.load_state_dict(tensors["extra"][key])
-        rng = {k: v.cpu() for k, v in tensors["rng"].items()}
+        checkpointables = self.checkpointables()
+        missing = sorted(set(checkpointables) - set(state["extra"]))
+        if missing:
+            raise ValueError(
+                f"{path} lacks the state of {', '.join(map(repr, missing))}; it was written by "
+                "a trainer configured otherwise"
+            )
+        rng = {k: v.cpu() for k, v in state["rng"].items()}
+        if "torch" not in rng or "data" not in rng:
+            raise ValueError(f"{path} lacks the RNG states ('torch', 'data') of a checkpoint")
+        what = "the model"
+        try:
+            self.model.load_state_dict(state["model"])
+            for key, obj in checkpointables.items():
+                what = repr(key)
+                obj.load_state_dict(state["extra"][key])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: the saved state of {what} does not fit: {exc}") from None
         self.data_generator.set_state(rng.pop("data"))
         set_rng_state(rng, meta.python_rng, meta.numpy_rng)
         self.history = list(meta.history)
         self.epoch = meta.epoch
+
+
+def read_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict[str, Any]:
+    """The contents of a one-shot checkpoint file, read with ``weights_only=True``.
+
+    A ``ValueError`` naming ``path`` says what is wrong with a file that is not a
+    whole nastrain checkpoint: empty, truncated or corrupt, holding pickled
+    objects (refused unread: unpickling can run code), foreign (a torch file
+    without nastrain's keys) or of the older two-file format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint file there")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty, not a checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next(
+            (line.strip() for line in str(exc).splitlines() if "WeightsUnpickler" in line),
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
+        raise ValueError(
+            f"{path} is not a checkpoint torch can read safely: it holds pickled objects "
+            f"beyond tensors and plain containers, or is no torch file; it was not unpickled, "
+            f"since that could run code ({detail})"
+        ) from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, ...
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(
+            f"{path} is truncated or corrupt, not a whole torch file "
+            f"({type(exc).__name__}: {first[:200]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{path} is not a nastrain checkpoint: it holds a {type(state).__name__}, not the "
+            "dict of a checkpoint"
+        )
+    if "format" not in state and {"epoch", "model", "extra", "rng"} <= set(state):
+        raise ValueError(_legacy_message(path))
+    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise ValueError(
+            f"{path} is not a nastrain checkpoint: it is a torch file without the key(s) "
+            f"{', '.join(map(repr, missing))}"
+        )
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a nastrain one-shot checkpoint: its format is {state['format']!r}, "
+            f"not {CHECKPOINT_FORMAT!r}"
+        )
+    for key, kind in (("epoch", int), ("meta", str), ("model", dict), ("extra", dict)):
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise ValueError(
+                f"{path} is not a whole nastrain checkpoint: {key!r} is a "
+                f"{type(state[key]).__name__}, not a {kind.__name__}"
+            )
+    if not isinstance(state["rng"], dict) or not all(
+        isinstance(v, torch.Tensor) for v in state["rng"].values()
+    ):
+        raise ValueError(f"{path} is not a whole nastrain checkpoint: 'rng' is not tensors")
+    return state
+
+
+def _checkpoint_meta(text: str, path: Path) -> CheckpointMeta:
+    what = f"checkpoint metadata in {path}"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid {what}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"invalid {what}: a JSON {type(data).__name__} where an object was expected"
+        )
+    return loads(text, CheckpointMeta, what=what)
+
+
+def _legacy_message(path: Path) -> str:
+    return (
+        f"{path} is a checkpoint of the older two-file format (checkpoint.pt beside "
+        "checkpoint.json), which this nastrain does not resume; finish that search with the "
+        "nastrain that started it, or delete the folder's checkpoint files to start again"
+    )
 
 
 def _check_same_space(saved: SearchSpace, current: SearchSpace, directory: Path) -> None:
