@@ -59,6 +59,7 @@ __all__ = [
     "TrialStopped",
     "WorkerSetup",
     "available_cpus",
+    "initialize_from_seed",
     "load_space",
     "run_trial",
 ]
@@ -176,14 +177,38 @@ class _CallbackReporter:
             raise TrialStopped
 
 
+def initialize_from_seed(model: nn.Module, seed: int) -> nn.Module:
+    """Draw ``model``'s initial weights again from ``seed``, so that a trial's weights depend
+    on its seed and not on the space object it was copied from.
+
+    ``torch.manual_seed(seed)``, then ``reset_parameters()`` (or torch's private
+    ``_reset_parameters()``, e.g. of ``nn.MultiheadAttention``) of every module that has
+    one, in :meth:`~torch.nn.Module.modules` order; BatchNorm's running statistics are
+    reset with it. Parameters of a module without either keep the values of the space (a
+    space named as ``module:attr`` is built under ``torch.manual_seed(0)`` in every
+    worker, so those are the same everywhere too). Returns ``model``.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None) or getattr(
+            module, "_reset_parameters", None
+        )
+        if callable(reset):
+            reset()
+    return model
+
+
 def run_trial(space: nn.Module, job: TrialJob, report: Callable[[Metric, bool], bool]) -> None:
-    """Fix ``space`` to the job's architecture, build its trainer and fit it.
+    """Fix ``space`` to the job's architecture, initialise its weights from the job's seed
+    (:func:`initialize_from_seed`), build its trainer and fit it.
 
     Every result the trainer reports goes to ``report(metric, final)``; when
     that returns ``True`` the trial stops (:class:`TrialStopped` is raised).
     """
     seed_everything(job.seed)
-    model = apply_arch(space, job.arch)
+    model = initialize_from_seed(apply_arch(space, job.arch), job.seed)
     trainer = job.trainer.build(model)
     with use_reporter(_CallbackReporter(report)):
         trainer.fit()
@@ -276,7 +301,11 @@ def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module:
         # The user's model object, pickled by the experiment process that started us.
         return pickle.loads(space_bytes)
     assert setup.space_ref is not None
-    return load_space(setup.space_ref, setup.space_kwargs)
+    # Built under a fixed seed, without touching the generator of what runs next: the
+    # parameters that reset_parameters() does not redraw are the same in every worker.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return load_space(setup.space_ref, setup.space_kwargs)
 
 
 def worker_main(conn: Connection, lifeline: Connection, setup_json: str) -> None:

@@ -103,7 +103,7 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
         lr_schedule_kwargs: dict[str, Any] | None = None,
         epochs: int = 10,
         batch_size: int = 64,
-        seed: int = 0,
+        seed: int | None = None,
         device: str = "cpu",
     ) -> None:
         self.model = model
@@ -116,6 +116,8 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
         self.lr_schedule_kwargs = dict(lr_schedule_kwargs or {})
         self.epochs = _positive("epochs", epochs)
         self.batch_size = _positive("batch_size", batch_size)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.seed = seed
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -160,8 +162,15 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
     def fit(self) -> None:
         """Train for ``epochs`` epochs; report the validation metrics after each, and the
         last ones as the final result."""
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+            generator = torch.Generator().manual_seed(self.seed)
+        else:
+            # The data order follows torch's global generator, which an experiment seeds with
+            # the trial's seed: trials with different seeds see different orders.
+            generator = torch.Generator().manual_seed(
+                int(torch.randint(0, 2**62, (), dtype=torch.int64))
+            )
         train, valid = self.load_dataset(**self.dataset_kwargs)
         model = self.model.to(self.device)
         optimizer = self._make_optimizer(model.parameters())
@@ -216,7 +225,12 @@ class ClassificationTrainer(_SupervisedTrainer):
             ``exponential``, stepped after every epoch.
         lr_schedule_kwargs: its keyword arguments (torch's names).
         epochs, batch_size: the training length and minibatch size.
-        seed: seeds shuffling and torch's generator when ``fit`` starts.
+        seed: ``None`` (the default): the data order and everything random in
+            training (dropout) follow torch's global generator, which an experiment
+            seeds with each trial's seed (and from which it initialises the trial's
+            weights), so trials with different seeds differ and a rerun repeats them.
+            An integer reseeds torch's global generator and the data order when
+            ``fit`` starts: then every trial sees the same data order and dropout.
         device: a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or ``"auto"``.
     """
 

@@ -52,3 +52,48 @@ def test_a_config_naming_an_unknown_dataset_fails_before_any_trial(spaces, tmp_p
     assert code == 1
     assert "unknown dataset 'digitz'; known datasets: ['cifar10', 'diabetes', 'digits'" in err
     assert not (tmp_path / "search.sqlite").exists()
+
+
+def _finals(spaces, store: Path) -> list:
+    import torch
+
+    torch.seed()  # a user's script that built its space without seeding torch
+    space = spaces.DigitsSpace()
+    trainer = ClassificationTrainer(space, dataset="digits", epochs=1)
+    experiment = nastrain.Experiment(
+        space, trainer, "random", max_trials=3, concurrency=2, store=store
+    )
+    return [(t.arch, t.seed, t.final) for t in experiment.run().trials]
+
+
+def test_the_same_experiment_run_twice_gives_the_same_results_trial_by_trial(
+    spaces, tmp_path
+) -> None:
+    # Each run's space object starts from other random weights; every trial's weights are
+    # drawn again from the trial's seed, and the trainer's data order follows that seed, so
+    # two runs agree bit for bit, trial by trial.
+    first = _finals(spaces, tmp_path / "first.sqlite")
+    again = _finals(spaces, tmp_path / "again.sqlite")
+    assert first == again
+    assert len({seed for _, seed, _ in first}) == 3
+
+
+def _trial(space, spec, seed: int) -> dict:
+    from nastrain.executor import TrialJob, run_trial
+
+    arch = {"body": "mlp", "act": "relu"}
+    job = TrialJob(index=0, attempt=1, arch=arch, seed=seed, trainer=spec)
+    results: list = []
+    run_trial(space, job, lambda metric, final: results.append(metric) and False)
+    return results[-1]
+
+
+def test_trials_of_one_architecture_with_different_seeds_differ(spaces) -> None:
+    space = spaces.DigitsSpace()
+    spec = ClassificationTrainer(space, dataset="digits", epochs=1).spec
+    finals = [_trial(space, spec, seed) for seed in range(6)]
+    # Six seeds, six different trainings (initial weights and data order)...
+    assert len({final["train_loss"] for final in finals}) == 6
+    assert len({final["loss"] for final in finals}) == 6
+    # ... and a seed repeats its trial exactly, also from another copy of the space.
+    assert _trial(spaces.DigitsSpace(), spec, 3) == finals[3]
