@@ -11,14 +11,31 @@ resumes the experiment.
 A file that is not an SQLite database, is corrupt, is an SQLite database of
 something else, or records another experiment is refused with an error saying
 so, and left exactly as it was.
+
+One writer at a time: :meth:`Store.open` takes an exclusive lease on the store
+(a row naming the owner's pid, host and start time, refreshed every
+:data:`HEARTBEAT_SECONDS` by a thread while the store is open). A second writer
+on a store whose owner is alive is refused at once with
+:class:`StoreLockedError`, naming the owner, and the store is not changed. A
+lease whose owner is dead (its pid gone, on the same host) or silent (no
+heartbeat for :data:`STALE_SECONDS`, on any host: clocks are assumed to agree)
+is taken over, and the trials it left running run again. Every write checks
+the lease in its own transaction, so a writer whose lease was taken over (a
+process stopped for longer than :data:`STALE_SECONDS`) fails instead of
+writing. Readers (:meth:`Store.read`, ``nastrain report``) take no lease.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import sqlite3
+import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +45,41 @@ from nastrain.experiment import ExperimentRecord, Trial, TrialStatus
 from nastrain.reporting import Metric, check_metric
 from nastrain.serialization import SCHEMA_VERSION, converter, dumps, loads
 
-__all__ = ["FORMAT", "Store", "StoreError"]
+__all__ = [
+    "FORMAT",
+    "HEARTBEAT_SECONDS",
+    "STALE_SECONDS",
+    "Lease",
+    "Store",
+    "StoreError",
+    "StoreLockedError",
+]
 
 #: What the ``format`` entry of a store's ``meta`` table says.
 FORMAT = "nastrain-experiment"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
-_SCHEMA = """
+#: How often (seconds) the writer of a store refreshes its lease.
+HEARTBEAT_SECONDS = 5.0
+#: A lease not refreshed for this long (seconds) belongs to a dead or stuck writer.
+STALE_SECONDS = 60.0
+#: How long (seconds) a connection waits for another one's write transaction.
+_BUSY_SECONDS = 30.0
+
+_LEASE_TABLE = """
+CREATE TABLE IF NOT EXISTS lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    token TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    process TEXT,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL
+)
+"""
+
+_SCHEMA = (
+    """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE trials (
     trial INTEGER PRIMARY KEY,
@@ -57,10 +102,86 @@ CREATE TABLE results (
 );
 CREATE INDEX results_by_trial ON results (trial, attempt);
 """
+    + _LEASE_TABLE
+)
 
 
 class StoreError(ValueError):
     """A store file that cannot be used for this experiment (the file is left untouched)."""
+
+
+class StoreLockedError(StoreError):
+    """The store has a live writer already (its :attr:`owner`); nothing was changed."""
+
+    def __init__(self, message: str, owner: Lease) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
+@attrs.frozen(kw_only=True)
+class Lease:
+    """Who writes a store: a process (``pid`` on ``host``), since ``started``, alive at
+    ``heartbeat`` (both ``time.time()``). ``process`` tells the process apart from a later
+    one given the same pid (Linux: boot id and start time), or is ``None``."""
+
+    token: str
+    pid: int
+    host: str
+    process: str | None
+    started: float
+    heartbeat: float
+
+    def describe(self) -> str:
+        """The owner, for people: pid, host, and when it started and last refreshed."""
+        return (
+            f"pid {self.pid} on host {_printable(self.host)}, since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))}, last "
+            f"heartbeat {max(0.0, time.time() - self.heartbeat):.0f} s ago"
+        )
+
+    def dead_because(self, stale_after: float) -> str | None:
+        """Why this lease's owner is dead (so the lease may be taken over), or ``None``."""
+        silent = time.time() - self.heartbeat
+        if silent > stale_after:
+            return f"its last heartbeat was {silent:.0f} s ago (more than {stale_after:g} s)"
+        if self.host == socket.gethostname():
+            if not _pid_alive(self.pid):
+                return f"pid {self.pid} is gone"
+            if self.process is not None and _process_identity(self.pid) != self.process:
+                return f"pid {self.pid} is now another process"
+        return None
+
+
+def _printable(text: str) -> str:
+    # A host name read from a stranger's store is printed without its control characters.
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # someone else's process: alive
+    try:  # a zombie (dead, not yet waited for) is not a writer
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _process_identity(pid: int) -> str | None:
+    """The boot and start time of process ``pid`` (Linux), telling it apart from a later
+    process given the same pid; ``None`` where /proc does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()
+        with open(f"/proc/{pid}/stat") as handle:
+            start = handle.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot}/{start}"
 
 
 def _json(value: Any) -> str:
@@ -71,36 +192,66 @@ class Store:
     """An open experiment store. Use :meth:`open` (read-write, for running) or
     :meth:`read` (read-only, for reporting)."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, record: ExperimentRecord):
+    def __init__(
+        self,
+        path: Path,
+        connection: sqlite3.Connection,
+        record: ExperimentRecord,
+        lease: Lease | None = None,
+    ) -> None:
         self.path = path
         self.connection = connection
         self.record = record
+        #: This writer's lease (``None`` for a reader).
+        self.lease = lease
+        #: The lease this writer took over from a dead owner, if it did.
+        self.took_over: Lease | None = None
+        self._heartbeat: _Heartbeat | None = None
 
     # --- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], record: ExperimentRecord) -> Store:
-        """Open the store at ``path`` for the experiment ``record``, creating it if needed.
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        record: ExperimentRecord,
+        *,
+        heartbeat: float = HEARTBEAT_SECONDS,
+        stale_after: float = STALE_SECONDS,
+    ) -> Store:
+        """Open the store at ``path`` for the experiment ``record`` and take its lease,
+        creating the store if needed (safe when several processes create it at once).
 
         An existing store must record the same experiment (space, trainer,
         strategy, seed and mode); otherwise :class:`StoreError` says what differs.
+        A store whose writer is alive is refused with :class:`StoreLockedError`
+        naming it; a folder or file that cannot be written is a :class:`StoreError`
+        naming it. In every refusal the store is left as it was. The lease is
+        refreshed every ``heartbeat`` seconds until :meth:`close`; a lease silent
+        for ``stale_after`` seconds is taken over.
         """
         path = Path(path)
-        if path.exists() and path.stat().st_size > 0:
-            connection, stored = _open_existing(path, readonly=False)
-            try:
-                _check_same(path, stored, record)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
-            except BaseException:
-                connection.close()
-                raise
-            return cls(path, connection, stored)
-        _create(path, record)
-        connection = sqlite3.connect(path, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        return cls(path, connection, record)
+        if not heartbeat > 0 or not stale_after > heartbeat:
+            raise ValueError(
+                f"need 0 < heartbeat < stale_after, got heartbeat={heartbeat!r}, "
+                f"stale_after={stale_after!r}"
+            )
+        _check_writable(path)
+        if not path.exists() or path.stat().st_size == 0:
+            _create(path, record)
+        connection, stored = _open_existing(path, readonly=False)
+        try:
+            _check_same(path, stored, record)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            lease, previous = _take_lease(connection, path, stale_after)
+        except BaseException:
+            connection.close()
+            raise
+        store = cls(path, connection, stored, lease)
+        store.took_over = previous
+        store._heartbeat = _Heartbeat(path, lease, heartbeat)
+        return store
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> Store:
@@ -116,8 +267,27 @@ class Store:
         _check_same(self.path, self.record, record)
 
     def close(self) -> None:
-        """Close the connection (everything is already committed)."""
-        self.connection.close()
+        """Give the lease back (a writer) and close the connection (everything is already
+        committed). Closing twice does nothing."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        try:
+            if self.lease is not None:
+                # On an error the lease is left to go stale.
+                with contextlib.suppress(sqlite3.Error):
+                    self.connection.execute(
+                        "DELETE FROM lease WHERE id = 1 AND token = ?", (self.lease.token,)
+                    )
+                self.lease = None
+        finally:
+            self.connection.close()
+
+    def _write(self) -> _transaction:
+        """A write transaction, refused unless this store still holds its lease."""
+        if self.lease is None:
+            raise StoreError(f"{self.path} was opened read-only (or closed): it cannot be written")
+        return _transaction(self.connection, self.path, self.lease)
 
     def __enter__(self) -> Store:
         return self
@@ -134,7 +304,7 @@ class Store:
             "SELECT r.trial, r.final, r.metric FROM results r JOIN trials t "
             "ON r.trial = t.trial AND r.attempt = t.attempts ORDER BY r.rowid"
         ):
-            results.setdefault(trial, []).append((bool(final), check_metric(json.loads(metric))))
+            results.setdefault(trial, []).append((bool(final), self._metric(trial, metric)))
         rows = self.connection.execute(
             "SELECT trial, arch, seed, status, reason, attempts, started, ended, end_order "
             "FROM trials ORDER BY trial"
@@ -146,7 +316,7 @@ class Store:
             trials.append(
                 Trial(
                     index=index,
-                    arch=json.loads(arch),
+                    arch=_object(arch, f"the architecture of trial {index}", self.path),
                     status=status,
                     seed=seed,
                     intermediate=tuple(metric for final, metric in reported if not final),
@@ -159,6 +329,13 @@ class Store:
                 )
             )
         return trials
+
+    def _metric(self, trial: int, text: str) -> Metric:
+        what = f"a result of trial {trial}"
+        try:
+            return check_metric(json.loads(text))
+        except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise StoreError(f"{self.path}: {what} is not a metric ({exc})") from None
 
     def trainer_spec(self, index: int) -> str:
         """The trainer spec (JSON) trial ``index`` ran with."""
@@ -174,7 +351,7 @@ class Store:
     def add_trial(self, index: int, arch: dict[str, Any], seed: int, trainer: str) -> Trial:
         """Record a new trial as running."""
         now = time.time()
-        with _transaction(self.connection):
+        with self._write():
             self.connection.execute(
                 "INSERT INTO trials (trial, arch, trainer, seed, status, attempts, started) "
                 "VALUES (?, ?, ?, ?, 'running', 1, ?)",
@@ -186,7 +363,7 @@ class Store:
         """Run an interrupted trial again: a new attempt, with no results yet."""
         now = time.time()
         attempts = trial.attempts + 1
-        with _transaction(self.connection):
+        with self._write():
             self.connection.execute(
                 "UPDATE trials SET status = 'running', reason = NULL, attempts = ?, started = ?, "
                 "ended = NULL, end_order = NULL WHERE trial = ?",
@@ -206,7 +383,7 @@ class Store:
 
     def add_result(self, trial: Trial, metric: Metric, final: bool) -> None:
         """Record one reported result of ``trial``'s current attempt."""
-        with _transaction(self.connection):
+        with self._write():
             self.connection.execute(
                 "INSERT INTO results (trial, attempt, final, metric, time) VALUES (?, ?, ?, ?, ?)",
                 (trial.index, trial.attempts, int(final), _json(metric), time.time()),
@@ -215,7 +392,7 @@ class Store:
     def end_trial(self, trial: Trial, status: TrialStatus, reason: str | None) -> Trial:
         """Record that ``trial`` ended with ``status``; returns it with its end time and order."""
         now = time.time()
-        with _transaction(self.connection):
+        with self._write():
             (order,) = self.connection.execute(
                 "SELECT COALESCE(MAX(end_order), -1) + 1 FROM trials"
             ).fetchone()
@@ -229,7 +406,7 @@ class Store:
     def result_rows(self) -> list[dict[str, Any]]:
         """Every reported result of every attempt, in the order they arrived."""
         return [
-            {"trial": t, "attempt": a, "final": bool(f), "metric": json.loads(m), "time": s}
+            {"trial": t, "attempt": a, "final": bool(f), "metric": self._metric(t, m), "time": s}
             for t, a, f, m, s in self.connection.execute(
                 "SELECT trial, attempt, final, metric, time FROM results ORDER BY rowid"
             )
@@ -237,43 +414,202 @@ class Store:
 
 
 class _transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on an error)."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on an error); with a ``lease``,
+    refused (rolled back, :class:`StoreError`) unless the store's lease is still it."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, path: Path | None = None, lease: Lease | None = None
+    ) -> None:
         self.connection = connection
+        self.path = path
+        self.lease = lease
 
     def __enter__(self) -> None:
         self.connection.execute("BEGIN IMMEDIATE")
+        if self.lease is None:
+            return
+        try:
+            holder = _read_lease(self.connection)
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        if holder is None or holder.token != self.lease.token:
+            self.connection.execute("ROLLBACK")
+            taken = "nobody holds it now" if holder is None else f"it is {holder.describe()}"
+            raise StoreError(
+                f"this process lost its lease on the experiment store {self.path} ({taken}): "
+                "it was silent too long and another process took the store over; nothing more "
+                "was written"
+            )
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.connection.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-def _create(path: Path, record: ExperimentRecord) -> None:
-    """Make a new store at ``path`` at once: built beside it, then renamed into place, so
-    that no reader (and no crash) ever sees half a store."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.unlink(missing_ok=True)
-    connection = sqlite3.connect(partial, isolation_level=None)
+def _read_lease(connection: sqlite3.Connection) -> Lease | None:
+    row = connection.execute(
+        "SELECT token, pid, host, process, started, heartbeat FROM lease WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        return None
+    token, pid, host, process, started, heartbeat = row
+    return Lease(
+        token=str(token),
+        pid=int(pid),
+        host=str(host),
+        process=None if process is None else str(process),
+        started=float(started),
+        heartbeat=float(heartbeat),
+    )
+
+
+def _take_lease(
+    connection: sqlite3.Connection, path: Path, stale_after: float
+) -> tuple[Lease, Lease | None]:
+    """Take the lease of the store, in one transaction: returns it and the dead owner's
+    lease it replaced (or ``None``); a live owner is a :class:`StoreLockedError` and the
+    transaction is rolled back, so the store is not changed."""
+    now = time.time()
+    pid = os.getpid()
+    lease = Lease(
+        token=uuid.uuid4().hex,
+        pid=pid,
+        host=socket.gethostname(),
+        process=_process_identity(pid),
+        started=now,
+        heartbeat=now,
+    )
+    with _transaction(connection):
+        connection.execute(_LEASE_TABLE)  # stores written before leases have none yet
+        previous = _read_lease(connection)
+        if previous is not None:
+            dead = previous.dead_because(stale_after)
+            if dead is None:
+                raise StoreLockedError(
+                    f"the experiment store {path} is in use by another experiment process "
+                    f"({previous.describe()}); one writer at a time: wait for it to finish, "
+                    "stop it, or pass another store path. Nothing was changed. (Watch it "
+                    f"with: nastrain report {path})",
+                    previous,
+                )
+        connection.execute(
+            "INSERT OR REPLACE INTO lease (id, token, pid, host, process, started, heartbeat) "
+            "VALUES (1, ?, ?, ?, ?, ?, ?)",
+            (lease.token, lease.pid, lease.host, lease.process, lease.started, lease.heartbeat),
+        )
+    return lease, previous
+
+
+class _Heartbeat:
+    """A thread that refreshes a lease every ``interval`` seconds, on its own connection,
+    until stopped or until the lease is found taken over."""
+
+    def __init__(self, path: Path, lease: Lease, interval: float) -> None:
+        self.path = path
+        self.token = lease.token
+        self.interval = interval
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"nastrain-lease-{path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, timeout=_BUSY_SECONDS, check_same_thread=False
+        )
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    updated = connection.execute(
+                        "UPDATE lease SET heartbeat = ? WHERE id = 1 AND token = ?",
+                        (time.time(), self.token),
+                    ).rowcount
+                except sqlite3.Error:
+                    continue  # busy for long, or a passing error: try again at the next beat
+                if updated == 0:
+                    self.lost = True  # taken over: the next write says so
+                    return
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, before anything is trained, a store that could not be written: its folder
+    (where SQLite keeps the store's journal beside it) and the file itself."""
+    folder = path.parent
     try:
-        with _transaction(connection):
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            connection.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("format", FORMAT),
-                    ("schema_version", str(SCHEMA_VERSION)),
-                    ("experiment", dumps(record)),
-                    ("created", _json(time.time())),
-                ],
-            )
-        connection.execute("PRAGMA journal_mode=WAL")
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the folder {folder} of the experiment store {path}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    if not folder.is_dir():
+        raise StoreError(f"{folder} is not a folder, so it cannot hold the experiment store {path}")
+    try:  # a real probe: catches read-only mounts, ACLs and immutable folders, also for root
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise StoreError(
+            f"the folder {folder} is not writable ({exc.strerror or exc}), so the experiment "
+            f"store {path} cannot be written there (SQLite writes its journal beside the "
+            "store); pass a store path in a writable folder. Reading a store there works: "
+            "nastrain report STORE"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    if path.exists():
+        try:
+            with path.open("r+b"):
+                pass
+        except OSError as exc:
+            raise StoreError(
+                f"the experiment store {path} is not writable ({exc.strerror or exc}); it was "
+                "left untouched"
+            ) from None
+
+
+def _create(path: Path, record: ExperimentRecord) -> None:
+    """Make a new store at ``path``, safe against another process creating it at the same
+    time: the schema is written in one exclusive transaction, by whichever process gets
+    it first; the other finds the store made and opens it. A crash part-way leaves an
+    empty database (SQLite rolls the transaction back), which counts as no store."""
+    try:
+        connection = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_SECONDS)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot create the experiment store {path}: {exc}") from None
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        try:
+            made = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if not made:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+                connection.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("format", FORMAT),
+                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("experiment", dumps(record)),
+                        ("created", _json(time.time())),
+                    ],
+                )
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        if not made:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError:
+        pass  # not a database after all (written meanwhile): opening it says what it is
     finally:
         connection.close()
-    os.replace(partial, path)
 
 
 def _open_existing(path: Path, *, readonly: bool) -> tuple[sqlite3.Connection, ExperimentRecord]:
@@ -287,8 +623,12 @@ def _open_existing(path: Path, *, readonly: bool) -> tuple[sqlite3.Connection, E
             f"an experiment store{untouched}"
         )
     uri = f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rw'}"
+    if readonly and not _can_write_beside(path) and not _shm(path).exists():
+        # SQLite's readers of a WAL store create its shared-memory file beside it; in a
+        # folder nobody can write, nobody can be writing the store either: read it as is.
+        uri += "&immutable=1"
     try:
-        connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+        connection = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_SECONDS)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the experiment store {path}: {exc}{untouched}") from None
     try:
@@ -330,6 +670,43 @@ def _open_existing(path: Path, *, readonly: bool) -> tuple[sqlite3.Connection, E
         connection.close()
         raise StoreError(f"{path}: {exc}{untouched}") from None
     return connection, record
+
+
+def _shm(path: Path) -> Path:
+    return path.with_name(path.name + "-shm")
+
+
+def _can_write_beside(path: Path) -> bool:
+    """Whether a file can be made in ``path``'s folder (a real probe, true also for root)."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(probe)
+    return True
+
+
+def _object(text: str, what: str, path: Path) -> dict[str, Any]:
+    """The JSON object ``text``, read from the store at ``path``; anything else (not JSON,
+    or JSON but not an object) is a :class:`StoreError` naming ``what`` it is."""
+    try:
+        value = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: {what} is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise StoreError(
+            f"{path}: {what} must be a JSON object, got {type(value).__name__} "
+            f"{_printable(_json_or_repr(value))[:80]}"
+        )
+    return value
+
+
+def _json_or_repr(value: Any) -> str:
+    try:
+        return _json(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _check_same(path: Path, stored: ExperimentRecord, record: ExperimentRecord) -> None:

@@ -1,0 +1,345 @@
+"""The experiment store: one writer at a time (a lease with a heartbeat), tried with real
+processes on the real store file; stores made by several processes at once; stores that
+are read-only; and documents in a store that are not what they should be."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import nastrain
+from nastrain.experiment import load_config
+from nastrain.store import Store, StoreError, StoreLockedError
+
+FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "trials")
+
+#: A trainer that waits at a gate: trial ``i`` writes ``started-<i>`` in the gate folder and
+#: trains once ``open`` is there; every fit is logged (``log``), so a second training shows.
+GATE_MODULE = """
+import os, time
+import nastrain
+from nastrain_test_trials import SmallSpace, score
+
+@nastrain.register_trainer(name="test-gate")
+class GateTrainer(nastrain.BaseTrainer):
+    def __init__(self, model, gate: str, log: str):
+        self.model, self.gate, self.log = model, gate, log
+
+    def fit(self):
+        points = score(self.model)
+        with open(self.log, "a") as handle:
+            handle.write(f"{points} {os.getpid()}\\n")
+        open(os.path.join(self.gate, f"started-{points}"), "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(self.gate, "open")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gate never opened")
+            time.sleep(0.02)
+        nastrain.report_final_result(points)
+"""
+
+
+def _env(*folders: str | Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, folders), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _gate_setup(tmp_path: Path, max_trials: int = 3) -> tuple[Path, Path, Path, Path]:
+    """The gate module, a config (inline executor) and its store, gate folder and log."""
+    (tmp_path / "gate_trials.py").write_text(GATE_MODULE)
+    gate, log, store = tmp_path / "gate", tmp_path / "log", tmp_path / "s.sqlite"
+    gate.mkdir()
+    config = tmp_path / "search.json"
+    config.write_text(
+        json.dumps(
+            {
+                "space": "gate_trials:SmallSpace",
+                "max_trials": max_trials,
+                "strategy": {"name": "grid"},
+                "executor": "inline",
+                "store": str(store),
+                "trainer": {"name": "test-gate", "kwargs": {"gate": str(gate), "log": str(log)}},
+            }
+        )
+    )
+    return config, store, gate, log
+
+
+def _snapshot(store: Path) -> dict[str, list[tuple]]:
+    """Everything a store holds, but the heartbeat (which its live owner keeps refreshing)."""
+    connection = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {
+            "meta": connection.execute("SELECT * FROM meta ORDER BY key").fetchall(),
+            "trials": connection.execute("SELECT * FROM trials ORDER BY trial").fetchall(),
+            "results": connection.execute("SELECT * FROM results ORDER BY rowid").fetchall(),
+            "lease": connection.execute(
+                "SELECT token, pid, host, process, started FROM lease"
+            ).fetchall(),
+        }
+    finally:
+        connection.close()
+
+
+def _wait_for(condition, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process ended before {what}: {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _nastrain(*args: str, env: dict[str, str], **options) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nastrain", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+
+
+def test_a_second_writer_on_a_live_store_is_refused_naming_the_owner(
+    trials, tmp_path, monkeypatch
+) -> None:
+    config, store, gate, log = _gate_setup(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = _env(tmp_path, FIXTURE)
+    first = _nastrain("run", str(config), "--quiet", env=env)
+    try:
+        # The first process owns the store and is training trial 0 (score 1.0: x, p, [0, 1]).
+        _wait_for(lambda: (gate / "started-1.0").exists(), "trial 0 to start", first)
+        before = _snapshot(store)
+        assert before["lease"][0][1:3] == (first.pid, socket.gethostname())
+
+        # A second `nastrain run` of the same experiment is refused at once, naming the owner.
+        second = _nastrain("run", str(config), "--quiet", env=env)
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 1, (out, err)
+        assert f"is in use by another experiment process (pid {first.pid} on host " in err
+        assert len(err.strip().splitlines()) == 1
+        # So is Experiment.run() here, and neither changed anything in the store.
+        experiment = load_config(config).experiment(tmp_path)  # the same one, through the API
+        with pytest.raises(StoreLockedError, match=f"pid {first.pid} on host ") as refused:
+            experiment.run()
+        assert refused.value.owner.pid == first.pid
+        assert _snapshot(store) == before
+        assert before["trials"][0][4] == "running" and before["results"] == []
+        assert log.read_text().split() == ["1.0", str(first.pid)]  # trial 0 trained once
+    finally:
+        (gate / "open").touch()
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    # The first run went on undisturbed: every trial ran once, with its final result.
+    with Store.read(store) as reader:
+        ran = reader.trials()
+        lease = reader.connection.execute("SELECT * FROM lease").fetchall()
+    assert [(t.status, t.attempts, t.value) for t in ran] == [
+        ("succeeded", 1, 1.0),
+        ("succeeded", 1, 2.0),
+        ("succeeded", 1, 3.0),
+    ]
+    assert lease == []  # given back at the end
+    assert sorted(log.read_text().split()[::2]) == ["1.0", "2.0", "3.0"]
+
+
+def test_the_lease_of_a_dead_writer_is_taken_over_and_its_trial_run_again(trials, tmp_path) -> None:
+    config, store, gate, log = _gate_setup(tmp_path, max_trials=2)
+    env = _env(tmp_path, FIXTURE)
+    first = _nastrain("run", str(config), "--quiet", env=env)
+    _wait_for(lambda: (gate / "started-1.0").exists(), "trial 0 to start", first)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    assert _snapshot(store)["lease"][0][1] == first.pid  # a dead owner's lease is left
+
+    (gate / "open").touch()
+    second = _nastrain("run", str(config), "--quiet", env=env)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    with Store.read(store) as reader:
+        ran = reader.trials()
+    assert [(t.status, t.attempts, t.value) for t in ran] == [
+        ("succeeded", 2, 1.0),
+        ("succeeded", 1, 2.0),
+    ]
+    pids = log.read_text().split()[1::2]
+    assert pids == [str(first.pid), str(second.pid), str(second.pid)]
+
+
+def _store_with_a_running_trial(trials, tmp_path) -> tuple[nastrain.Experiment, Path]:
+    experiment = nastrain.Experiment(
+        trials.SmallSpace(),
+        trials.ScoreTrainer(None),
+        "grid",
+        max_trials=2,
+        executor="inline",
+        store=tmp_path / "s.sqlite",
+        progress=False,
+    )
+    with Store.open(experiment.store_path, experiment.record) as store:
+        store.add_trial(0, {"a": "x", "b": "p", "c": [0, 1]}, 7, "{}")
+    return experiment, experiment.store_path
+
+
+def _plant_lease(store: Path, pid: int, host: str, heartbeat_age: float, process=None) -> None:
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(store, isolation_level=None)) as connection:
+        connection.execute(
+            "INSERT INTO lease (id, token, pid, host, process, started, heartbeat) "
+            "VALUES (1, 'planted', ?, ?, ?, ?, ?)",
+            (pid, host, process, now - 3600, now - heartbeat_age),
+        )
+
+
+@pytest.fixture
+def sleeper():
+    """A live process of this host that is not an experiment."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+@pytest.mark.parametrize(
+    ("who", "age", "taken"),
+    [
+        ("live", 1.0, False),
+        ("live", 3600.0, True),  # silent: stopped or hung
+        ("dead", 1.0, True),
+        ("reused", 1.0, True),  # the pid is now another process
+        ("elsewhere", 1.0, False),  # another host: only the heartbeat tells
+        ("elsewhere", 3600.0, True),
+    ],
+)
+def test_a_lease_is_taken_over_only_from_a_dead_or_silent_owner(
+    trials, tmp_path, sleeper, who, age, taken
+) -> None:
+    experiment, store = _store_with_a_running_trial(trials, tmp_path)
+    host, process = socket.gethostname(), None
+    pid = sleeper.pid
+    if who == "dead":
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        pid = gone.pid
+    elif who == "reused":
+        process = "another-boot/123"
+    elif who == "elsewhere":
+        host = "some-other-host"
+    _plant_lease(store, pid, host, age, process)
+    if not taken:
+        before = _snapshot(store)
+        with pytest.raises(StoreLockedError, match=f"pid {pid} on host {host}, since "):
+            experiment.run()
+        assert _snapshot(store) == before
+        return
+    result = experiment.run()
+    assert [(t.status, t.attempts) for t in result.trials] == [("succeeded", 2), ("succeeded", 1)]
+    assert _snapshot(store)["lease"] == []
+
+
+def test_the_heartbeat_keeps_a_long_run_its_store_and_a_lost_lease_stops_writes(
+    trials, tmp_path
+) -> None:
+    experiment, path = _store_with_a_running_trial(trials, tmp_path)
+    owner = Store.open(path, experiment.record, heartbeat=0.05, stale_after=0.5)
+    try:
+        started = owner.lease.heartbeat
+        time.sleep(1.0)  # twice stale_after: only the heartbeat keeps the lease alive
+        with pytest.raises(StoreLockedError, match=f"pid {os.getpid()} on host "):
+            Store.open(path, experiment.record, heartbeat=0.05, stale_after=0.5)
+        (beat,) = _snapshot_heartbeat(path)
+        assert beat > started + 0.5
+        # A writer whose lease was taken over writes nothing more, and says why.
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
+            connection.execute("UPDATE lease SET token = 'thief', pid = 1")
+        with pytest.raises(StoreError, match="lost its lease.*it is pid 1 on host"):
+            owner.add_trial(1, {"a": "y", "b": "p", "c": [0, 1]}, 8, "{}")
+    finally:
+        owner.close()
+    with Store.read(path) as reader:
+        assert len(reader.trials()) == 1
+
+
+def _snapshot_heartbeat(path: Path) -> tuple[float]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return connection.execute("SELECT heartbeat FROM lease").fetchone()
+
+
+RACE_SCRIPT = """
+import os, sys, time
+import nastrain, nastrain_test_trials as t
+from nastrain.experiment import load_config
+from nastrain.store import StoreLockedError
+
+folder = sys.argv[1]
+experiment = nastrain.Experiment(
+    t.SmallSpace(), t.ScoreTrainer(None, log=os.path.join(folder, "log")), "grid",
+    max_trials=4, executor="inline", store=os.path.join(folder, "s.sqlite"), progress=False,
+)
+open(os.path.join(folder, f"ready-{os.getpid()}"), "w").close()
+while not os.path.exists(os.path.join(folder, "go")):
+    time.sleep(0.001)
+try:
+    experiment.run()
+except StoreLockedError:
+    print("refused")
+else:
+    print("ran")
+"""
+
+
+def test_processes_creating_one_store_at_once_make_one_store_and_train_each_trial_once(
+    trials, tmp_path
+) -> None:
+    script = tmp_path / "race.py"
+    script.write_text(RACE_SCRIPT)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path)],
+            env=_env(FIXTURE),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        _wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 3, "the processes to be ready")
+        (tmp_path / "go").touch()
+        outcomes = []
+        for process in processes:
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+            outcomes.append(out.strip())
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert "ran" in outcomes and set(outcomes) <= {"ran", "refused"}
+    with Store.read(tmp_path / "s.sqlite") as reader:
+        ran = reader.trials()
+    assert [(t.status, t.attempts, t.value) for t in ran] == [
+        ("succeeded", 1, 1.0),
+        ("succeeded", 1, 2.0),
+        ("succeeded", 1, 3.0),
+        ("succeeded", 1, 11.0),
+    ]
+    trained = [float(line.split()[0]) for line in (tmp_path / "log").read_text().splitlines()]
+    assert sorted(trained) == [1.0, 2.0, 3.0, 11.0]  # each trial trained by one process, once
+    assert not list(tmp_path.glob(".*partial"))
