@@ -4,10 +4,16 @@ A network is a stem, ``layers`` cells and a classifier. A cell takes the outputs
 of the two cells before it (``c_{k-2}``, ``c_{k-1}``: states 0 and 1) and builds
 ``n_nodes`` nodes (states 2, 3, ...). Node ``j`` reads every earlier state ``i``
 through an edge, a :class:`~nastrain.LayerChoice` over the candidate operations,
-and an :class:`~nastrain.InputChoice` keeps two of those edges and sums them:
-NNI's formulation of the DARTS cell, where the paper keeps the two strongest
-edges of each node when it derives the final cell. The cell's output
-concatenates its nodes.
+and an :class:`~nastrain.InputChoice` keeps two of those edges and sums them. The
+cell's output concatenates its nodes.
+
+The input choice names the edge feeding each of its inputs (its ``edge_labels``),
+so that :class:`~nastrain_darts.DartsTrainer` searches the space as the paper
+does (its default ``formulation="paper"``): during the search a node is the plain
+sum of all its mixed incoming edges, and the derived cell keeps, per node, the two
+edges whose strongest operation other than ``none`` has the largest softmax weight.
+``formulation="nni"`` gives every node's input choice softmax weights of its own
+instead, and keeps the two inputs of largest weight (NNI's formulation).
 
 Labels are shared by every cell of one type, so the whole network has one normal
 and one reduction cell to decide, as in the paper::
@@ -63,8 +69,9 @@ def candidate(name: str, C: int, stride: int, affine: bool) -> nn.Module:
 class Node(nn.Module):
     """An intermediate node of a cell: an edge from each earlier state, two of them kept.
 
-    ``edges[str(i)]`` is the edge from state ``i``. Built inside
-    :func:`nastrain.fixed_arch`, the node keeps only the edges it reads.
+    ``edges[str(i)]`` is the edge from state ``i``; ``input_choice.edge_labels[i]`` is
+    its label. Built inside :func:`nastrain.fixed_arch`, the node keeps only the edges
+    it reads.
     """
 
     def __init__(
@@ -94,6 +101,9 @@ class Node(nn.Module):
         self.input_choice = InputChoice(
             n_candidates=index, n_chosen=2, reduction="sum", label=node_label(cell_type, index)
         )
+        # The edge computing each input: DartsTrainer's paper formulation sums the edges
+        # plainly and keeps, when it derives the cell, the inputs of the strongest edges.
+        self.input_choice.edge_labels = [edge_label(cell_type, index, i) for i in range(index)]
         if isinstance(self.input_choice, ChosenInputs):
             for source in range(index):
                 if source not in self.input_choice.chosen:

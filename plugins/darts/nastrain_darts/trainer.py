@@ -1,7 +1,9 @@
 """DARTS: Differentiable Architecture Search (Liu, Simonyan & Yang, ICLR 2019).
 
 Every choice is relaxed into a softmax-weighted mixture of its candidates
-(``DartsLayerChoice``, ``DartsInputChoice``); the mixture weights, the
+(``DartsLayerChoice``, ``DartsInputChoice``), except, in the paper's formulation
+(the default), an input choice that names the edges feeding it: that node is the
+plain sum of its mixed edges. The mixture weights, the
 architecture parameters alpha, are trained by gradient descent on the
 architecture half of the data while the supernet's weights w are trained on
 the other half (the paper's eq. 3-4, alternating). ``unrolled=True`` is the
@@ -16,9 +18,9 @@ The data, epoch loop, progress, reporting and checkpoints are the core's
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -175,29 +177,49 @@ class DartsLayerChoice(nn.Module):
 
 
 class DartsInputChoice(nn.Module):
-    """An ``InputChoice`` relaxed as DARTS does: the softmax(alpha)-weighted sum of its inputs.
+    """An ``InputChoice`` relaxed for DARTS, in one of two formulations.
+
+    - With ``alpha`` (NNI's formulation, and every input choice that does not name
+      the edges feeding it): the softmax(alpha)-weighted sum of the inputs, exported
+      as the ``n_chosen`` inputs of largest alpha.
+    - With ``alpha=None`` (the paper's formulation, for an input choice that names the
+      edges feeding it in ``edge_labels``): the plain sum (or mean) of the inputs, no
+      weights of its own; :meth:`export` then keeps the inputs whose edges are strongest,
+      given their strengths.
 
     Stands in for reductions ``sum`` and ``mean`` (the weights sum to one);
     ``concat`` and ``none`` cannot be mixed unless every input is chosen.
     """
 
-    def __init__(self, choice: InputChoice, alpha: nn.Parameter) -> None:
+    def __init__(
+        self,
+        choice: InputChoice,
+        alpha: nn.Parameter | None,
+        edge_labels: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         if choice.reduction not in ("sum", "mean") and choice.n_chosen != choice.n_candidates:
             raise ValueError(
                 f"DARTS cannot relax InputChoice {choice.label!r} with reduction "
                 f"{choice.reduction!r}: use 'sum' or 'mean', or choose every input"
             )
+        if alpha is None and edge_labels is None:
+            raise ValueError(
+                f"InputChoice {choice.label!r}: without architecture weights (the paper's "
+                "formulation) the labels of the edges feeding its inputs are needed"
+            )
         self.label = choice.label
         self.n_candidates = choice.n_candidates
         self.n_chosen = choice.n_chosen
         self.reduction = choice.reduction
         self.indices = list(range(self.n_candidates))
+        #: The label of the LayerChoice computing each input (the paper's formulation), or None.
+        self.edge_labels = list(edge_labels) if edge_labels is not None else None
         self._alpha = [alpha]
 
     @property
-    def alpha(self) -> nn.Parameter:
-        """This choice's architecture parameters."""
+    def alpha(self) -> nn.Parameter | None:
+        """This choice's architecture parameters (None in the paper's formulation)."""
         return self._alpha[0]
 
     def forward(self, inputs: list[torch.Tensor]) -> Any:
@@ -207,11 +229,42 @@ class DartsInputChoice(nn.Module):
             )
         if self.reduction not in ("sum", "mean"):  # every input chosen: nothing to mix
             return reduce_tensors(list(inputs), self.reduction)
+        if self.alpha is None:  # the paper's node: the plain sum of its mixed edges
+            return _plain_sum(inputs, mean=self.reduction == "mean")
         return _WeightedSum.apply(F.softmax(self.alpha, -1), self.indices, *inputs)
 
-    def export(self) -> list[int]:
-        """The sorted indices of the ``n_chosen`` strongest inputs."""
-        return sorted(torch.topk(self.alpha.detach(), self.n_chosen).indices.tolist())
+    def export(self, strengths: Sequence[float] | None = None) -> list[int]:
+        """The sorted indices of the ``n_chosen`` strongest inputs.
+
+        ``strengths`` ranks the inputs (one number per input; the paper's formulation
+        passes each edge's strongest softmax weight); by default alpha does. Ties go to
+        the lower index.
+        """
+        if strengths is None:
+            if self.alpha is None:
+                raise ValueError(
+                    f"InputChoice {self.label!r} has no architecture weights: pass the "
+                    "strengths of its edges"
+                )
+            strengths = self.alpha.detach().tolist()
+        if len(strengths) != self.n_candidates:
+            raise ValueError(
+                f"InputChoice {self.label!r}: {len(strengths)} strengths for "
+                f"{self.n_candidates} inputs"
+            )
+        order = sorted(range(self.n_candidates), key=lambda i: (-strengths[i], i))
+        return sorted(order[: self.n_chosen])
+
+
+def _plain_sum(inputs: Sequence[torch.Tensor], mean: bool = False) -> torch.Tensor:
+    """The sum (or mean) of ``inputs``, in the inputs' memory layout; the added tensors
+    are not kept for the backward pass."""
+    if len(inputs) == 1:
+        return inputs[0]
+    out = inputs[0] + inputs[1]
+    for t in inputs[2:]:
+        out.add_(t)  # in place on a fresh sum: addition's backward does not need its output
+    return out / len(inputs) if mean else out
 
 
 @contextmanager
@@ -271,6 +324,60 @@ class _FlatTensors:
         return torch.stack(torch._foreach_norm(self.views)).norm()
 
 
+class _VirtualGroup(NamedTuple):
+    """Weights (indices into ``DartsTrainer.weights``) that SGD steps alike, and how."""
+
+    indices: list[int]
+    lr: float
+    momentum: float
+    dampening: float
+    nesterov: bool
+    weight_decay: float
+    maximize: bool
+    #: The optimizer's momentum buffers of these weights, or None before SGD's first step.
+    buffers: list[torch.Tensor] | None
+
+    @property
+    def factor(self) -> float:
+        """d w' / d (dL_train/dw): minus the factor SGD's update gives the gradient, times lr."""
+        c = 1.0
+        if self.momentum:
+            if self.buffers is not None:
+                c = (1 - self.dampening) * (self.momentum if self.nesterov else 1.0)
+                c += 1.0 if self.nesterov else 0.0
+            elif self.nesterov:
+                c = 1.0 + self.momentum
+        return self.lr * c * (-1.0 if self.maximize else 1.0)
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The state of torch's CPU generator and of ``device``'s (None on a CPU)."""
+    cpu = torch.get_rng_state()
+    if device.type == "cpu":
+        return cpu, None
+    return cpu, torch.get_device_module(device.type).get_rng_state(device)
+
+
+@contextmanager
+def _replayed_rng(
+    device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]
+) -> Iterator[None]:
+    """Run the block with torch's generators at ``state`` (from :func:`_rng_state`), and put
+    them back where they were after it: the block draws the random numbers (dropout
+    masks) that a block started at ``state`` drew."""
+    current = _rng_state(device)
+    cpu, on_device = state
+    torch.set_rng_state(cpu)
+    if on_device is not None:
+        torch.get_device_module(device.type).set_rng_state(on_device, device)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(current[0])
+        if current[1] is not None:
+            torch.get_device_module(device.type).set_rng_state(current[1], device)
+
+
 class _UnrolledScratch:
     """Storage for the unrolled step, allocated once for a search.
 
@@ -296,8 +403,15 @@ def relax(module: nn.Module, trainer: DartsTrainer) -> nn.Module | None:
     if isinstance(module, LayerChoice):
         return DartsLayerChoice(module, trainer.arch.get(module.label, len(module.names)))
     if isinstance(module, InputChoice):
+        edges = getattr(module, "edge_labels", None)
+        if edges is not None and trainer.formulation == "paper":
+            return DartsInputChoice(module, None, edges)
         return DartsInputChoice(module, trainer.arch.get(module.label, module.n_candidates))
     return None
+
+
+#: The formulations of the DARTS cell :class:`DartsTrainer` knows (its ``formulation``).
+FORMULATIONS = ("paper", "nni")
 
 
 class DartsTrainer(SupernetTrainer):
@@ -315,7 +429,8 @@ class DartsTrainer(SupernetTrainer):
       ``device``, ``log_frequency``.
     - ``grad_clip``: the weights' gradient norm is clipped to it.
     - ``arc_learning_rate``: Adam on alpha, betas (0.5, 0.999), weight decay 1e-3.
-    - ``unrolled``: the second-order approximation.
+    - ``unrolled``: the second-order approximation. Its virtual step is SGD's, so the
+      weights' optimizer must be a ``torch.optim.SGD`` (another one is refused here).
     - ``seed`` (seeds torch, Python and NumPy when the trainer is built: alpha's
       initialisation, the data order, dropout; seed before building the model
       too for a fully reproducible run), ``checkpoint_dir`` (a checkpoint per
@@ -324,7 +439,13 @@ class DartsTrainer(SupernetTrainer):
       ``export_exclude`` (candidate names ``export`` never picks; the paper
       excludes ``none``), ``channels_last`` (the channels-last memory format and, on a
       CPU, the faster layers of :mod:`nastrain.kernels`; default: on for a CPU and a
-      model with convolutions).
+      model with convolutions), ``formulation`` (``"paper"``, the default:
+      an ``InputChoice`` whose ``edge_labels`` attribute names the LayerChoice feeding
+      each of its inputs, as :class:`~nastrain_darts.DartsSpace`'s nodes do, is the plain
+      sum of those mixed edges and exports the ``n_chosen`` inputs whose edge's strongest
+      operation not in ``export_exclude`` has the largest softmax weight, as Liu et al.
+      derive cells; ``"nni"``: every InputChoice has softmax weights of its own that mix
+      and select its inputs, as in NNI).
 
     After ``fit``, :attr:`history` holds each epoch's mean metrics and
     ``alphas`` (softmax weights per label), for plotting.
@@ -356,7 +477,19 @@ class DartsTrainer(SupernetTrainer):
         lr_scheduler: Any = None,
         export_exclude: Iterable[str] = ("none",),
         channels_last: bool | None = None,
+        formulation: str = "paper",
     ) -> None:
+        if formulation not in FORMULATIONS:
+            raise ValueError(
+                f"DartsTrainer: formulation must be one of {list(FORMULATIONS)}, "
+                f"got {formulation!r}"
+            )
+        if unrolled and optimizer is not None and not isinstance(optimizer, torch.optim.SGD):
+            raise ValueError(
+                f"DartsTrainer: unrolled=True takes its virtual step (eq. 6) as "
+                f"torch.optim.SGD would, but the weights' optimizer is "
+                f"{type(optimizer).__name__}; use SGD, or unrolled=False"
+            )
         super().__init__(
             model,
             loss=loss,
@@ -376,10 +509,12 @@ class DartsTrainer(SupernetTrainer):
         self.grad_clip = grad_clip
         self.unrolled = unrolled
         self.export_exclude = tuple(export_exclude)
+        self.formulation = formulation
         self.arch = ArchParameters(self.device)
         self.nas_modules = replace_choices(
             self.model, trainer=self, init_fn=lambda choice: relax(choice, self)
         )
+        self._check_edges()
         self.prepare_model()
         # A relaxation may register its alpha as a module attribute (a plugin's may): alpha
         # is still not a weight.
@@ -394,6 +529,41 @@ class DartsTrainer(SupernetTrainer):
         self.arch_optimizer = torch.optim.Adam(
             self.arch.parameters(), lr=arc_learning_rate, betas=(0.5, 0.999), weight_decay=1e-3
         )
+
+    def _layer_choices(self) -> dict[str, DartsLayerChoice]:
+        """The first relaxed LayerChoice of each label."""
+        found: dict[str, DartsLayerChoice] = {}
+        for label, module in self.nas_modules:
+            if isinstance(module, DartsLayerChoice):
+                found.setdefault(label, module)
+        return found
+
+    def _check_edges(self) -> None:
+        """Every input choice of the paper's formulation names one edge per input, and each
+        edge is a LayerChoice of the model."""
+        layers = self._layer_choices()
+        for _, module in self.nas_modules:
+            if not isinstance(module, DartsInputChoice) or module.edge_labels is None:
+                continue
+            if len(module.edge_labels) != module.n_candidates:
+                raise ValueError(
+                    f"InputChoice {module.label!r}: edge_labels names "
+                    f"{len(module.edge_labels)} edges for {module.n_candidates} inputs"
+                )
+            missing = [label for label in module.edge_labels if label not in layers]
+            if missing:
+                raise ValueError(
+                    f"InputChoice {module.label!r}: its edge_labels {missing} are not "
+                    "LayerChoices of the model"
+                )
+
+    def edge_strength(self, label: str) -> float:
+        """The paper's strength of the edge ``label``: the largest softmax weight among its
+        operations not in ``export_exclude`` (among all of them if every one is excluded)."""
+        edge = self._layer_choices()[label]
+        weights = F.softmax(edge.alpha.detach(), -1).tolist()
+        kept = [w for w, name in zip(weights, edge.names) if name not in self.export_exclude]
+        return max(kept or weights)
 
     # --- one step: eq. (3)/(6) for alpha, then an ordinary step for w ----------------------
 
@@ -420,22 +590,69 @@ class DartsTrainer(SupernetTrainer):
         with torch.no_grad():
             return {"loss": loss.item(), **self.compute_metrics(logits.detach(), trn_y)}
 
-    def _virtual_step_size(self) -> float:
-        """xi of eq. (6): the weights' current learning rate."""
-        return float(self.optimizer.param_groups[0]["lr"])
+    def _virtual_groups(self) -> list[_VirtualGroup]:
+        """The weights by how SGD steps them now: each parameter group's hyperparameters,
+        split by whether a weight has a momentum buffer yet (a weight in no group: lr 0)."""
+        index = {id(w): i for i, w in enumerate(self.weights)}
+        placed: set[int] = set()
+        groups: list[_VirtualGroup] = []
+        state = self.optimizer.state
+        for group in self.optimizer.param_groups:
+            momentum = float(group.get("momentum", 0.0))
+            with_buffer: list[int] = []
+            without: list[int] = []
+            for p in group["params"]:
+                i = index.get(id(p))
+                if i is None or i in placed:
+                    continue
+                placed.add(i)
+                has_buffer = momentum and state.get(p, {}).get("momentum_buffer") is not None
+                (with_buffer if has_buffer else without).append(i)
+            for indices, has_buffer in ((with_buffer, True), (without, False)):
+                if indices:
+                    groups.append(
+                        _VirtualGroup(
+                            indices=indices,
+                            lr=float(group["lr"]),
+                            momentum=momentum,
+                            dampening=float(group.get("dampening", 0.0)),
+                            nesterov=bool(group.get("nesterov", False)),
+                            weight_decay=float(group.get("weight_decay", 0.0)),
+                            maximize=bool(group.get("maximize", False)),
+                            buffers=[state[self.weights[i]]["momentum_buffer"] for i in indices]
+                            if has_buffer
+                            else None,
+                        )
+                    )
+        rest = [i for i in range(len(self.weights)) if i not in placed]
+        if rest:  # not optimised: the virtual step leaves them where they are
+            groups.append(_VirtualGroup(rest, 0.0, 0.0, 0.0, False, 0.0, False, None))
+        return groups
 
     def _unrolled_arch_gradient(self, trn_x: Any, trn_y: Any, val_x: Any, val_y: Any) -> None:
         """Set alpha.grad to the second-order DARTS gradient (eq. 7-8).
 
-        grad = dL_val(w', alpha)/dalpha - xi * (dL_train(w+, alpha)/dalpha -
-        dL_train(w-, alpha)/dalpha) / (2 eps), where w' = w - xi * dL_train(w,
-        alpha)/dw (plus the optimizer's momentum and weight decay, as the
-        real step would apply), w+- = w +- eps * dL_val(w', alpha)/dw' and
-        eps = 0.01 / ||dL_val/dw'||. The weights (and buffers such as BatchNorm
-        statistics) are restored afterwards.
+        The virtual step is the one the weights' SGD would take now, per parameter group
+        (lr, momentum with the optimizer's momentum buffers, dampening, nesterov, weight
+        decay, maximize): w' = w - lr * c * dL_train(w, alpha)/dw - (terms constant in
+        alpha), where c is the factor SGD's update gives the gradient (1 without momentum;
+        1 - dampening with a momentum buffer, 1 + momentum * (1 - dampening) with nesterov;
+        1, or 1 + momentum with nesterov, before the first step). Then, with
+        v = dL_val(w', alpha)/dw' and u = lr * c * v per weight,
+
+            grad = dL_val(w', alpha)/dalpha - (dL_train(w+, alpha)/dalpha -
+                   dL_train(w-, alpha)/dalpha) / (2 eps),  w+- = w +- eps * u,
+
+        eps = 0.01 / ||u||: with one learning rate xi and plain SGD this is the paper's
+        eq. 8 (the same w+- and the factor xi). The passes on the training batch (the
+        virtual step's, at w+ and at w-) run with torch's generators (CPU and the device's)
+        at one state, so dropout or drop-path draws the same masks in all three; without
+        that the finite difference measures mask noise. The weights, the model's buffers
+        (e.g. BatchNorm statistics) and the optimizer's state are as before afterwards;
+        torch's generators are where the virtual step and the validation pass left them.
         """
         weights, alphas = self.weights, self.arch.parameters()
-        xi = self._virtual_step_size()
+        groups = self._virtual_groups()
         buffers = list(self.model.buffers())
         scratch = self._scratch(buffers)
         backup, grads, dw = scratch.backup, scratch.grads, scratch.dw
@@ -443,28 +660,34 @@ class DartsTrainer(SupernetTrainer):
             torch._foreach_copy_(backup.views, weights)
             if buffers:
                 torch._foreach_copy_(scratch.buffers, buffers)
+        train_rng = _rng_state(self.device)
 
-        # w' = w - xi * (dL_train/dw + momentum buffer + weight decay), in place. The gradients
+        # w' = w - lr * (SGD's update direction), in place, per group. The gradients
         # accumulate into preallocated storage (weights with none get zeros).
         grads.attach_as_grad(weights)
         with frozen(alphas):
             self.loss(self.model(trn_x), trn_y).backward(inputs=weights)
-        group = self.optimizer.param_groups[0]
-        momentum, decay = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
         with torch.no_grad():
-            if decay:
-                torch._foreach_add_(grads.views, backup.views, alpha=decay)
-            if momentum:
-                state = self.optimizer.state
-                pairs = [
-                    (step, state[w]["momentum_buffer"])
-                    for w, step in zip(weights, grads.views)
-                    if state.get(w, {}).get("momentum_buffer") is not None
-                ]
-                if pairs:
-                    steps, bufs = zip(*pairs)
-                    torch._foreach_add_(list(steps), list(bufs), alpha=momentum)
-            torch._foreach_sub_(weights, grads.views, alpha=xi)
+            for g in groups:
+                steps = [grads.views[i] for i in g.indices]
+                if g.maximize:
+                    torch._foreach_neg_(steps)
+                if g.weight_decay:
+                    decayed = [backup.views[i] for i in g.indices]
+                    torch._foreach_add_(steps, decayed, alpha=g.weight_decay)
+                if g.momentum:
+                    # buf' = momentum * buf + (1 - dampening) * d (buf' = d on the first
+                    # step); the update is buf', or d + momentum * buf' with nesterov.
+                    if g.buffers is not None:
+                        scale = (1 - g.dampening) * (g.momentum if g.nesterov else 1.0)
+                        scale += 1.0 if g.nesterov else 0.0
+                        torch._foreach_mul_(steps, scale)
+                        momentum = g.momentum * (g.momentum if g.nesterov else 1.0)
+                        torch._foreach_add_(steps, g.buffers, alpha=momentum)
+                    elif g.nesterov:
+                        torch._foreach_mul_(steps, 1.0 + g.momentum)
+                if g.lr:
+                    torch._foreach_sub_([weights[i] for i in g.indices], steps, alpha=g.lr)
 
         # dL_val(w', alpha) with respect to w' and alpha.
         dw.attach_as_grad(weights)
@@ -473,16 +696,23 @@ class DartsTrainer(SupernetTrainer):
         self.loss(self.model(val_x), val_y).backward(inputs=[*weights, *alphas])
         dalpha = [torch.zeros_like(a) if a.grad is None else a.grad for a in alphas]
 
-        # Finite-difference Hessian-vector product at the original w.
+        # u = lr * c * v per group: the direction w' moves in as alpha changes.
+        with torch.no_grad():
+            for g in groups:
+                torch._foreach_mul_([dw.views[i] for i in g.indices], g.factor)
+        # Finite-difference Hessian-vector product at the original w, with the virtual
+        # step's dropout masks.
         eps = float(0.01 / dw.norm().clamp_min(1e-12))
         with torch.no_grad():
             torch._foreach_copy_(weights, backup.views)
             torch._foreach_add_(weights, dw.views, alpha=eps)
-        d_pos = self._alpha_grad(trn_x, trn_y)
+        with _replayed_rng(self.device, train_rng):
+            d_pos = self._alpha_grad(trn_x, trn_y)
         with torch.no_grad():
             torch._foreach_copy_(weights, backup.views)
             torch._foreach_sub_(weights, dw.views, alpha=eps)
-        d_neg = self._alpha_grad(trn_x, trn_y)
+        with _replayed_rng(self.device, train_rng):
+            d_neg = self._alpha_grad(trn_x, trn_y)
 
         with torch.no_grad():
             torch._foreach_copy_(weights, backup.views)
@@ -491,7 +721,7 @@ class DartsTrainer(SupernetTrainer):
             for w in weights:
                 w.grad = None
             for a, g, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
-                a.grad = g - xi * (gp - gn) / (2 * eps)
+                a.grad = g - (gp - gn) / (2 * eps)
 
     def _scratch(self, buffers: list[torch.Tensor]) -> _UnrolledScratch:
         """The unrolled step's storage, allocated once (see :class:`_UnrolledScratch`)."""
@@ -542,13 +772,19 @@ class DartsTrainer(SupernetTrainer):
     @torch.no_grad()
     def export(self) -> dict[str, Any]:
         """The strongest candidate per LayerChoice (never one of ``export_exclude``) and the
-        ``n_chosen`` strongest inputs per InputChoice, in the CONTRACT format."""
+        ``n_chosen`` strongest inputs per InputChoice, in the CONTRACT format: in the paper's
+        formulation the inputs whose edges have the largest :meth:`edge_strength`, else those
+        of largest alpha."""
         result: dict[str, Any] = {}
         for label, module in self.nas_modules:
             if label in result:
                 continue
             if isinstance(module, DartsLayerChoice):
                 result[label] = module.export(self.export_exclude)
+            elif isinstance(module, DartsInputChoice) and module.edge_labels is not None:
+                # The paper's derivation: the inputs whose edges are strongest.
+                strengths = [self.edge_strength(edge) for edge in module.edge_labels]
+                result[label] = module.export(strengths)
             else:  # DartsInputChoice, or a relaxation a third-party plugin supplied
                 result[label] = module.export()
         return result
