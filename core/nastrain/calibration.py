@@ -128,14 +128,15 @@ def preserved_bn_stats(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def batch_statistics(model: nn.Module) -> Iterator[None]:
+def batch_statistics(model: nn.Module, norms: Iterable[nn.Module] | None = None) -> Iterator[None]:
     """Inside, every BatchNorm of ``model`` normalises with the statistics of the batch it
     sees, in either mode, and its running statistics are neither used nor updated.
 
     The running buffers are set aside for the block (no copy is made, so it costs
-    next to nothing) and put back on exit.
+    next to nothing) and put back on exit. ``norms``: the BatchNorms to treat so, when
+    the caller has listed them already (default: :func:`batchnorms` of ``model``).
     """
-    norms = batchnorms(model)
+    norms = batchnorms(model) if norms is None else list(norms)
     stashed = [(m, {k: m._buffers[k] for k in _STATS if k in m._buffers}) for m in norms]
     try:
         for m, buffers in stashed:

@@ -44,11 +44,12 @@ The data, epoch loop, progress, reporting and checkpoints are the core's
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import numbers
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -56,9 +57,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from nastrain.calibration import batch_statistics, batchnorms
 from nastrain.oneshot import json_floats
 from nastrain.space import Architecture, Choice
-from nastrain_enas.sampling import SamplingTrainer
+from nastrain_enas.sampling import SamplingTrainer, check_bn_batches
 
 __all__ = ["Controller", "ControllerSample", "EnasTrainer"]
 
@@ -87,7 +89,7 @@ class _Decision:
     """How the controller encodes one decision: its logits, and the values they index."""
 
     def __init__(self, position: int, choice: Choice) -> None:
-        self.position = position  # index into Controller.soft / Controller.embedding
+        self.position = position  # its step: the number of decisions before it
         self.choice = choice
         self.label = choice.label
         self.subsets: list[tuple[int, ...]] | None = None
@@ -119,14 +121,27 @@ class Controller(nn.Module):
 
     It walks the ``choices`` (one per label) in order. At each decision the LSTM
     (``lstm_num_layers`` layers of ``lstm_size`` units, bias-free) steps once on the
-    embedding of the previous decision's value (a learned start vector ``g_emb``
-    first); a linear layer of the last hidden state gives the logits, divided by
-    ``temperature`` and squashed to ``tanh_constant * tanh(logits)`` when those are
-    set (the paper's tricks against early collapse). A ``LayerChoice`` has a logit
-    per candidate; an ``InputChoice`` a logit per input, and its value is a set of
-    exactly ``n_chosen`` inputs with probability proportional to the exponential of
-    the sum of their logits; the next input embedding is the mean of the chosen
-    inputs' embeddings. A decision with a single possible value takes no step.
+    previous decision's output (a learned start vector ``g_emb`` first), and the
+    decision's logits are read off the last hidden state ``h_t``:
+
+    - a ``LayerChoice``: a linear layer of ``h_t``, one logit per candidate; the next
+      input is the chosen candidate's embedding;
+    - an ``InputChoice``: the paper's attention over earlier decisions' hidden states
+      (its anchors, §2.2 and §2.3 of Pham et al.): input ``i`` has the logit
+      ``v^T tanh(W_prev h_a(i) + W_curr h_t)``, with ``W_prev``, ``W_curr`` and ``v``
+      shared by every input choice. The anchor ``h_a(i)`` of input ``i`` of a choice
+      with ``n`` inputs is the hidden state of the ``n - i``-th decision before it (the
+      last ``n`` decisions, oldest first): in a DARTS cell, where node ``j``'s edges
+      from states ``0 .. j-1`` come just before its input choice, input ``i``'s
+      anchor is the decision of the edge from state ``i``. Inputs with no decision
+      that far back are anchored at learned start anchors. The next input is the
+      mean of the chosen inputs' anchors.
+
+    Logits are divided by ``temperature`` and squashed to ``tanh_constant *
+    tanh(logits)`` when those are set (the paper's tricks against early collapse).
+    An ``InputChoice``'s value is a set of exactly ``n_chosen`` inputs, with
+    probability proportional to the exponential of the sum of their logits. A
+    decision with a single possible value takes no step.
 
     ``skip_target`` is the prior probability of an input being chosen that the
     skip penalty measures against (see :meth:`sample`). Parameters start uniform
@@ -161,11 +176,13 @@ class Controller(nn.Module):
             nn.LSTMCell(lstm_size, lstm_size, bias=False) for _ in range(lstm_num_layers)
         )
         self.g_emb = nn.Parameter(torch.empty(1, lstm_size))
-        self.soft = nn.ModuleList()
-        self.embedding = nn.ModuleList()
+        #: A LayerChoice decision's readout and embeddings, by its position (as a str).
+        self.soft = nn.ModuleDict()
+        self.embedding = nn.ModuleDict()
         self.decisions: list[_Decision] = []
         #: Every decision's only value, for the decisions that have one (no step taken).
         self.fixed: dict[str, Any] = {}
+        missing = 0  # the most inputs of one InputChoice without an earlier decision
         for choice in self.choices:
             if choice.size == 1:
                 self.fixed[choice.label] = next(choice.values())
@@ -178,14 +195,32 @@ class Controller(nn.Module):
                 )
             decision = _Decision(len(self.decisions), choice)
             self.decisions.append(decision)
-            self.soft.append(nn.Linear(lstm_size, decision.n_logits, bias=False))
-            self.embedding.append(nn.Embedding(decision.n_logits, lstm_size))
+            key = str(decision.position)
+            if choice.kind == "layer":
+                self.soft[key] = nn.Linear(lstm_size, decision.n_logits, bias=False)
+                self.embedding[key] = nn.Embedding(decision.n_logits, lstm_size)
+            else:
+                missing = max(missing, decision.n_logits - decision.position)
             if decision.subsets is not None:
                 members = torch.zeros(len(decision.subsets), decision.n_logits)
                 for row, subset in enumerate(decision.subsets):
                     members[row, list(subset)] = 1.0
                 # Derived from the space, so not part of the state dict.
                 self.register_buffer(f"members{decision.position}", members, persistent=False)
+        self.attention: nn.ModuleDict | None = None
+        if any(d.choice.kind != "layer" for d in self.decisions):
+            self.attention = nn.ModuleDict(
+                {
+                    "w_prev": nn.Linear(lstm_size, lstm_size, bias=False),
+                    "w_curr": nn.Linear(lstm_size, lstm_size, bias=False),
+                    "v": nn.Linear(lstm_size, 1, bias=False),
+                }
+            )
+        #: The anchors of inputs that no earlier decision stands for (oldest first), or
+        #: ``None`` when every input has one.
+        self.start_anchors: nn.Parameter | None = None
+        if missing:
+            self.start_anchors = nn.Parameter(torch.empty(missing, lstm_size))
         width = max((d.n_values for d in self.decisions), default=0)
         padding = torch.ones(len(self.decisions), width, dtype=torch.bool)
         for decision in self.decisions:
@@ -202,13 +237,23 @@ class Controller(nn.Module):
     def _members(self, decision: _Decision) -> torch.Tensor:
         return getattr(self, f"members{decision.position}")
 
-    def _logits(self, decision: _Decision, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.soft[decision.position](hidden).view(-1)
+    def _squash(self, logits: torch.Tensor) -> torch.Tensor:
         if self.temperature is not None:
             logits = logits / self.temperature
         if self.tanh_constant is not None:
             logits = self.tanh_constant * torch.tanh(logits)
         return logits
+
+    def _anchors(self, decision: _Decision, states: list[torch.Tensor]) -> torch.Tensor:
+        """The anchors of an InputChoice's inputs, one row each: the hidden states of the
+        last ``n`` decisions before it, oldest first, start anchors where there are fewer."""
+        n = decision.n_logits
+        missing = max(0, n - len(states))
+        rows = states[len(states) - (n - missing) :]
+        if missing:
+            assert self.start_anchors is not None
+            rows = [self.start_anchors[:missing], *rows]
+        return torch.cat(rows)
 
     def sample(
         self,
@@ -217,15 +262,20 @@ class Controller(nn.Module):
         arch: Mapping[str, Any] | None = None,
         skip_penalty: bool = False,
         stats: bool = True,
+        generator: torch.Generator | None = None,
     ) -> ControllerSample:
-        """Draw an architecture, decode the most likely one (``greedy``) or score ``arch``.
+        """Draw an architecture, decode one greedily (``greedy``) or score ``arch``.
 
+        Greedy decoding takes, at each decision, its most likely value given the
+        values already taken; that is not in general the most likely architecture.
         Runs under the caller's grad mode: with gradients on, ``log_prob`` and
         ``skip_penalty`` are differentiable in the controller's parameters.
         ``skip_penalty`` computes, for every ``InputChoice`` with ``1 < n_chosen <
         n_candidates``, sum_i KL(Bernoulli(pi_i) || Bernoulli(skip_target)), where
         pi_i is the probability that input i is among the chosen. ``stats=False``
         skips log-probability and entropy (they come back as zeros): sampling only.
+        A draw takes its random numbers from ``generator`` (default: torch's global
+        generator), on the controller's device.
         """
         device = self.g_emb.device
         zero = torch.zeros((), device=device)
@@ -240,15 +290,30 @@ class Controller(nn.Module):
         if forced is None and not greedy:
             # Gumbel-max: argmax(logits + g), g = -log(e) with e ~ Exp(1), is a draw from
             # softmax(logits); all the noise in one call, not one sampler call per decision.
-            noise = torch.empty(self._padding.shape, device=device).exponential_().log_()
+            noise = (
+                torch.empty(self._padding.shape, device=device)
+                .exponential_(generator=generator)
+                .log_()
+            )
         x = self.g_emb
+        states: list[torch.Tensor] = []  # the last hidden state at each decision
         all_logits: list[torch.Tensor] = []
         picks: list[torch.Tensor] = []
         for i, decision in enumerate(self.decisions):
             for layer, lstm in enumerate(self.lstm):
                 hidden[layer], cell[layer] = lstm(x, (hidden[layer], cell[layer]))
                 x = hidden[layer]
-            logits = self._logits(decision, x)
+            key = str(decision.position)
+            anchors = None
+            if decision.choice.kind == "layer":
+                logits = self._squash(self.soft[key](x).view(-1))
+            else:
+                assert self.attention is not None
+                anchors = self._anchors(decision, states)
+                attention = self.attention
+                query = torch.tanh(attention["w_prev"](anchors) + attention["w_curr"](x))
+                logits = self._squash(attention["v"](query).view(-1))
+            states.append(x)
             if decision.subsets is not None:
                 # A set's logit: the sum of its inputs' logits.
                 logits = self._members(decision) @ logits
@@ -260,11 +325,12 @@ class Controller(nn.Module):
             else:
                 pick = (logits.detach() - noise[i, : decision.n_values]).argmax()
             picks.append(pick)
-            weight = self.embedding[decision.position].weight
-            if decision.subsets is None:
-                x = weight[pick].view(1, -1)
-            else:  # the mean of the chosen inputs' embeddings
-                x = (self._members(decision)[pick] @ weight).view(1, -1) / decision.choice.n_chosen
+            if anchors is None:
+                x = self.embedding[key].weight[pick].view(1, -1)
+            elif decision.subsets is None:
+                x = anchors[pick].view(1, -1)
+            else:  # the mean of the chosen inputs' anchors
+                x = (self._members(decision)[pick] @ anchors).view(1, -1) / decision.choice.n_chosen
         log_prob, entropy, penalty = zero, zero, zero
         if self.decisions and (stats or skip_penalty):
             # Every decision's distribution at once: one row each, padded with -inf.
@@ -415,7 +481,22 @@ class EnasTrainer(SamplingTrainer):
         progress: bool | None = None,
         lr_scheduler: Any = None,
         channels_last: bool | None = None,
+        export_mode: Literal["sample", "greedy"] = "sample",
+        export_samples: int = 100,
+        export_batches: int | None = None,
+        bn_batches: int = 10,
     ) -> None:
+        if export_mode not in ("sample", "greedy"):
+            raise ValueError(f"export_mode must be 'sample' or 'greedy', got {export_mode!r}")
+        for name, value, allow_none in (
+            ("export_samples", export_samples, False),
+            ("export_batches", export_batches, True),
+        ):
+            if value is None and allow_none:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_bn_batches(bn_batches)
         if not callable(reward_function):
             raise TypeError(
                 "reward_function must be a callable (logits, y) -> number, got "
@@ -466,6 +547,16 @@ class EnasTrainer(SamplingTrainer):
             channels_last=channels_last,
         )
         self.reward_function = reward_function
+        self.export_mode = export_mode
+        self.export_samples = export_samples
+        self.export_batches = export_batches
+        self.bn_batches = bn_batches
+        #: Every distinct architecture ``export()`` sampled, with its score, best first
+        #: (empty with ``export_mode="greedy"``).
+        self.ranking: list[tuple[Architecture, float]] = []
+        #: The score of the architecture ``export()`` returned (``None`` when greedy).
+        self.best_score: float | None = None
+        self._norms: list[nn.Module] | None = None  # the supernet's BatchNorms, once listed
         self.entropy_weight = float(entropy_weight)
         self.skip_weight = float(skip_weight)
         self.baseline_decay = float(baseline_decay)
@@ -503,11 +594,19 @@ class EnasTrainer(SamplingTrainer):
     def controller_step(self, batch: Any) -> dict[str, float]:
         """One REINFORCE sample: draw an architecture, reward it on ``batch``, accumulate
         -log P(arch) * (reward - baseline) + skip_weight * skip penalty, and update the
-        controller once ``ctrl_steps_aggregate`` samples are accumulated."""
+        controller once ``ctrl_steps_aggregate`` samples are accumulated.
+
+        The sampled architecture runs with BatchNorm normalising by ``batch``'s own
+        statistics (the supernet's running statistics neither used nor changed): the
+        supernet's are pooled over every path it trained, and a reward computed with them
+        measures how close the path's activations sit to that pool, not the path. This
+        is the per-architecture recalibration of ``export()`` at no extra forward pass."""
         x, y = batch
         sample = self.controller.sample(skip_penalty=self.skip_weight > 0)
         self.set_arch(sample.arch)
-        with torch.no_grad():
+        if self._norms is None:
+            self._norms = batchnorms(self.model)
+        with torch.no_grad(), batch_statistics(self.model, self._norms):
             logits = self.model(x)
         reward = self._reward(logits, y)
         entropy = sample.entropy.item()
@@ -563,14 +662,16 @@ class EnasTrainer(SamplingTrainer):
 
     # --- epochs, checkpoints, export ---------------------------------------------------------
 
-    def most_likely(self) -> tuple[Architecture, float]:
-        """The controller's most likely architecture (greedy decoding) and its probability."""
+    def greedy_arch(self) -> tuple[Architecture, float]:
+        """The controller's greedy decoding (at each decision its most likely value given
+        the values already taken) and the probability the controller gives it. Not in
+        general the controller's most likely architecture."""
         with torch.no_grad():
             sample = self.controller.sample(greedy=True)
         return sample.arch, math.exp(sample.log_prob.item())
 
     def epoch_record(self) -> dict[str, Any]:
-        arch, prob = self.most_likely()
+        arch, prob = self.greedy_arch()
         return {"arch": arch, "arch_prob": json_floats([prob])[0]}
 
     def checkpointables(self) -> dict[str, Any]:
@@ -581,6 +682,55 @@ class EnasTrainer(SamplingTrainer):
             "reinforce": _ReinforceState(self),
         }
 
+    def sampled_archs(self) -> list[Architecture]:
+        """``export_samples`` architectures drawn from the controller, the distinct ones in
+        the order first drawn. The draws come from a generator of their own, seeded by
+        ``seed`` (torch's global generator when ``seed`` is ``None``), so they neither
+        depend on nor disturb the training's random numbers."""
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        seen: set[str] = set()
+        archs: list[Architecture] = []
+        with torch.no_grad():
+            for _ in range(self.export_samples):
+                arch = self.controller.sample(stats=False, generator=generator).arch
+                key = json.dumps(arch, sort_keys=True)
+                if key not in seen:
+                    seen.add(key)
+                    archs.append(arch)
+        return archs
+
     def export(self) -> dict[str, Any]:
-        """The controller's most likely architecture, in the CONTRACT format."""
-        return self.most_likely()[0]
+        """The architecture the search found, in the CONTRACT format.
+
+        With ``export_mode="sample"`` (the default), as Pham et al. derive it: draw
+        ``export_samples`` architectures from the trained controller
+        (:meth:`sampled_archs`), score each distinct one with ``reward_function`` on the
+        same batches of the architecture half (``export_batches`` of them, all when
+        ``None``), each with its BatchNorm statistics recalibrated on ``bn_batches``
+        batches of the weight half (the supernet's restored afterwards), and return the
+        best; :attr:`ranking` keeps them all with their scores, best first. With
+        ``export_mode="greedy"``: the controller's greedy decoding (:meth:`greedy_arch`),
+        no data seen.
+        """
+        if self.export_mode == "greedy":
+            self.ranking, self.best_score = [], None
+            return self.greedy_arch()[0]
+        loader = self.fixed_loader("valid", self.export_batches)
+        calibration = self.calibration_batches()  # the same batches for every candidate
+        what = f"reward_function {_callable_name(self.reward_function)}"
+        scored = [
+            (
+                arch,
+                self.score_arch(
+                    arch, loader, self.reward_function, what=what, calibration=calibration
+                ),
+            )
+            for arch in self.sampled_archs()
+        ]
+        # sorted() is stable: ties go to the architecture drawn first.
+        self.ranking = sorted(scored, key=lambda item: -item[1])
+        best, self.best_score = self.ranking[0]
+        self.set_arch(best)
+        return dict(best)

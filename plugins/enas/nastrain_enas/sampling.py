@@ -8,6 +8,11 @@ per decision (label) and hands it to every module of that label, so modules that
 share a label always run the same choice. The weights are trained one sampled
 path at a time: only the sampled candidates get gradients.
 
+Architectures are scored with the shared weights (SPOS's and ENAS's ``export()``)
+by :meth:`SamplingTrainer.score_arch`: each with its own BatchNorm statistics,
+recalibrated on ``bn_batches`` batches of the weight half, the supernet's restored
+afterwards (see :mod:`nastrain.calibration`).
+
 The data, epoch loop, progress, reporting and checkpoints are the core's
 :class:`nastrain.oneshot.SupernetTrainer`.
 """
@@ -15,15 +20,18 @@ The data, epoch loop, progress, reporting and checkpoints are the core's
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 import os
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from nastrain import InputChoice, LayerChoice
+from nastrain.calibration import preserved_bn_stats, recalibrate_bn
 from nastrain.mutables import reduce_tensors
 from nastrain.oneshot import SupernetTrainer
 from nastrain.reporting import current_trainer
@@ -196,6 +204,9 @@ class SamplingTrainer(SupernetTrainer):
         self.lr_scheduler = lr_scheduler
         #: The architecture the model runs now.
         self.current_arch: Architecture = {}
+        #: Batches of the weight half each architecture's BatchNorm statistics are
+        #: recalibrated on before it is scored (0: score with the supernet's pooled ones).
+        self.bn_batches = 10
 
     @abc.abstractmethod
     def sample_arch(self) -> Architecture:
@@ -237,6 +248,71 @@ class SamplingTrainer(SupernetTrainer):
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
 
+    # --- scoring architectures with the shared weights ---------------------------------------
+
+    def fixed_loader(self, half: Literal["train", "valid"], num_batches: int | None) -> DataLoader:
+        """One half of the data in a fixed order (``"train"``: the weight half, ``"valid"``:
+        the architecture half), so that every architecture is scored or calibrated on the
+        same batches; only ``num_batches`` batches of it, drawn once (seeded by ``seed``,
+        else 0, on a generator of its own: the training data order is untouched), when
+        that is set."""
+        loader = self.train_loader if half == "train" else self.valid_loader
+        # The half's indices when the dataset was split, else the whole dataset.
+        indices = list(getattr(loader.sampler, "indices", range(len(loader.dataset))))
+        if num_batches is not None and num_batches * self.batch_size < len(indices):
+            offset = 0 if half == "valid" else 1  # not the same draw for both halves
+            generator = torch.Generator().manual_seed(
+                (self.seed if self.seed is not None else 0) + offset
+            )
+            kept = torch.randperm(len(indices), generator=generator)
+            kept = kept[: num_batches * self.batch_size].sort().values
+            indices = [indices[i] for i in kept.tolist()]
+        return DataLoader(
+            Subset(loader.dataset, indices),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            # Iterating a loader draws a seed from its generator: not from torch's global one.
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def calibration_batches(self) -> list[Any]:
+        """:attr:`bn_batches` batches of the weight half, on the device, drawn once per call
+        (the same for every architecture scored with them); empty when ``bn_batches`` is 0."""
+        if not self.bn_batches:
+            return []
+        return [self.to_device(batch) for batch in self.fixed_loader("train", self.bn_batches)]
+
+    @torch.no_grad()
+    def score_arch(
+        self,
+        arch: Mapping[str, Any],
+        batches: Iterable[Any],
+        score: Callable[[Any, Any], Any],
+        *,
+        what: str,
+        calibration: list[Any] | None = None,
+    ) -> float:
+        """The mean of ``score(logits, y)`` over ``batches`` (weighted by batch size) of
+        ``arch`` run with the shared weights, the model in evaluation mode, its BatchNorm
+        statistics recalibrated on ``calibration`` (default: :meth:`calibration_batches`)
+        and the supernet's restored afterwards. ``what`` names ``score`` in errors."""
+        self.model.eval()
+        self.set_arch(arch)
+        if calibration is None:
+            calibration = self.calibration_batches()
+        total = count = 0.0
+        with preserved_bn_stats(self.model):
+            recalibrate_bn(self.model, calibration)
+            for batch in batches:
+                x, y = self.to_device(batch)
+                logits = self.model(x)
+                n = float(len(y)) if hasattr(y, "__len__") else 1.0
+                total += as_number(score(logits, y), what, arch) * n
+                count += n
+        return total / max(count, 1.0)
+
     def checkpointables(self) -> dict[str, Any]:
         items: dict[str, Any] = {}
         if self.optimizer is not None:
@@ -244,6 +320,35 @@ class SamplingTrainer(SupernetTrainer):
         if self.lr_scheduler is not None:
             items["lr_scheduler"] = self.lr_scheduler
         return items
+
+
+def as_number(value: Any, what: str, arch: Mapping[str, Any]) -> float:
+    """``value`` (a real number or a one-element tensor) as a finite float; ``what`` and
+    ``arch`` name it in the error otherwise."""
+    number: float | None = None
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+            number = value.item()
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    if number is None:
+        raise TypeError(
+            f"{what} returned a {type(value).__name__}; it must return a number: a float "
+            "or a one-element tensor"
+        )
+    if not math.isfinite(number):
+        raise ValueError(f"{what} is {number} for architecture {dict(arch)}")
+    return number
+
+
+def check_bn_batches(value: Any) -> int:
+    """``bn_batches`` checked: an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"bn_batches must be an int >= 0 (batches to recalibrate BatchNorm on; 0: "
+            f"none), got {value!r}"
+        )
+    return value
 
 
 def replace_for_sampling(module: nn.Module, trainer: Any) -> nn.Module | None:

@@ -4,8 +4,9 @@ ECCV 2020, and Li & Talwalkar's random search with weight sharing, UAI 2019).
 Training samples one path uniformly per batch of the weight half: every
 architecture is trained equally often in expectation, so the shared weights rank
 architectures without favouring any. The search itself happens in ``export()``:
-architectures are evaluated with the shared weights on the architecture half and
-the best is returned. A space with no more architectures than ``export_budget``
+architectures are evaluated with the shared weights on the architecture half, each
+with its BatchNorm statistics recalibrated on a few batches of the weight half (as
+SPOS does), and the best is returned. A space with no more architectures than ``export_budget``
 is evaluated whole, every architecture once; a larger one by ``export_budget``
 distinct uniformly sampled architectures.
 
@@ -17,8 +18,6 @@ The data, epoch loop, progress, reporting and checkpoints are the core's
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,10 +25,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from nastrain.space import Architecture
-from nastrain_enas.sampling import SamplingTrainer
+from nastrain_enas.sampling import SamplingTrainer, as_number, check_bn_batches
 
 __all__ = ["RandomOneShotTrainer"]
 
@@ -51,12 +50,22 @@ class RandomOneShotTrainer(SamplingTrainer):
     - ``score_function(logits, y) -> number``: an architecture's score on a batch,
       higher is better; ``None``: minus ``loss``. The score of an architecture is
       the mean over its evaluation batches, weighted by batch size.
+    - ``bn_batches``: before it is scored, each architecture's BatchNorm statistics
+      are re-estimated on this many batches of the weight half (the same batches for
+      all; SPOS's recalibration), and the supernet's put back afterwards. The
+      supernet's own statistics are pooled over every path it sampled, so scored with
+      them an architecture ranks by how close its activations sit to that pool, not
+      by what it computes (a candidate with outputs ten times smaller than the
+      others' is normalised to nearly a constant). The default, 10, is a few
+      batches' forward passes per candidate, enough for these averages; ``0`` scores
+      with the pooled statistics.
 
     Training uses only the weight half (sampling draws from Python's ``random``,
     which ``seed`` seeds and checkpoints restore). After ``export()``,
     :attr:`ranking` holds every evaluated architecture with its score, best first,
     and :attr:`best_score` the exported one's score; the model is left in eval mode
-    running the exported architecture.
+    running the exported architecture, with the supernet's BatchNorm statistics (so
+    that training can go on as if ``export()`` had not run).
     """
 
     name = "random"
@@ -84,7 +93,9 @@ class RandomOneShotTrainer(SamplingTrainer):
         export_budget: int = 100,
         export_batches: int | None = None,
         score_function: Callable[[Any, Any], Any] | None = None,
+        bn_batches: int = 10,
     ) -> None:
+        check_bn_batches(bn_batches)
         for name, value, allow_none in (
             ("export_budget", export_budget, False),
             ("export_batches", export_batches, True),
@@ -119,6 +130,7 @@ class RandomOneShotTrainer(SamplingTrainer):
         )
         self.export_budget = export_budget
         self.export_batches = export_batches
+        self.bn_batches = bn_batches
         self.score_function = score_function
         #: Every architecture ``export()`` evaluated, with its score, best first.
         self.ranking: list[tuple[Architecture, float]] = []
@@ -168,64 +180,48 @@ class RandomOneShotTrainer(SamplingTrainer):
         """The architecture half in a fixed order, so that every architecture is scored on
         the same batches (ties stay ties); only ``export_batches`` batches of it, drawn once
         (seeded by ``seed``), when that is set."""
-        loader = self.valid_loader
-        # The half's indices when the dataset was split, else the whole valid_dataset.
-        indices = list(getattr(loader.sampler, "indices", range(len(loader.dataset))))
-        if self.export_batches is not None and self.export_batches * self.batch_size < len(indices):
-            generator = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
-            kept = torch.randperm(len(indices), generator=generator)
-            kept = kept[: self.export_batches * self.batch_size].sort().values
-            indices = [indices[i] for i in kept.tolist()]
-        return DataLoader(
-            Subset(loader.dataset, indices),
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
+        return self.fixed_loader("valid", self.export_batches)
+
+    def evaluate(
+        self,
+        arch: Mapping[str, Any],
+        batches: Iterable[Any] | None = None,
+        *,
+        calibration: list[Any] | None = None,
+    ) -> float:
+        """The score of ``arch`` with the shared weights (the model in eval mode) on
+        ``batches`` (default: :meth:`evaluation_loader`), its BatchNorm statistics first
+        recalibrated on ``calibration`` (default: :meth:`calibration_batches`, ``bn_batches``
+        batches of the weight half); the supernet's statistics are restored afterwards."""
+        arch = self.space.validate(arch)
+        if self.score_function is None:
+            loss = self.loss
+
+            def score(logits: Any, y: Any) -> float:
+                return -as_number(loss(logits, y), "loss", arch)
+
+            what = "loss"
+        else:
+            score = self.score_function
+            what = f"score_function {getattr(self.score_function, '__qualname__', '?')}"
+        return self.score_arch(
+            arch,
+            batches if batches is not None else self.evaluation_loader(),
+            score,
+            what=what,
+            calibration=calibration,
         )
 
-    @torch.no_grad()
-    def evaluate(self, arch: Mapping[str, Any], batches: Iterable[Any] | None = None) -> float:
-        """The score of ``arch`` with the shared weights (the model in eval mode) on
-        ``batches`` (default: :meth:`evaluation_loader`)."""
-        self.model.eval()
-        self.set_arch(self.space.validate(arch))
-        total = count = 0.0
-        for batch in batches if batches is not None else self.evaluation_loader():
-            x, y = self.to_device(batch)
-            logits = self.model(x)
-            n = float(len(y)) if hasattr(y, "__len__") else 1.0
-            total += self._score(logits, y, arch) * n
-            count += n
-        return total / max(count, 1.0)
-
-    def _score(self, logits: Any, y: Any, arch: Mapping[str, Any]) -> float:
-        if self.score_function is None:
-            value: Any = self.loss(logits, y)
-            name = "loss"
-        else:
-            value = self.score_function(logits, y)
-            name = f"score_function {getattr(self.score_function, '__qualname__', '?')}"
-        number: float | None = None
-        if isinstance(value, torch.Tensor):
-            if value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
-                number = value.item()
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-            number = float(value)
-        if number is None:
-            raise TypeError(
-                f"{name} returned a {type(value).__name__}; it must return a number: a float "
-                "or a one-element tensor"
-            )
-        if not math.isfinite(number):
-            raise ValueError(f"{name} is {number} for architecture {dict(arch)}")
-        return -number if self.score_function is None else number
-
     def export(self) -> dict[str, Any]:
-        """The best of :meth:`candidates` by score, in the CONTRACT format; the ranking of
-        all of them is kept in :attr:`ranking`."""
+        """The best of :meth:`candidates` by score, each scored with its own BatchNorm
+        statistics (see :meth:`evaluate`), in the CONTRACT format; the ranking of all of
+        them is kept in :attr:`ranking`."""
         loader = self.evaluation_loader()
-        scored = [(arch, self.evaluate(arch, loader)) for arch in self.candidates()]
+        calibration = self.calibration_batches()  # the same batches for every candidate
+        scored = [
+            (arch, self.evaluate(arch, loader, calibration=calibration))
+            for arch in self.candidates()
+        ]
         # sorted() is stable: ties keep the enumeration order.
         self.ranking = sorted(scored, key=lambda item: -item[1])
         best, self.best_score = self.ranking[0]

@@ -4,6 +4,7 @@ teaches it a rewarded architecture."""
 from __future__ import annotations
 
 import collections
+import json
 import math
 
 import pytest
@@ -76,6 +77,12 @@ def space_of(*choices: nn.Module) -> SearchSpace:
     return SearchSpace.from_model(nn.ModuleList(choices))
 
 
+def perturb(controller: Controller, std: float) -> None:
+    """Every parameter normal with ``std``: a controller far from uniform."""
+    for parameter in controller.parameters():
+        nn.init.normal_(parameter, std=std)
+
+
 def mixed_space() -> SearchSpace:
     return space_of(
         nastrain.LayerChoice([nn.Identity()] * 3, label="op"),
@@ -90,7 +97,7 @@ def test_the_probabilities_of_all_architectures_sum_to_one() -> None:
     space = mixed_space()
     controller = Controller(space.choices, tanh_constant=None)
     with torch.no_grad():
-        nn.init.normal_(controller.soft[1].weight, std=3.0)  # far from uniform
+        perturb(controller, 1.0)
         total = sum(controller.log_prob(arch).exp().item() for arch in space.enumerate())
     assert space.size == 3 * 6 * 3
     assert total == pytest.approx(1.0, abs=1e-5)
@@ -103,8 +110,7 @@ def test_samples_follow_the_probabilities_and_take_exactly_n_chosen_distinct_inp
     )
     controller = Controller(space.choices, tanh_constant=None)
     with torch.no_grad():
-        for soft in controller.soft:
-            nn.init.normal_(soft.weight, std=2.0)
+        perturb(controller, 0.5)
         counts = collections.Counter()
         for _ in range(3000):
             arch = controller.sample(stats=False).arch
@@ -128,17 +134,63 @@ def test_one_controller_step_per_decision_not_per_module() -> None:
     assert len(steps) == 3  # labels a (two modules), b, c
 
 
-def test_export_is_the_greedy_decoding_and_draws_no_randomness() -> None:
+def test_greedy_decoding_is_the_argmax_of_each_decision_given_those_before() -> None:
     torch.manual_seed(0)
-    space = space_of(nastrain.InputChoice(5, 2, label="two"))
+    space = space_of(
+        nastrain.InputChoice(5, 2, label="two"),
+        nastrain.LayerChoice([nn.Identity()] * 4, label="op"),
+    )
     controller = Controller(space.choices, tanh_constant=None)
     with torch.no_grad():
-        nn.init.normal_(controller.soft[0].weight, std=3.0)
+        perturb(controller, 1.0)
         state = torch.get_rng_state()
         greedy = controller.sample(greedy=True).arch
-        assert torch.equal(torch.get_rng_state(), state)
-        best = max(space.enumerate(), key=lambda arch: controller.log_prob(arch).item())
-    assert greedy == best
+        assert torch.equal(torch.get_rng_state(), state)  # draws no randomness
+        probs = {json.dumps(a): controller.log_prob(a).exp().item() for a in space.enumerate()}
+
+    def p(arch):
+        return probs[json.dumps(arch)]
+
+    # The first decision: the argmax of its marginal; the second: of its conditional.
+    marginal = collections.Counter()
+    for arch in space.enumerate():
+        marginal[tuple(arch["two"])] += p(arch)
+    assert tuple(greedy["two"]) == max(marginal, key=marginal.get)
+    ops = [{"two": greedy["two"], "op": op} for op in "0123"]
+    assert greedy == max(ops, key=p)
+
+
+def test_input_choices_are_scored_by_attention_over_the_earlier_decisions_states() -> None:
+    torch.manual_seed(0)
+    space = space_of(
+        nastrain.LayerChoice([nn.Identity()] * 3, label="a"),
+        nastrain.LayerChoice([nn.Identity()] * 2, label="b"),
+        nastrain.InputChoice(3, 1, label="c"),
+    )
+    controller = Controller(space.choices, tanh_constant=None)
+    states = []
+    controller.lstm[0].register_forward_hook(lambda module, args, out: states.append(out[0]))
+    with torch.no_grad():
+        perturb(controller, 0.5)
+        arch = {"a": "2", "b": "1", "c": [0]}
+        controller.log_prob(arch)
+        h_a, h_b, h_c = states
+        # Input 0 has no decision that far back: a learned start anchor; 1 and 2: a and b.
+        anchors = torch.cat([controller.start_anchors, h_a, h_b])
+        w_prev = controller.attention["w_prev"].weight
+        w_curr = controller.attention["w_curr"].weight
+        v = controller.attention["v"].weight
+        logits = (torch.tanh(anchors @ w_prev.T + h_c @ w_curr.T) @ v.T).view(-1)
+        expected = torch.log_softmax(logits, 0)
+        got = torch.stack(
+            [
+                controller.log_prob({**arch, "c": [i]}) - controller.log_prob({**arch, "c": [0]})
+                for i in range(3)
+            ]
+        )
+    assert torch.allclose(got, expected - expected[0], atol=1e-5)
+    # No readout of a fixed size for the input choice: only the layer choices have one.
+    assert sorted(controller.soft) == ["0", "1"]
 
 
 def test_the_skip_penalty_is_the_kl_of_each_inputs_chance_of_being_chosen() -> None:
@@ -146,17 +198,15 @@ def test_the_skip_penalty_is_the_kl_of_each_inputs_chance_of_being_chosen() -> N
     space = space_of(nastrain.InputChoice(4, 2, label="two"), nastrain.InputChoice(3, 1))
     controller = Controller(space.choices, skip_target=0.3, tanh_constant=None)
     with torch.no_grad():
-        nn.init.normal_(controller.soft[0].weight, std=2.0)
+        perturb(controller, 0.5)
         arch = {"two": [0, 1], "inputchoice_1": [0]}
         penalty = controller.sample(arch=arch, skip_penalty=True).skip_penalty.item()
         chosen = [0.0] * 4
-        for arch in space.enumerate():
-            if arch["inputchoice_1"] == [0]:  # `two` comes first: its marginal
-                p = controller.log_prob(arch).exp().item()
-                for i in arch["two"]:
-                    chosen[i] += p
-        total = sum(chosen)
-        chosen = [2 * c / total for c in chosen]
+        for arch in space.enumerate():  # `two`'s marginal: summed over the other choice
+            p = controller.log_prob(arch).exp().item()
+            for i in arch["two"]:
+                chosen[i] += p
+    assert sum(chosen) == pytest.approx(2.0, abs=1e-5)
     expected = sum(
         p * math.log(p / 0.3) + (1 - p) * math.log((1 - p) / 0.7) for p in chosen
     )  # the single-input choice carries no penalty, as in NNI
@@ -167,7 +217,7 @@ def test_the_controller_gradient_flows_into_log_prob_and_skip_penalty() -> None:
     controller = Controller(mixed_space().choices)
     sample = controller.sample(skip_penalty=True)
     (sample.log_prob + sample.skip_penalty).backward()
-    assert all(p.grad is not None for p in controller.soft.parameters())
+    assert all(p.grad is not None for p in controller.parameters())
 
 
 def test_bad_controller_options_are_named() -> None:

@@ -3,6 +3,8 @@ the epoch structure, export, and bad input."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -150,13 +152,71 @@ def test_enas_epochs_train_weights_then_controller_and_record_its_choice() -> No
     assert "".join(phases) == "wwcc" * 3
     assert [r["epoch"] for r in trainer.history] == [1, 2, 3]
     record = trainer.history[-1]
-    assert record["arch"] == trainer.export() and 0 < record["arch_prob"] <= 1
+    assert record["arch"] == trainer.greedy_arch()[0] and 0 < record["arch_prob"] <= 1
     assert {"loss", "acc", "reward", "baseline", "ctrl_loss", "entropy", "val_acc"} <= set(
         record["metrics"]
     )
     assert trainer.intermediate_results[-1]["default"] == record["metrics"]["acc"]
     fixed = nastrain.apply_arch(Space(), trainer.export())
     assert fixed(torch.randn(3, 4)).shape == (3, 2)
+
+
+def test_enas_export_samples_from_the_controller_and_keeps_the_best_by_reward() -> None:
+    trainer: EnasTrainer
+    sampled = []
+
+    def rank(arch):  # a reward of the architecture alone
+        return ["linear", "tanh", "double"].index(arch["op"]) + sum(arch["pick"])
+
+    trainer = enas(reward_function=lambda logits, y: rank(trainer.current_arch), export_samples=7)
+    trainer.fit()
+    draw = trainer.controller.sample
+    trainer.controller.sample = lambda **kw: sampled.append(draw(**kw)) or sampled[-1]
+    state = torch.get_rng_state()
+    best = trainer.export()
+    assert torch.equal(torch.get_rng_state(), state)  # its own generator, seeded by seed
+    assert len(sampled) == 7
+    drawn = [s.arch for s in sampled]
+    archs = [arch for arch, _ in trainer.ranking]
+    assert sorted(map(str, archs)) == sorted(set(map(str, drawn)))  # each distinct one once
+    assert best == archs[0] == max(drawn, key=rank)  # ties: the first drawn
+    assert trainer.best_score == rank(best)
+    trainer.controller.sample = draw
+    assert trainer.export() == best  # deterministic
+
+
+def test_enas_greedy_export_is_the_greedy_decoding() -> None:
+    trainer = enas(export_mode="greedy")
+    trainer.fit()
+    assert trainer.export() == trainer.greedy_arch()[0] == trainer.history[-1]["arch"]
+    assert trainer.ranking == [] and trainer.best_score is None
+
+
+def test_enas_rewards_use_the_batchs_own_batchnorm_statistics_and_leave_the_supernets() -> None:
+    class Normed(Space):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return super().forward(self.bn(3 * self.op(x) + 1))
+
+    seen = []
+    trainer = enas(Normed(), reward_function=lambda logits, y: seen.append(logits) or 0.0)
+    trainer.fit()
+    with torch.no_grad():
+        trainer.model.bn.running_mean.fill_(5.0)  # far from any batch's
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    x, y = trainer.to_device(data()[32:48])
+    seen.clear()
+    trainer.controller_step((x, y))
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    model = copy.deepcopy(trainer.model)  # running the architecture the step sampled
+    with torch.no_grad():
+        pooled = model.eval()(x)
+        own = model.train()(x)  # batch statistics (the copy's running ones move)
+    assert torch.allclose(seen[0], own, atol=1e-5)
+    assert not torch.allclose(own, pooled, atol=1e-2)  # the difference is real
 
 
 def test_the_controller_gradient_accumulates_across_epochs() -> None:
@@ -246,6 +306,13 @@ def test_bad_input_is_a_clear_error() -> None:
         spos(export_budget=0)
     with pytest.raises(ValueError, match="grad_clip"):
         spos(grad_clip=-1)
+    with pytest.raises(ValueError, match="export_mode must be 'sample' or 'greedy'"):
+        enas(export_mode="most_likely")
+    with pytest.raises(ValueError, match="export_samples must be an int >= 1"):
+        enas(export_samples=0)
+    for make in (enas, spos):
+        with pytest.raises(ValueError, match="bn_batches must be an int >= 0"):
+            make(bn_batches=-1)
 
 
 def test_works_imported_directly_with_its_plugin_left_out(monkeypatch, nastrain_reload) -> None:

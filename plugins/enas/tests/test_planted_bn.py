@@ -1,0 +1,112 @@
+"""SPOS and ENAS at their default arguments rank architectures, not BatchNorm statistics.
+
+The planted space: one choice of four parameter-free feature maps, then a BatchNorm and
+a linear head. ``small`` passes the clean signal at a tenth of the others' scale; the
+three others pass the signal buried in noise (and a positive offset, as ReLU features
+have). With the BatchNorm statistics pooled over every sampled path (the supernet's,
+in evaluation mode), ``small`` is normalised to nearly a constant and scores at chance,
+so a search that scores with them picks a noisy candidate. With each candidate's own
+statistics ``small`` is the best by far.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import nastrain
+from nastrain_enas import EnasTrainer, RandomOneShotTrainer
+
+SEEDS = range(10)
+PLANTED = {"op": "small"}
+
+
+class Features(nn.Module):
+    """``scale * (signal + noise_scale * noise + 2)`` of an input of 8 signal and 8 noise
+    features."""
+
+    def __init__(self, scale: float, noise_scale: float) -> None:
+        super().__init__()
+        self.scale, self.noise_scale = scale, noise_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (x[:, :8] + self.noise_scale * x[:, 8:] + 2.0)
+
+
+class Space(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.op = nastrain.LayerChoice(
+            {
+                "small": Features(0.1, 0.0),
+                "noisy1": Features(1.0, 1.5),
+                "noisy2": Features(1.0, 2.0),
+                "noisy3": Features(1.0, 2.5),
+            },
+            label="op",
+        )
+        self.bn = nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn(self.op(x)))
+
+
+def problem(seed: int) -> tuple[nn.Module, TensorDataset]:
+    g = torch.Generator().manual_seed(100 + seed)
+    x = torch.randn(1024, 16, generator=g)
+    w = torch.randn(8, generator=g)
+    torch.manual_seed(seed)
+    return Space(), TensorDataset(x, (x[:, :8] @ w > 0).long())
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+def test_spos_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -> None:
+    found = []
+    for seed in SEEDS:
+        model, data = problem(seed)
+        trainer = RandomOneShotTrainer(
+            model, nn.CrossEntropyLoss(), None, None, 5, data, seed=seed, progress=False
+        )
+        trainer.fit()
+        found.append(trainer.export())
+    assert sum(arch == PLANTED for arch in found) >= 9, found
+
+
+def test_enas_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -> None:
+    found = []
+    for seed in SEEDS:
+        model, data = problem(seed)
+        trainer = EnasTrainer(
+            model, nn.CrossEntropyLoss(), None, accuracy, None, 5, data, seed=seed, progress=False
+        )
+        trainer.fit()
+        found.append(trainer.export())
+    assert sum(arch == PLANTED for arch in found) >= 9, found
+
+
+def test_spos_export_gives_the_supernet_back_its_statistics_and_training_goes_on_unchanged() -> (
+    None
+):
+    def trainer(epochs: int) -> RandomOneShotTrainer:
+        model, data = problem(0)
+        return RandomOneShotTrainer(
+            model, nn.CrossEntropyLoss(), None, None, epochs, data, seed=0, progress=False
+        )
+
+    straight = trainer(2)
+    straight.fit()
+    interrupted = trainer(1)
+    interrupted.fit()
+    before = {k: v.clone() for k, v in interrupted.model.state_dict().items()}
+    assert interrupted.export() == PLANTED
+    after = interrupted.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm stats too
+    interrupted.num_epochs = 2
+    interrupted.fit()
+    expected = straight.model.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in interrupted.model.state_dict().items())
