@@ -114,7 +114,9 @@ def nastrain_register_datasets(register: Callable[..., None]) -> None:
     factory takes keyword arguments only (JSON values: a trainer's
     ``dataset_kwargs``) and returns ``(train, valid)``, two
     ``torch.utils.data.Dataset`` objects whose items are ``(input, target)``
-    pairs; it should raise an error saying what is missing and how to get it
-    when its files are not there. ``nastrain.get_dataset(name)`` returns the
+    pairs, or ``(train, valid, test)`` with a test split that is never used for
+    selection (the classic trainers report it under ``test_*`` keys); it should
+    raise an error saying what is missing and how to get it when its files are
+    not there. ``nastrain.get_dataset(name)`` returns the
     factory. Two plugins registering one name is an error naming both.
     """

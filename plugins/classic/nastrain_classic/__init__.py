@@ -6,7 +6,9 @@ named in JSON, with an optimizer and a learning-rate schedule named in JSON,
 and report the validation metrics after every epoch. The datasets (``digits``,
 ``diabetes``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``fake``) are
 registered through the ``nastrain_register_datasets`` hook, so other plugins
-can add theirs.
+can add theirs. The validation set that strategies select by is carved out of
+each dataset's training split; an official test split (``mnist``,
+``fashion_mnist``, ``cifar10``) is only reported, under ``test_*`` keys.
 """
 
 from nastrain_classic.datasets import (
@@ -17,6 +19,7 @@ from nastrain_classic.datasets import (
     fake,
     fashion_mnist,
     mnist,
+    stratified_split,
 )
 from nastrain_classic.trainers import (
     OPTIMIZERS,
@@ -37,4 +40,5 @@ __all__ = [
     "fake",
     "fashion_mnist",
     "mnist",
+    "stratified_split",
 ]

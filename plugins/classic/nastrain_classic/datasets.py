@@ -1,18 +1,24 @@
 """Datasets by name, so that a trainer's arguments stay JSON: ``dataset="mnist"`` plus
 ``dataset_kwargs={"root": "data"}`` instead of a dataset object.
 
-Each factory takes keyword arguments only and returns ``(train, valid)``, two
-:class:`TensorPairs` of ``(input, target)``; the plugin registers them through
-the ``nastrain_register_datasets`` hook. The data is read once per process and
-kept (an experiment's worker runs many trials on it): factories are cached by
-their arguments.
+Each factory takes keyword arguments only and returns ``(train, valid)`` or
+``(train, valid, test)``, :class:`TensorPairs` of ``(input, target)``; the
+plugin registers them through the ``nastrain_register_datasets`` hook. The
+validation set is what strategies select architectures by; a test split, where
+a dataset has an official one, is never used for selection (the classic
+trainers report it under separate ``test_*`` keys of the final result). The
+data is read once per process and kept (an experiment's worker runs many
+trials on it): factories are cached by their arguments.
 
 - ``digits``: scikit-learn's bundled 8x8 digits, split reproducibly by ``seed``.
 - ``diabetes``: scikit-learn's bundled diabetes regression data, standardized.
 - ``mnist``, ``fashion_mnist``, ``cifar10``: read by torchvision from ``root``
   (``$NASTRAIN_DATA``, else ``./data``); ``download`` is off unless asked for,
   and missing files are an error saying where they were looked for and how to
-  get them. The official test split is the validation set.
+  get them. The validation set (``valid_size`` images, stratified by class,
+  chosen by ``seed``) is carved out of the official training split; the official
+  test split is the third, ``test``, split. ``cifar10`` verifies its files'
+  checksums by default (torchvision unpickles them).
 - ``fake``: torchvision's ``FakeData``, random images of any size.
 """
 
@@ -37,6 +43,7 @@ __all__ = [
     "fake",
     "fashion_mnist",
     "mnist",
+    "stratified_split",
 ]
 
 #: The environment variable naming the default ``root`` of the torchvision datasets.
@@ -97,14 +104,16 @@ class TensorPairs(Dataset):
 
 
 Splits = tuple[TensorPairs, TensorPairs]
+#: ``(train, valid, test)``.
+TestSplits = tuple[TensorPairs, TensorPairs, TensorPairs]
 
 
-def _cached(factory: Callable[..., Splits]) -> Callable[..., Splits]:
+def _cached(factory: Callable[..., Any]) -> Callable[..., Any]:
     """Read each dataset once per process (per distinct arguments)."""
-    cache: dict[str, Splits] = {}
+    cache: dict[str, Any] = {}
 
     @functools.wraps(factory)
-    def cached(**kwargs: Any) -> Splits:
+    def cached(**kwargs: Any) -> Any:
         key = json.dumps(kwargs, sort_keys=True, default=str)
         if key not in cache:
             cache[key] = factory(**kwargs)
@@ -120,6 +129,38 @@ def _split(n: int, valid_fraction: float, seed: int) -> tuple[torch.Tensor, torc
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_valid = max(1, round(n * valid_fraction))
     return order[n_valid:], order[:n_valid]
+
+
+def stratified_split(
+    labels: torch.Tensor, valid_size: int, seed: int, *, what: str = "valid_size"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions ``(train, valid)`` of a split of ``labels`` with ``valid_size`` in
+    ``valid``, each class represented in proportion to its share (largest remainders
+    round), the members chosen by ``seed``; both sorted."""
+    n = len(labels)
+    if isinstance(valid_size, bool) or not isinstance(valid_size, int) or not 0 < valid_size < n:
+        raise ValueError(
+            f"{what} must be an integer between 1 and {n - 1} (the training split has {n} "
+            f"items), got {valid_size!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    generator = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    quotas = counts.double() * valid_size / n
+    take = quotas.floor().long()
+    remainders = quotas - take
+    short = valid_size - int(take.sum())
+    if short:
+        take[torch.argsort(remainders, descending=True, stable=True)[:short]] += 1
+    valid = []
+    for cls, k in zip(classes.tolist(), take.tolist()):
+        members = torch.nonzero(labels == cls).flatten()
+        valid.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    valid_index = torch.cat(valid).sort().values
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[valid_index] = False
+    return torch.nonzero(mask).flatten(), valid_index
 
 
 @_cached
@@ -167,7 +208,9 @@ def _missing(folder: Path, names: Sequence[str], *, gz: bool = False) -> list[st
 def _mnist_like(
     name: str, cls_name: str, title: str, size: str, url: str, mean: float, std: float
 ) -> Any:
-    def factory(*, root: str | None = None, download: bool = False) -> Splits:
+    def factory(
+        *, root: str | None = None, download: bool = False, valid_size: int = 5000, seed: int = 0
+    ) -> TestSplits:
         import torchvision
 
         base = _root(root)
@@ -180,18 +223,24 @@ def _mnist_like(
                 f"({size}), or put the four idx files from {url} (unzipped) in that folder"
             )
         cls = getattr(torchvision.datasets, cls_name)
-        splits = []
-        for train in (True, False):
-            data = cls(str(base), train=train, download=download)
-            splits.append(TensorPairs(data.data.unsqueeze(1), data.targets, mean=[mean], std=[std]))
-        return splits[0], splits[1]
+        official = cls(str(base), train=True, download=download)
+        test = cls(str(base), train=False, download=download)
+        images, labels = official.data.unsqueeze(1), official.targets
+        train, valid = stratified_split(labels, valid_size, seed)
+        return (
+            TensorPairs(images[train], labels[train], mean=[mean], std=[std]),
+            TensorPairs(images[valid], labels[valid], mean=[mean], std=[std]),
+            TensorPairs(test.data.unsqueeze(1), test.targets, mean=[mean], std=[std]),
+        )
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = (
         f"{title}: ``(N, 1, 28, 28)`` images normalized with mean {mean} and deviation {std}, "
-        f"labels 0-9; the test split is the validation set. Read by torchvision from "
-        f"``root/{cls_name}/raw`` (``root``: ``$NASTRAIN_DATA``, else ``./data``); "
-        "``download=True`` fetches it."
+        "labels 0-9, as ``(train, valid, test)``: ``valid_size`` images of the official "
+        "training split (stratified by class, chosen by ``seed``) are the validation set, "
+        "the rest the training set; the official test split is ``test``, never used for "
+        f"selection. Read by torchvision from ``root/{cls_name}/raw`` (``root``: "
+        "``$NASTRAIN_DATA``, else ``./data``); ``download=True`` fetches it."
     )
     return _cached(factory)
 
@@ -215,7 +264,7 @@ def _cifar10_files() -> type:
 
     class CIFAR10Files(torchvision.datasets.CIFAR10):
         """torchvision's CIFAR10 reader, checking that the files exist but not their md5
-        (torchvision checks it on every load; ``check_md5=True`` restores that)."""
+        (:func:`cifar10` checks them itself, naming a file that does not match)."""
 
         _stock = torchvision.datasets.CIFAR10
         train_list: ClassVar[list[list[Any]]] = [[name, None] for name, _ in _stock.train_list]
@@ -225,14 +274,46 @@ def _cifar10_files() -> type:
     return CIFAR10Files
 
 
-@_cached
-def cifar10(*, root: str | None = None, download: bool = False, check_md5: bool = False) -> Splits:
-    """CIFAR-10: ``(N, 3, 32, 32)`` images normalized per channel, labels 0-9; the test
-    batch is the validation set. Read by torchvision from ``root/cifar-10-batches-py``
-    (``root``: ``$NASTRAIN_DATA``, else ``./data``); ``download=True`` fetches it.
-    ``check_md5`` verifies the files against torchvision's checksums."""
+def _check_cifar10_md5(folder: Path) -> None:
+    import hashlib
+
     import torchvision
 
+    stock = torchvision.datasets.CIFAR10
+    expected = [*stock.train_list, *stock.test_list, [stock.meta["filename"], stock.meta["md5"]]]
+    for name, md5 in expected:
+        path = folder / name
+        digest = hashlib.md5(usedforsecurity=False)
+        with path.open("rb") as handle:
+            for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != md5:
+            raise ValueError(
+                f"CIFAR-10 file {path} has md5 {digest.hexdigest()}, not the official "
+                f"{md5}: it is not the file published at https://www.cs.toronto.edu/~kriz/"
+                "cifar.html (corrupt, or another file). torchvision unpickles these files, "
+                "which can run code, so they are checked first; pass "
+                'dataset_kwargs={"check_md5": false} only for files you trust'
+            )
+
+
+@_cached
+def cifar10(
+    *,
+    root: str | None = None,
+    download: bool = False,
+    check_md5: bool = True,
+    valid_size: int = 5000,
+    seed: int = 0,
+) -> TestSplits:
+    """CIFAR-10: ``(N, 3, 32, 32)`` images normalized per channel, labels 0-9, as
+    ``(train, valid, test)``: ``valid_size`` images of the five training batches
+    (stratified by class, chosen by ``seed``) are the validation set, the rest the
+    training set; the test batch is ``test``, never used for selection. Read by
+    torchvision from ``root/cifar-10-batches-py`` (``root``: ``$NASTRAIN_DATA``, else
+    ``./data``); ``download=True`` fetches it. ``check_md5`` (on by default) verifies
+    every file against the official checksums before torchvision unpickles it; a file
+    that does not match is an error naming it."""
     base = _root(root)
     folder = base / "cifar-10-batches-py"
     missing = _missing(folder, _CIFAR10_FILES)
@@ -243,20 +324,24 @@ def cifar10(*, root: str | None = None, download: bool = False, check_md5: bool 
             "(about 170 MB), or unpack cifar-10-python.tar.gz from "
             "https://www.cs.toronto.edu/~kriz/cifar.html into that root"
         )
-    cls = torchvision.datasets.CIFAR10 if (check_md5 or download) else _cifar10_files()
+    cls = _cifar10_files()
+    if download:
+        cls(str(base), train=True, download=True)  # torchvision checks the archive's md5
+    if check_md5:
+        _check_cifar10_md5(folder)
     splits = []
     for train in (True, False):
-        data = cls(str(base), train=train, download=download)
+        data = cls(str(base), train=train, download=False)
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
-        splits.append(
-            TensorPairs(
-                images,
-                torch.tensor(data.targets, dtype=torch.long),
-                mean=[0.4914, 0.4822, 0.4465],
-                std=[0.2470, 0.2435, 0.2616],
-            )
-        )
-    return splits[0], splits[1]
+        splits.append((images, torch.tensor(data.targets, dtype=torch.long)))
+    (images, labels), (test_images, test_labels) = splits
+    train_index, valid_index = stratified_split(labels, valid_size, seed)
+    stats = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
+    return (
+        TensorPairs(images[train_index], labels[train_index], **stats),
+        TensorPairs(images[valid_index], labels[valid_index], **stats),
+        TensorPairs(test_images, test_labels, **stats),
+    )
 
 
 @_cached
@@ -291,7 +376,7 @@ def fake(
 
 
 #: Every dataset this plugin registers, by name.
-DATASETS: dict[str, Callable[..., Splits]] = {
+DATASETS: dict[str, Callable[..., Splits | TestSplits]] = {
     "digits": digits,
     "diabetes": diabetes,
     "mnist": mnist,

@@ -4,8 +4,9 @@ Every argument is JSON (a dataset, an optimizer and a learning-rate schedule
 are named, with keyword arguments), so an experiment can send the trainer's
 spec to a worker process and build it there. Each epoch ends with an
 intermediate result on the validation set; the last epoch's is also the final
-result. Names are checked when the trainer is built, so a typo fails at once,
-not in a worker.
+result, with the test split's metrics added under ``test_*`` keys when the
+dataset has one (no strategy ranks by those). Names are checked when the
+trainer is built, so a typo fails at once, not in a worker.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
         batch_size: int = 64,
         seed: int | None = None,
         device: str = "cpu",
+        evaluate_test: bool = True,
     ) -> None:
         self.model = model
         self.dataset = dataset
@@ -119,6 +121,7 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.seed = seed
+        self.evaluate_test = bool(evaluate_test)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
@@ -155,9 +158,13 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The training loss of a batch."""
 
+    #: What ``"default"`` is called among the final result's ``test_*`` keys.
+    default_name = "default"
+
     @abc.abstractmethod
-    def evaluate(self, valid: Dataset) -> dict[str, float]:
-        """The validation metrics; ``"default"`` is what strategies compare."""
+    def evaluate(self, valid: Dataset, what: str = "validation") -> dict[str, float]:
+        """The metrics on ``valid`` (the validation split, or ``what`` names another);
+        ``"default"`` is what strategies compare."""
 
     def fit(self) -> None:
         """Train for ``epochs`` epochs; report the validation metrics after each, and the
@@ -171,12 +178,12 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
             generator = torch.Generator().manual_seed(
                 int(torch.randint(0, 2**62, (), dtype=torch.int64))
             )
-        train, valid = self.load_dataset(**self.dataset_kwargs)
+        train, valid, test = self._splits()
         model = self.model.to(self.device)
         optimizer = self._make_optimizer(model.parameters())
         schedule = self._make_schedule(optimizer)
         metrics: dict[str, float] = {}
-        for _ in range(self.epochs):
+        for epoch in range(self.epochs):
             model.train()
             total, count = 0.0, 0
             lr = optimizer.param_groups[0]["lr"]
@@ -185,7 +192,10 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
             ):
                 inputs, targets = inputs.to(self.device), targets.to(self.device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.loss(model(inputs), targets)
+                output = model(inputs)
+                if epoch == 0:  # the labels do not change: checked once
+                    self.check_targets(output, targets, "training")
+                loss = self.loss(output, targets)
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(
                         f"{type(self).__name__}: the training loss became {loss.item()}; "
@@ -199,7 +209,32 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
                 schedule.step()
             metrics = {**self.evaluate(valid), "train_loss": total / max(count, 1), "lr": lr}
             nastrain.report_intermediate_result(metrics)
+        if test is not None and self.evaluate_test:
+            # Reported beside the validation metrics, under keys no strategy ranks by.
+            test_metrics = self.evaluate(test, what="test")
+            test_metrics[self.default_name] = test_metrics.pop("default")
+            metrics = {**metrics, **{f"test_{k}": v for k, v in test_metrics.items()}}
         nastrain.report_final_result(metrics)
+
+    def _splits(self) -> tuple[Dataset, Dataset, Dataset | None]:
+        """The dataset's ``(train, valid, test)``, ``test`` ``None`` when it has none."""
+        splits = self.load_dataset(**self.dataset_kwargs)
+        if not isinstance(splits, (tuple, list)) or len(splits) not in (2, 3):
+            raise TypeError(
+                f"dataset {self.dataset!r} returned {type(splits).__name__}, not (train, valid) "
+                "or (train, valid, test)"
+            )
+        train, valid, test = (*splits, None)[:3]
+        for split, data in (("training", train), ("validation", valid), ("test", test)):
+            if data is not None and len(data) == 0:
+                raise ValueError(
+                    f"dataset {self.dataset!r} (dataset_kwargs {self.dataset_kwargs}): its "
+                    f"{split} split is empty"
+                )
+        return train, valid, test
+
+    def check_targets(self, output: torch.Tensor, target: torch.Tensor, split: str) -> None:
+        """Refuse targets the model's ``output`` cannot score (the default accepts all)."""
 
     @torch.no_grad()
     def _predictions(self, valid: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -232,14 +267,46 @@ class ClassificationTrainer(_SupervisedTrainer):
             An integer reseeds torch's global generator and the data order when
             ``fit`` starts: then every trial sees the same data order and dropout.
         device: a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or ``"auto"``.
+        evaluate_test: when the dataset has a test split (``mnist``,
+            ``fashion_mnist``, ``cifar10``), evaluate it once after the last epoch
+            and add ``test_accuracy`` and ``test_loss`` to the final result. No
+            strategy ranks by them: they are kept apart from the validation metrics
+            that select architectures.
+
+    Class labels outside ``0 .. outputs - 1`` and an empty split are refused, naming
+    the dataset.
     """
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(output, target)
 
-    def evaluate(self, valid: Dataset) -> dict[str, float]:
+    default_name = "accuracy"
+
+    def check_targets(self, output: torch.Tensor, target: torch.Tensor, split: str) -> None:
+        """Class labels must be integers ``0 .. outputs - 1`` of the model's outputs."""
+        if target.dtype.is_floating_point or target.dtype == torch.bool or target.ndim != 1:
+            raise ValueError(
+                f"dataset {self.dataset!r}: the {split} targets must be a 1-D tensor of integer "
+                f"class labels, got {target.dtype} of shape {tuple(target.shape)}"
+            )
+        if output.ndim != 2:
+            raise ValueError(
+                f"{type(self).__name__}: the model's output must be (batch, classes), got "
+                f"shape {tuple(output.shape)}"
+            )
+        classes = output.shape[1]
+        low, high = int(target.min()), int(target.max())
+        if low < 0 or high >= classes:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"dataset {self.dataset!r}: {split} class label {bad} is outside the model's "
+                f"{classes} outputs (labels must be 0 to {classes - 1})"
+            )
+
+    def evaluate(self, valid: Dataset, what: str = "validation") -> dict[str, float]:
         correct, loss, count = 0, 0.0, 0
         for output, target in self._predictions(valid):
+            self.check_targets(output, target, what)
             correct += int((output.argmax(1) == target).sum())
             loss += float(nn.functional.cross_entropy(output, target, reduction="sum"))
             count += len(target)
@@ -252,12 +319,15 @@ class RegressionTrainer(_SupervisedTrainer):
     determination (R², 1 is perfect, larger is better) as ``"default"``, with the
     validation ``mse``, the ``train_loss`` and the ``lr``. Takes the arguments of
     :class:`ClassificationTrainer`; its datasets have float targets (``diabetes`` here).
+    A test split is reported as ``test_r2`` and ``test_mse``.
     """
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(output, target.view_as(output).to(output.dtype))
 
-    def evaluate(self, valid: Dataset) -> dict[str, float]:
+    default_name = "r2"
+
+    def evaluate(self, valid: Dataset, what: str = "validation") -> dict[str, float]:
         outputs, targets = [], []
         for output, target in self._predictions(valid):
             outputs.append(output.reshape(len(target), -1).float())

@@ -70,7 +70,7 @@ def _idx_labels(path: Path, labels: np.ndarray) -> None:
     path.write_bytes(struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes())
 
 
-def _write_mnist(raw: Path, n_train: int = 12, n_test: int = 5) -> tuple[np.ndarray, ...]:
+def _write_mnist(raw: Path, n_train: int = 20, n_test: int = 5) -> tuple[np.ndarray, ...]:
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     train_x = rng.integers(0, 256, (n_train, 28, 28))
@@ -84,30 +84,62 @@ def _write_mnist(raw: Path, n_train: int = 12, n_test: int = 5) -> tuple[np.ndar
     return train_x, train_y, test_x, test_y
 
 
+def _rows(split: datasets.TensorPairs) -> list[tuple]:
+    return [tuple(row) for row in split.inputs.flatten(1).tolist()]
+
+
 @pytest.mark.parametrize(
     ("name", "folder", "mean", "std"),
     [("mnist", "MNIST", 0.1307, 0.3081), ("fashion_mnist", "FashionMNIST", 0.2860, 0.3530)],
 )
 def test_mnist_and_fashion_mnist_read_idx_files_from_root(tmp_path, name, folder, mean, std):
     train_x, train_y, test_x, test_y = _write_mnist(tmp_path / folder / "raw")
-    train, valid = nastrain.get_dataset(name)(root=str(tmp_path))
-    assert (len(train), len(valid)) == (12, 5)
-    images, labels = train.batch(torch.arange(12))
-    assert images.shape == (12, 1, 28, 28)
-    assert labels.tolist() == train_y.tolist()
-    expected = (train_x[3, 7, 9] / 255.0 - mean) / std
-    assert float(images[3, 0, 7, 9]) == pytest.approx(expected, abs=1e-5)
-    valid_images, valid_labels = valid.batch(torch.arange(5))
-    assert valid_labels.tolist() == test_y.tolist()
+    train, valid, test = nastrain.get_dataset(name)(root=str(tmp_path), valid_size=10)
+    # The validation set is carved out of the official training split, one image per class
+    # (stratified); the official test split is the third split, apart from both.
+    assert (len(train), len(valid), len(test)) == (10, 10, 5)
+    assert sorted(valid.targets.tolist()) == list(range(10))
+    assert sorted(train.targets.tolist()) == list(range(10))
+    official = [tuple(row) for row in train_x.reshape(20, -1).tolist()]
+    assert sorted(_rows(train) + _rows(valid)) == sorted(official)
+    first = official.index(_rows(train)[0])
+    assert int(train.targets[0]) == train_y[first]
+    images, _ = train.batch(torch.arange(10))
+    assert images.shape == (10, 1, 28, 28)
+    expected = (train_x[first, 7, 9] / 255.0 - mean) / std
+    assert float(images[0, 0, 7, 9]) == pytest.approx(expected, abs=1e-5)
+    test_images, test_labels = test.batch(torch.arange(5))
+    assert test_labels.tolist() == test_y.tolist()
     expected = (test_x[4, 27, 0] / 255.0 - mean) / std
-    assert float(valid_images[4, 0, 27, 0]) == pytest.approx(expected, abs=1e-5)
+    assert float(test_images[4, 0, 27, 0]) == pytest.approx(expected, abs=1e-5)
+    # The seed chooses which images of each class are held out.
+    _, other, _ = nastrain.get_dataset(name)(root=str(tmp_path), valid_size=10, seed=1)
+    assert sorted(other.targets.tolist()) == list(range(10))
+    assert set(_rows(other)) != set(_rows(valid))
+    with pytest.raises(ValueError, match=r"valid_size must be an integer between 1 and 19 .*5000"):
+        nastrain.get_dataset(name)(root=str(tmp_path))
+
+
+def test_a_stratified_split_keeps_each_class_share() -> None:
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    train, valid = datasets.stratified_split(labels, 20, seed=0)
+    assert len(valid) == 20 and len(train) == 80
+    assert torch.bincount(labels[valid]).tolist() == [12, 6, 2]
+    assert sorted(torch.cat([train, valid]).tolist()) == list(range(100))
+    again, same = datasets.stratified_split(labels, 20, seed=0)
+    assert torch.equal(same, valid) and torch.equal(again, train)
+    assert not torch.equal(datasets.stratified_split(labels, 20, seed=1)[1], valid)
+    # 7 of 3 classes of sizes 60/30/10: 4.2, 2.1, 0.7 round by largest remainder to 4, 2, 1.
+    assert torch.bincount(labels[datasets.stratified_split(labels, 7, 0)[1]]).tolist() == [4, 2, 1]
+    with pytest.raises(ValueError, match="seed must be an integer, got '0'"):
+        datasets.stratified_split(labels, 7, "0")
 
 
 def test_mnist_root_defaults_to_the_environment(tmp_path, monkeypatch) -> None:
     _write_mnist(tmp_path / "MNIST" / "raw")
     monkeypatch.setenv("NASTRAIN_DATA", str(tmp_path))
-    train, _ = datasets.mnist()
-    assert len(train) == 12
+    train, _, _ = datasets.mnist(valid_size=4)
+    assert len(train) == 16
 
 
 @pytest.mark.parametrize(
@@ -138,8 +170,7 @@ def _cifar_batch(path: Path, images: np.ndarray, labels: list[int]) -> None:
         pickle.dump({"data": data, "labels": labels}, handle, protocol=2)
 
 
-def test_cifar10_reads_python_batches_from_root(tmp_path) -> None:
-    folder = tmp_path / "cifar-10-batches-py"
+def _write_cifar10(folder: Path) -> tuple[list[np.ndarray], np.ndarray]:
     folder.mkdir()
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 256, (2, 3, 32, 32)) for _ in range(5)]
@@ -149,20 +180,53 @@ def test_cifar10_reads_python_batches_from_root(tmp_path) -> None:
     _cifar_batch(folder / "test_batch", test_images, [7, 8, 9])
     with (folder / "batches.meta").open("wb") as handle:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, handle, protocol=2)
+    return batches, test_images
 
-    train, valid = datasets.cifar10(root=str(tmp_path))
-    assert (len(train), len(valid)) == (10, 3)
-    images, labels = train.batch(torch.arange(10))
-    assert images.shape == (10, 3, 32, 32)
-    assert labels.tolist() == [1, 6, 2, 7, 3, 8, 4, 9, 5, 0]
-    # Channel 2 (blue), row 5, column 11 of the third image (batch 2's first).
-    expected = (batches[1][0, 2, 5, 11] / 255.0 - 0.4465) / 0.2616
-    assert float(images[2, 2, 5, 11]) == pytest.approx(expected, abs=1e-5)
-    assert valid.batch(torch.arange(3))[1].tolist() == [7, 8, 9]
-    # torchvision's md5 check, on request, knows these are not the real files.
-    datasets.cifar10.cache.clear()
-    with pytest.raises(RuntimeError, match="not found or corrupted"):
-        datasets.cifar10(root=str(tmp_path), check_md5=True)
+
+def test_cifar10_reads_python_batches_from_root(tmp_path) -> None:
+    batches, test_images = _write_cifar10(tmp_path / "cifar-10-batches-py")
+    train, valid, test = datasets.cifar10(root=str(tmp_path), check_md5=False, valid_size=5)
+    # Labels of the five batches: 1, 6, 2, 7, 3, 8, 4, 9, 5, 0 (one image per class); half
+    # of each class's share (0.5 image) rounds up for the first five classes.
+    assert (len(train), len(valid), len(test)) == (5, 5, 3)
+    assert valid.targets.tolist() == [1, 2, 3, 4, 0]  # in the batches' order
+    assert train.targets.tolist() == [6, 7, 8, 9, 5]
+    images, _ = train.batch(torch.arange(5))
+    assert images.shape == (5, 3, 32, 32)
+    # Channel 2 (blue), row 5, column 11 of the first training image (batch 1's second).
+    expected = (batches[0][1, 2, 5, 11] / 255.0 - 0.4465) / 0.2616
+    assert float(images[0, 2, 5, 11]) == pytest.approx(expected, abs=1e-5)
+    test_batch, test_labels = test.batch(torch.arange(3))
+    assert test_labels.tolist() == [7, 8, 9]
+    expected = (test_images[2, 0, 31, 0] / 255.0 - 0.4914) / 0.2470
+    assert float(test_batch[2, 0, 31, 0]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_cifar10_checks_its_files_md5_by_default_naming_the_file(tmp_path) -> None:
+    # torchvision unpickles these files: ones that are not the official files are refused
+    # before anything is unpickled, naming the first that does not match.
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar10(folder)
+    marker = tmp_path / "unpickled"
+    (folder / "data_batch_1").write_bytes(
+        pickle.dumps(_Touch(str(marker)), protocol=2)  # a hostile batch
+    )
+    with pytest.raises(ValueError) as error:
+        datasets.cifar10(root=str(tmp_path), valid_size=5)
+    message = str(error.value)
+    assert str(folder / "data_batch_1") in message and "c99cafc152244af753f735de768cd75f" in message
+    assert '"check_md5": false' in message
+    assert not marker.exists()
+
+
+class _Touch:
+    """Unpickling it creates a file (what a hostile pickle could do)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
 
 
 def test_fake_data_is_torchvisions_fakedata_and_reproducible() -> None:

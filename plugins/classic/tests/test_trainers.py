@@ -135,6 +135,9 @@ def test_the_spec_travels_as_json_and_builds_the_same_trainer() -> None:
         ({"epochs": 0}, ValueError, "epochs must be an integer >= 1, got 0"),
         ({"batch_size": 2.5}, ValueError, "batch_size must be an integer >= 1, got 2.5"),
         ({"device": "gpu:zero"}, ValueError, "device 'gpu:zero' is not a torch device"),
+        ({"seed": 1.5}, ValueError, "seed must be an integer or None, got 1.5"),
+        ({"seed": True}, ValueError, "seed must be an integer or None, got True"),
+        ({"seed": "0"}, ValueError, "seed must be an integer or None, got '0'"),
     ],
 )
 def test_bad_arguments_are_refused_when_the_trainer_is_built(kwargs, error, message) -> None:
@@ -147,4 +150,65 @@ def test_a_diverging_loss_is_an_error_saying_what_to_do() -> None:
         nn.Linear(10, 1), dataset="diabetes", optimizer="sgd", optimizer_kwargs={"lr": 1e6}
     )
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        trainer.fit()
+
+
+def _pairs(labels: list[int], flip: bool = False) -> list:
+    return [(torch.full((4,), float(y)), (1 - y) if flip else y) for y in labels]
+
+
+def _plugin_dataset(nastrain_plugin, name: str, factory) -> None:
+    class Plugin:
+        @nastrain.hookimpl
+        def nastrain_register_datasets(self, register):
+            register(factory, name=name)
+
+    nastrain_plugin(Plugin(), name=f"{name}-plugin")
+
+
+def test_a_test_split_is_reported_apart_from_the_validation_metrics(nastrain_plugin) -> None:
+    # The test split holds the validation inputs with every label flipped: a model that is
+    # right on validation is wrong on all of test, so the two cannot be confused.
+    def three(*, n: int = 48):
+        labels = [i % 2 for i in range(n)]
+        return _pairs(labels), _pairs(labels[:10]), _pairs(labels[:10], flip=True)
+
+    _plugin_dataset(nastrain_plugin, "three", three)
+    trainer = ClassificationTrainer(
+        nn.Linear(4, 2), dataset="three", epochs=6, batch_size=8, optimizer_kwargs={"lr": 0.1}
+    )
+    trainer.fit()
+    final = trainer.final_result
+    assert final["default"] == 1.0 and final["test_accuracy"] == 0.0
+    assert final["test_loss"] > final["loss"]
+    assert all(not any(k.startswith("test_") for k in r) for r in trainer.intermediate_results)
+    quiet = ClassificationTrainer(nn.Linear(4, 2), dataset="three", epochs=1, evaluate_test=False)
+    quiet.fit()
+    assert set(quiet.final_result) == {"default", "loss", "train_loss", "lr"}
+
+
+@pytest.mark.parametrize(
+    ("train", "valid", "message"),
+    [
+        (
+            [0, 1, 5, 1],
+            [0, 1],
+            "dataset 'bad-labels': training class label 5 is outside the "
+            "model's 2 outputs \\(labels must be 0 to 1\\)",
+        ),
+        ([0, 1, 1, 0], [0, -1], "validation class label -1 is outside the model's 2 outputs"),
+        (
+            [],
+            [0, 1],
+            r"dataset 'bad-labels' \(dataset_kwargs \{\}\): its training split is empty",
+        ),
+        ([0, 1], [], "its validation split is empty"),
+    ],
+)
+def test_labels_outside_the_outputs_and_empty_splits_are_refused(
+    nastrain_plugin, train, valid, message
+) -> None:
+    _plugin_dataset(nastrain_plugin, "bad-labels", lambda: (_pairs(train), _pairs(valid)))
+    trainer = ClassificationTrainer(nn.Linear(4, 2), dataset="bad-labels", epochs=1)
+    with pytest.raises(ValueError, match=message):
         trainer.fit()
