@@ -587,8 +587,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         """
         directory = Path(directory)
         path = directory / CHECKPOINT_FILE
-        state = read_checkpoint(path, map_location=self.device)
-        meta = _checkpoint_meta(state["meta"], path)
+        state, meta = _read_checkpoint(path, map_location=self.device)
         if meta.trainer != self.name:
             raise ValueError(
                 f"{directory} holds a checkpoint of trainer {meta.trainer!r}, not {self.name!r}"
@@ -629,8 +628,15 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") 
     A ``ValueError`` naming ``path`` says what is wrong with a file that is not a
     whole nastrain checkpoint: empty, truncated or corrupt, holding pickled
     objects (refused unread: unpickling can run code), foreign (a torch file
-    without nastrain's keys) or of the older two-file format.
+    without nastrain's keys), of the older two-file format, or with metadata
+    that is not a JSON object of :class:`CheckpointMeta`'s fields.
     """
+    return _read_checkpoint(path, map_location=map_location)[0]
+
+
+def _read_checkpoint(
+    path: str | os.PathLike[str], *, map_location: Any
+) -> tuple[dict[str, Any], CheckpointMeta]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint file there")
@@ -682,7 +688,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") 
         isinstance(v, torch.Tensor) for v in state["rng"].values()
     ):
         raise ValueError(f"{path} is not a whole nastrain checkpoint: 'rng' is not tensors")
-    return state
+    return state, _checkpoint_meta(state["meta"], path)
 
 
 def _checkpoint_meta(text: str, path: Path) -> CheckpointMeta:

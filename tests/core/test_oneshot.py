@@ -124,3 +124,42 @@ def test_bad_input() -> None:
                 return {}
 
         Incomplete(space(), loss=None, metrics=None, num_epochs=1, dataset=indexed(4))
+
+
+class OrderTrainer(SeenTrainer):
+    """SeenTrainer that also keeps the order in which weight-half samples came."""
+
+    def search_step(self, train_batch, valid_batch):
+        self.order = [*getattr(self, "order", []), *train_batch[1][:, 0].long().tolist()]
+        return super().search_step(train_batch, valid_batch)
+
+
+def test_seed_none_leaves_torch_s_global_generator_to_the_user() -> None:
+    def run() -> tuple:
+        torch.manual_seed(0)
+        trainer = OrderTrainer(space(), indexed(16))  # seed=None
+        trainer.fit()
+        weights = [t.clone() for t in trainer.model.state_dict().values()]
+        return trainer.order, weights, torch.rand(3), torch.initial_seed()
+
+    first, again = run(), run()
+    assert first[3] == again[3] == 0  # the generator was never reseeded
+    assert first[0] == again[0]  # the user's seed fixes the data order...
+    assert all(torch.equal(a, b) for a, b in zip(first[1], again[1]))  # ... the weights...
+    assert torch.equal(first[2], again[2])  # ... and what the user draws afterwards
+    torch.manual_seed(1)
+    other = OrderTrainer(space(), indexed(16))
+    other.fit()
+    assert other.order != first[0]  # and another user seed gives another order
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda", 1)])
+def test_a_cuda_device_without_cuda_is_refused_when_the_trainer_is_built(device) -> None:
+    with pytest.raises(ValueError, match=r"device .*'cuda.* asks for CUDA, but CUDA is not avail"):
+        SeenTrainer(space(), indexed(16), device=device)
+
+
+def test_an_unknown_device_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match="device 'gpu7' is not a device torch knows"):
+        SeenTrainer(space(), indexed(16), device="gpu7")
