@@ -379,7 +379,9 @@ class _Worker:
 
 
 class LocalExecutor:
-    """``concurrency`` persistent worker processes on this machine."""
+    """``concurrency`` persistent worker processes on this machine; more than twice the
+    CPUs this process may use (:func:`available_cpus`) is capped to that many CPUs, with
+    a warning."""
 
     def __init__(
         self,
@@ -401,6 +403,15 @@ class LocalExecutor:
                     f"processes ({type(exc).__name__}: {exc}); define its classes at module "
                     "level, name it as 'module:attr', or use executor='inline'"
                 ) from None
+        cpus = available_cpus()
+        if concurrency > 2 * cpus:
+            warnings.warn(
+                f"concurrency {concurrency} is far above the {cpus} CPUs this process may use "
+                f"(each worker is a process with at least one thread): capped to {cpus} "
+                "worker processes",
+                stacklevel=2,
+            )
+            concurrency = cpus
         self.concurrency = concurrency
         self.trial_timeout = trial_timeout
         self.handler = handler
