@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 import nastrain
 from nastrain import plugins
 from nastrain.serialization import converter
+from nastrain.store import printable
 
-__all__ = ["main"]
+__all__ = ["main", "printable"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,10 +25,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _count(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum`` (anything else exits 2, saying so)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
     text = str(message)
     prefix = "" if text.startswith("nastrain:") else "nastrain: "
-    print(f"{prefix}warning: {text.removeprefix('nastrain: ')}", file=sys.stderr)
+    print(f"{prefix}warning: {printable(text.removeprefix('nastrain: '))}", file=sys.stderr)
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -143,7 +160,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     result = experiment.run()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
-    print(f"{len(result.trials)} trials ({counts}); store {experiment.store_path}")
+    print(printable(f"{len(result.trials)} trials ({counts}); store {experiment.store_path}"))
     best = result.best_trial
     if best is None:
         print("no trial succeeded; see the reasons with: nastrain report STORE")
@@ -176,11 +193,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
         return 0
+    # Text read from the store is printed through printable(): a store may come from anyone.
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
     print(
-        f"{args.store}: {len(trials)} trials ({counts or 'none yet'}); strategy "
-        f"{record.strategy.name}, trainer {record.trainer.name}, "
-        f"{'larger' if record.mode == 'max' else 'smaller'} is better"
+        printable(
+            f"{args.store}: {len(trials)} trials ({counts or 'none yet'}); strategy "
+            f"{record.strategy.name}, trainer {record.trainer.name}, "
+            f"{'larger' if record.mode == 'max' else 'smaller'} is better"
+        )
     )
     rows = [("rank", "trial", "status", "metric", "steps", "seconds", "architecture")]
     for t in ordered:
@@ -189,11 +209,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
             (
                 str(ranks.get(t.index, "-")),
                 str(t.index),
-                t.status,
+                printable(t.status),
                 "-" if t.value is None else f"{t.value:.6g}",
                 str(len(t.intermediate)),
                 "-" if t.seconds is None else f"{t.seconds:.1f}",
-                json.dumps(t.arch) + reason,
+                printable(json.dumps(t.arch) + reason),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
@@ -263,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", metavar="CONFIG", help="the experiment config (.toml or .json)")
     p.add_argument("--store", help="the experiment's SQLite store (overrides the config)")
-    p.add_argument("--max-trials", type=int, help="overrides max_trials")
-    p.add_argument("--concurrency", type=int, help="overrides concurrency")
+    p.add_argument("--max-trials", type=_count(1), help="overrides max_trials")
+    p.add_argument("--concurrency", type=_count(1), help="overrides concurrency")
     p.add_argument(
         "--app-dir",
         default=".",
@@ -282,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", metavar="STORE", help="an experiment's SQLite store")
     p.add_argument("--json", action="store_true", help="print the experiment and trials as JSON")
-    p.add_argument("--top", type=int, help="show only the first TOP trials")
+    p.add_argument("--top", type=_count(1), help="show only the first TOP trials")
     p.set_defaults(func=_cmd_report)
     return parser
 
@@ -302,5 +322,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # one line, not a traceback, for any error
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"nastrain: error: {message}", file=sys.stderr)
+        print(f"nastrain: error: {printable(message)}", file=sys.stderr)
         return 1

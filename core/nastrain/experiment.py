@@ -13,8 +13,11 @@ space to it (:func:`nastrain.apply_arch`), builds the trainer from its spec
 (``spec.build(model)``) and runs ``fit()``; every result the trainer reports
 streams back to the strategy (which may stop the trial early) and into the
 store (:mod:`nastrain.store`), committed as it arrives. Running an experiment
-again on its store resumes it: finished trials are kept, interrupted ones run
-again, and the strategy goes on from the record.
+again on its store resumes it: finished trials are kept (also one whose final
+result was stored just before the experiment died), interrupted ones run again,
+and the strategy goes on from the record. One process at a time runs an
+experiment on a store: a second one is refused (:class:`nastrain.store.StoreLockedError`)
+while the first is alive.
 """
 
 from __future__ import annotations
@@ -383,7 +386,11 @@ class _Run:
         self.store = store
         self.strategy = experiment.strategy
         self.trials: list[Trial] = store.trials()
-        # Trials that were running when the last run died: they run again.
+        # Trials that were running when the last run died: they run again, unless their
+        # final result was stored (the process died after it): those have succeeded.
+        for trial in self.trials:
+            if trial.status == "running" and trial.final is not None:
+                self.trials[trial.index] = store.end_reported_trial(trial)
         self.interrupted = [t.index for t in self.trials if t.status == "running"]
         self.exhausted = False
         self.trainer_json = experiment.trainer_spec.to_json()
@@ -557,10 +564,14 @@ class _Progress:
         self._refresh(trials)
         if self.style == "lines":
             value = "" if trial.value is None else f" {trial.value:.6g}"
+            from nastrain.store import printable
+
             reason = f" ({trial.reason.splitlines()[0]})" if trial.reason else ""
             print(
-                f"nastrain: trial {trial.index} {trial.status}{value}{reason} "
-                f"[{self.done}/{self.total}] {json.dumps(trial.arch)}",
+                printable(
+                    f"nastrain: trial {trial.index} {trial.status}{value}{reason} "
+                    f"[{self.done}/{self.total}] {json.dumps(trial.arch)}"
+                ),
                 file=sys.stderr,
                 flush=True,
             )

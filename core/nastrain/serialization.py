@@ -12,6 +12,7 @@ import json
 import math
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.preconf.json import make_converter
 from cattrs.v import format_exception
@@ -45,7 +46,13 @@ for _kind, _accepted in ((int, (int,)), (float, (int, float)), (str, (str,)), (b
 
 
 def structure(data: Any, cls: type[T], *, what: str | None = None) -> T:
-    """Structure ``data`` into ``cls``; a failure is a ``ValueError`` naming each bad key."""
+    """Structure ``data`` into ``cls``; a failure is a ``ValueError`` naming each bad key
+    (and, for an attrs class, a document that is not an object names the document)."""
+    if attrs.has(cls) and not isinstance(data, dict):
+        raise ValueError(
+            f"invalid {what or cls.__name__}: expected a JSON object (a table of keys), got "
+            f"{_kind(data)}"
+        )
     try:
         return converter.structure(data, cls)
     except (cattrs.BaseValidationError, cattrs.ForbiddenExtraKeysError) as exc:
@@ -53,8 +60,19 @@ def structure(data: Any, cls: type[T], *, what: str | None = None) -> T:
         raise ValueError(f"invalid {what or cls.__name__}: {details}") from None
 
 
+_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def _kind(data: Any) -> str:
+    kind = "null" if data is None else _KINDS.get(type(data), f"a {type(data).__name__}")
+    text = ascii(data)
+    return f"{kind} ({text[:60]}{'...' if len(text) > 60 else ''})"
+
+
 def _describe(exc: BaseException, type_: Any) -> str:
     # cattrs says only "invalid value" for a validator's ValueError; keep its message.
+    if isinstance(exc, (AttributeError, TypeError)) and attrs.has(type_):
+        return "expected a JSON object (a table of keys)"  # cattrs tried .keys() on it
     if type(exc) in (ValueError, TypeError) and str(exc):
         return f"invalid value ({exc})"
     return format_exception(exc, type_)

@@ -53,6 +53,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLockedError",
+    "printable",
 ]
 
 #: What the ``format`` entry of a store's ``meta`` table says.
@@ -134,7 +135,7 @@ class Lease:
     def describe(self) -> str:
         """The owner, for people: pid, host, and when it started and last refreshed."""
         return (
-            f"pid {self.pid} on host {_printable(self.host)}, since "
+            f"pid {self.pid} on host {printable(self.host)}, since "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))}, last "
             f"heartbeat {max(0.0, time.time() - self.heartbeat):.0f} s ago"
         )
@@ -152,8 +153,9 @@ class Lease:
         return None
 
 
-def _printable(text: str) -> str:
-    # A host name read from a stranger's store is printed without its control characters.
+def printable(text: object) -> str:
+    """``text`` with every control or invisible character escaped (``\\x1b``, ``\\u202e``),
+    so that text read from a store, a stranger's included, cannot drive the terminal."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
 
 
@@ -403,6 +405,26 @@ class Store:
             )
         return attrs.evolve(trial, status=status, reason=reason, ended=now, end_order=order)
 
+    def end_reported_trial(self, trial: Trial) -> Trial:
+        """Record as succeeded a trial left running whose current attempt already stored its
+        final result (its process died before ending it): it ended when that result came."""
+        with self._write():
+            (ended,) = self.connection.execute(
+                "SELECT MAX(time) FROM results WHERE trial = ? AND attempt = ? AND final = 1",
+                (trial.index, trial.attempts),
+            ).fetchone()
+            if ended is None:
+                raise ValueError(f"trial {trial.index} has no final result in {self.path}")
+            (order,) = self.connection.execute(
+                "SELECT COALESCE(MAX(end_order), -1) + 1 FROM trials"
+            ).fetchone()
+            self.connection.execute(
+                "UPDATE trials SET status = 'succeeded', reason = NULL, ended = ?, "
+                "end_order = ? WHERE trial = ?",
+                (ended, order, trial.index),
+            )
+        return attrs.evolve(trial, status="succeeded", reason=None, ended=ended, end_order=order)
+
     def result_rows(self) -> list[dict[str, Any]]:
         """Every reported result of every attempt, in the order they arrived."""
         return [
@@ -575,10 +597,31 @@ def _check_writable(path: Path) -> None:
 
 
 def _create(path: Path, record: ExperimentRecord) -> None:
-    """Make a new store at ``path``, safe against another process creating it at the same
-    time: the schema is written in one exclusive transaction, by whichever process gets
-    it first; the other finds the store made and opens it. A crash part-way leaves an
-    empty database (SQLite rolls the transaction back), which counts as no store."""
+    """Make a new store at ``path``, safe against another process making it at the same
+    time. The store is built beside ``path`` and hard-linked into place, which fails if
+    ``path`` exists: no reader (and no crash) ever sees half a store, and of two
+    processes making it, one store wins and the other process opens it. Where there is
+    an empty file at ``path`` already (or the file system has no hard links), the schema
+    is written into it in one exclusive transaction instead."""
+    if not path.exists():
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            _write_schema(partial, record)
+            try:
+                os.link(partial, path)
+                return
+            except FileExistsError:
+                return  # made by another process meanwhile: opening it checks it
+            except OSError:
+                pass  # no hard links here
+        finally:
+            partial.unlink(missing_ok=True)
+    _write_schema(path, record)
+
+
+def _write_schema(path: Path, record: ExperimentRecord) -> None:
+    """Write the schema and the experiment into ``path`` unless it has them already (one
+    exclusive transaction: of two processes, the second finds them written)."""
     try:
         connection = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_SECONDS)
     except sqlite3.Error as exc:
@@ -617,6 +660,10 @@ def _open_existing(path: Path, *, readonly: bool) -> tuple[sqlite3.Connection, E
     untouched = "; the file was left untouched (pass another store path, or move it away)"
     with path.open("rb") as handle:
         head = handle.read(len(_SQLITE_HEADER))
+    if not head:
+        raise StoreError(
+            f"{path} is empty: no experiment store yet (a run on it makes one){untouched}"
+        )
     if head != _SQLITE_HEADER:
         raise StoreError(
             f"{path} is not an SQLite database (it starts with {head[:16]!r}), so it cannot be "
@@ -697,7 +744,7 @@ def _object(text: str, what: str, path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise StoreError(
             f"{path}: {what} must be a JSON object, got {type(value).__name__} "
-            f"{_printable(_json_or_repr(value))[:80]}"
+            f"{printable(_json_or_repr(value))[:80]}"
         )
     return value
 

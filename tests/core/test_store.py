@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import nastrain
+from nastrain.cli import main
 from nastrain.experiment import load_config
 from nastrain.store import Store, StoreError, StoreLockedError
 
@@ -343,3 +345,248 @@ def test_processes_creating_one_store_at_once_make_one_store_and_train_each_tria
     trained = [float(line.split()[0]) for line in (tmp_path / "log").read_text().splitlines()]
     assert sorted(trained) == [1.0, 2.0, 3.0, 11.0]  # each trial trained by one process, once
     assert not list(tmp_path.glob(".*partial"))
+
+
+# --- read-only folders ----------------------------------------------------------------------
+
+
+def _can_write(folder: Path) -> bool:
+    try:
+        (folder / ".probe").touch()
+    except OSError:
+        return False
+    (folder / ".probe").unlink()
+    return True
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """``folder`` made read-only for this process: by its mode, or (root ignores modes) by
+    the immutable attribute; skips the test where neither blocks writes."""
+    mode = folder.stat().st_mode
+    folder.chmod(0o555)
+    immutable = False
+    if _can_write(folder) and shutil.which("chattr"):
+        immutable = (
+            subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        )
+    try:
+        if _can_write(folder):
+            pytest.skip(
+                "cannot make a folder read-only here: running as root, and chattr +i (which "
+                "needs CAP_LINUX_IMMUTABLE) is not available"
+            )
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(mode)
+
+
+def _score_experiment(trials, store: Path, log: Path, max_trials: int = 3) -> nastrain.Experiment:
+    return nastrain.Experiment(
+        trials.SmallSpace(),
+        trials.ScoreTrainer(None, log=str(log)),
+        "grid",
+        max_trials=max_trials,
+        executor="inline",
+        store=store,
+        progress=False,
+    )
+
+
+def test_a_good_store_in_a_read_only_folder_is_read_and_not_written(
+    trials, tmp_path, capsys
+) -> None:
+    folder, log = tmp_path / "shared", tmp_path / "log"
+    folder.mkdir()
+    store = folder / "s.sqlite"
+    _score_experiment(trials, store, log).run()
+    trained = log.read_text()
+    with _read_only(folder):
+        assert sorted(p.name for p in folder.iterdir()) == ["s.sqlite"]
+        # Read: `nastrain report` and the API, not called corrupt.
+        assert main(["report", str(store)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"{store}: 3 trials (3 succeeded); strategy grid")
+        with Store.read(store) as reader:
+            assert [t.value for t in reader.trials()] == [1.0, 2.0, 3.0]
+        # Written: refused before anything is trained, naming the folder.
+        more = _score_experiment(trials, store, log, max_trials=5)
+        with pytest.raises(StoreError, match=f"the folder {folder} is not writable"):
+            more.run()
+        fresh = _score_experiment(trials, folder / "new.sqlite", log)
+        with pytest.raises(StoreError, match=f"the folder {folder} is not writable"):
+            fresh.run()
+        assert sorted(p.name for p in folder.iterdir()) == ["s.sqlite"]
+    assert log.read_text() == trained  # nothing was trained
+
+
+def test_nastrain_run_on_a_read_only_folder_exits_naming_it(trials, tmp_path, capsys) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    config = tmp_path / "search.json"
+    config.write_text(
+        json.dumps(
+            {
+                "space": "nastrain_test_trials:SmallSpace",
+                "max_trials": 2,
+                "executor": "inline",
+                "store": str(folder / "s.sqlite"),
+                "trainer": {"name": "test-score", "kwargs": {"log": str(tmp_path / "log")}},
+            }
+        )
+    )
+    with _read_only(folder):
+        code = main(["run", str(config), "--app-dir", FIXTURE, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(f"nastrain: error: the folder {folder} is not writable (")
+    assert not (tmp_path / "log").exists()
+
+
+# --- resuming -------------------------------------------------------------------------------
+
+
+def test_a_trial_whose_final_result_was_stored_is_not_trained_again(trials, tmp_path) -> None:
+    log = tmp_path / "log"
+    experiment = _score_experiment(trials, tmp_path / "s.sqlite", log, max_trials=2)
+    arch = {"a": "z", "b": "q", "c": [1, 2]}  # 15 points
+    with Store.open(experiment.store_path, experiment.record) as store:
+        trial = store.add_trial(0, arch, 7, experiment.trainer_spec.to_json())
+        store.add_result(trial, 7.5, final=False)
+        store.add_result(trial, {"default": 15.0, "epochs": 0}, final=True)
+        # ... and the experiment process died here, before recording that the trial ended.
+    result = experiment.run()
+    first = result.trials[0]
+    assert (first.status, first.attempts, first.value, first.intermediate) == (
+        "succeeded",
+        1,
+        15.0,
+        (7.5,),
+    )
+    assert first.ended is not None and first.end_order == 0
+    assert [float(line.split()[0]) for line in log.read_text().splitlines()] == [
+        result.trials[1].value
+    ]  # only the new trial was trained
+    with Store.read(experiment.store_path) as reader:
+        assert reader.trials() == list(result.trials)
+
+
+# --- documents that are not what they should be ----------------------------------------------
+
+
+def _tamper(store: Path, sql: str, *args) -> None:
+    with contextlib.closing(sqlite3.connect(store, isolation_level=None)) as connection:
+        connection.execute(sql, args)
+
+
+@pytest.mark.parametrize(
+    ("sql", "args", "message"),
+    [
+        (
+            "UPDATE meta SET value = ? WHERE key = 'experiment'",
+            ("[1, 2]",),
+            r"invalid experiment record: expected a JSON object \(a table of keys\), got an "
+            r"array \(\[1, 2\]\)",
+        ),
+        (
+            "UPDATE meta SET value = ? WHERE key = 'experiment'",
+            ('"text"',),
+            "invalid experiment record: expected a JSON object .*got a string",
+        ),
+        (
+            "UPDATE trials SET arch = ? WHERE trial = 1",
+            ("[1, 2]",),
+            "the architecture of trial 1 must be a JSON object, got list",
+        ),
+        (
+            "UPDATE trials SET arch = ? WHERE trial = 1",
+            ("{oops",),
+            "the architecture of trial 1 is not JSON",
+        ),
+        (
+            "UPDATE results SET metric = ? WHERE trial = 0",
+            ('"fast"',),
+            "a result of trial 0 is not a metric",
+        ),
+    ],
+)
+def test_a_store_document_that_is_not_an_object_is_a_store_error_naming_it(
+    trials, tmp_path, sql, args, message
+) -> None:
+    store = tmp_path / "s.sqlite"
+    _score_experiment(trials, store, tmp_path / "log", max_trials=2).run()
+    _tamper(store, sql, *args)
+    with pytest.raises(StoreError, match=message) as raised, Store.read(store) as reader:
+        reader.trials()
+        reader.result_rows()
+    assert str(store) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1]", r"invalid trainer spec: expected a JSON object \(a table of keys\), got an array"),
+        ("3", "invalid trainer spec: expected a JSON object .*got a number"),
+        ("null", "invalid trainer spec: expected a JSON object .*got null"),
+        ('{"name": "x", "kwargs": {}, "extra": []}', r"extra fields found \(extra\)"),
+    ],
+)
+def test_a_trainer_spec_that_is_not_an_object_is_a_value_error(text, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        nastrain.TrainerSpec.from_json(text)
+
+
+def test_a_config_whose_tables_are_not_tables_names_the_key(tmp_path) -> None:
+    config = tmp_path / "search.json"
+    config.write_text('{"space": "m:S", "max_trials": 2, "trainer": ["test-score"]}')
+    with pytest.raises(
+        ValueError, match=r"expected a JSON object \(a table of keys\) @ \$.trainer"
+    ):
+        load_config(config)
+
+
+# --- what `nastrain report` prints from a stranger's store ---------------------------------
+
+
+def test_report_escapes_control_characters_read_from_the_store(trials, tmp_path, capsys) -> None:
+    store = tmp_path / "s.sqlite"
+    experiment = _score_experiment(trials, store, tmp_path / "log", max_trials=2)
+    experiment.run()
+    _tamper(
+        store,
+        "UPDATE trials SET status = 'failed', reason = ? WHERE trial = 1",
+        "boom\x1b]0;owned\x07\x1b[2J\u202etxt.exe\nsecond line",
+    )
+    record = json.loads(_snapshot(store)["meta"][1][1])
+    record["trainer"]["name"] = "test-score\x1b[31m"
+    _tamper(store, "UPDATE meta SET value = ? WHERE key = 'experiment'", json.dumps(record))
+
+    assert main(["report", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "trainer test-score\\x1b[31m," in out
+    assert "boom\\x1b]0;owned\\x07\\x1b[2J\\u202etxt.exe" in out
+    assert "second line" not in out  # the reason's first line only, as before
+    assert main(["report", str(store), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)  # JSON escapes them itself
+    assert document["trials"][1]["reason"].startswith("boom\x1b]0;owned")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "s.sqlite", "--top", "-1"],
+        ["report", "s.sqlite", "--top", "0"],
+        ["report", "s.sqlite", "--top", "two"],
+        ["run", "c.toml", "--max-trials", "0"],
+        ["run", "c.toml", "--concurrency", "-3"],
+    ],
+)
+def test_cli_numbers_out_of_range_exit_2(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "must be an integer >= 1" in err or "expected an integer, got 'two'" in err
