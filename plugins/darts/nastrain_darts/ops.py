@@ -191,7 +191,27 @@ class FactorizedReduce(nn.Module):
         shifted = x[:, :, 1:, 1:]
         # On an odd side the shifted path would come out one pixel short; pad it back.
         shifted = F.pad(shifted, (0, width % 2, 0, height % 2))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        # A 1x1 stride-2 convolution is a 1x1 convolution of every second pixel: computed so,
+        # since the library's channels-last backward of a strided 1x1 convolution crashes the
+        # process on some sizes (torch 2.14.1, e.g. an 8x10 input).
+        return self.bn(
+            torch.cat(
+                [
+                    pointwise_conv(_every_second_pixel(x), self.conv_1.weight, self.conv_1.bias),
+                    pointwise_conv(
+                        _every_second_pixel(shifted), self.conv_2.weight, self.conv_2.bias
+                    ),
+                ],
+                dim=1,
+            )
+        )
+
+
+def _every_second_pixel(x: torch.Tensor) -> torch.Tensor:
+    """``x[:, :, ::2, ::2]`` as a dense tensor in ``x``'s memory layout."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return x[:, :, ::2, ::2].contiguous(memory_format=layout)
 
 
 #: A factory ``(C, stride, affine) -> nn.Module`` for each operation, by paper name.

@@ -205,13 +205,21 @@ def test_every_op_keeps_channels_and_shapes_like_zero(stride, size):
 
 def factorized_reduce_by_definition(fr: FactorizedReduce, x: torch.Tensor) -> torch.Tensor:
     """The paper's FactorizedReduce: ReLU, two 1x1 stride-2 convolutions (the second on the
-    input shifted by a pixel, padded back on an odd side), concatenated, BatchNorm."""
-    x = torch.relu(x)
+    input shifted by a pixel, padded back on an odd side), concatenated, BatchNorm.
+
+    Computed on the contiguous layout, input and weights: the library's channels-last backward
+    of a strided 1x1 convolution crashes the process on some sizes (torch 2.14.1)."""
+    x = torch.relu(x.contiguous())
     shifted = torch.nn.functional.pad(x[:, :, 1:, 1:], (0, x.shape[3] % 2, 0, x.shape[2] % 2))
-    return fr.bn(torch.cat([fr.conv_1(x), fr.conv_2(shifted)], dim=1))
+
+    def conv(module: torch.nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+        weight = module.weight.clone(memory_format=torch.contiguous_format)
+        return torch.nn.functional.conv2d(t, weight, module.bias, stride=module.stride)
+
+    return fr.bn(torch.cat([conv(fr.conv_1, x), conv(fr.conv_2, shifted)], dim=1))
 
 
-@pytest.mark.parametrize("size", [(8, 8), (7, 8), (8, 9)])
+@pytest.mark.parametrize("size", [(8, 8), (7, 8), (8, 9), (8, 10), (7, 9)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_factorized_reduce_computes_its_definition(size, channels_last):
     torch.manual_seed(0)
@@ -231,6 +239,38 @@ def test_factorized_reduce_computes_its_definition(size, channels_last):
         torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
     if channels_last:
         assert results[0][1].is_contiguous(memory_format=torch.channels_last)
+
+
+class _StridedConvolutions(torch.overrides.TorchFunctionMode):
+    """Records the strides of the convolutions run while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.strides: list[object] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.nn.functional.conv2d, torch.conv2d):
+            stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
+            if stride not in (1, (1, 1), [1, 1]):
+                self.strides.append(stride)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (8, 10), (7, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_factorized_reduce_runs_no_strided_convolution(size, channels_last):
+    """The library's channels-last backward of a strided 1x1 convolution aborts the process on
+    some sizes (torch 2.14.1, e.g. 8x10): FactorizedReduce gathers the pixels and runs 1x1
+    stride-1 products instead, in every layout, so a retrained channels-last model is safe."""
+    fr = FactorizedReduce(6, 8)
+    x = torch.randn(2, 6, *size)
+    if channels_last:
+        fr.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _StridedConvolutions() as mode:
+        fr(x.requires_grad_(True)).sum().backward()
+    assert mode.strides == []
 
 
 def test_ops_can_be_shrunk_and_unknown_ops_are_named():
