@@ -246,6 +246,14 @@ class LayerChoice(Mutable):
 def _named_candidates(candidates: Any, label: str) -> dict[str, nn.Module]:
     if isinstance(candidates, Mapping):
         items = [(str(name), module) for name, module in candidates.items()]
+        keys: dict[str, Any] = {}
+        for key in candidates:
+            if str(key) in keys:
+                raise ValueError(
+                    f"LayerChoice {label!r}: candidate names {keys[str(key)]!r} and {key!r} "
+                    f"are both {str(key)!r} as strings; give distinct names"
+                )
+            keys[str(key)] = key
         for name, _ in items:
             if not name or "." in name:
                 raise ValueError(

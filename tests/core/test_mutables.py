@@ -149,6 +149,12 @@ def test_dict_candidate_name_that_cannot_be_a_module_name_is_rejected(bad_name: 
         LayerChoice({bad_name: nn.Identity(), "ok": nn.Identity()}, label="op")
 
 
+def test_dict_candidate_names_that_collide_as_strings_are_rejected() -> None:
+    # {1: ..., "1": ...} would keep one candidate silently, under a name of the other.
+    with pytest.raises(ValueError, match=r"'op'.*1.*'1'.*distinct"):
+        LayerChoice({1: nn.Identity(), "1": nn.ReLU()}, label="op")
+
+
 @pytest.mark.parametrize("name", ["label", "names", "forward", "train", "float"])
 def test_dict_candidate_named_like_a_module_attribute_works(name: str) -> None:
     candidate = nn.Linear(4, 4)
