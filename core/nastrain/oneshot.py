@@ -43,7 +43,7 @@ logger = logging.getLogger("nastrain")
 CHECKPOINT_FILE = "checkpoint.pt"
 #: What ``save_checkpoint`` writes before it atomically renames the file into place.
 CHECKPOINT_TMP = CHECKPOINT_FILE + ".tmp"
-#: The JSON half of the two-file checkpoints of nastrain before 2026-12 (not read any more).
+#: The JSON half of the two-file checkpoints of earlier releases (refused, not resumed).
 LEGACY_CHECKPOINT_META = "checkpoint.json"
 #: The ``"format"`` entry that marks a torch file as a nastrain checkpoint.
 CHECKPOINT_FORMAT = "nastrain.oneshot-checkpoint"
@@ -198,9 +198,13 @@ class SupernetTrainer(BaseOneShotTrainer):
     ``zip(weight batches, architecture batches)`` with a progress bar, reports
     each epoch's mean metrics with ``report_intermediate_result``, keeps them in
     :attr:`history`, and writes a checkpoint to ``checkpoint_dir`` after every
-    epoch. A trainer built with a ``checkpoint_dir`` that holds a checkpoint
-    resumes from it in :meth:`fit`: same seed, same result as a run that was
-    never interrupted.
+    epoch (one file, replaced atomically: see :meth:`save_checkpoint`). A
+    trainer built with a ``checkpoint_dir`` that holds a checkpoint resumes from
+    it in :meth:`fit`: same seed, same result as a run that was never
+    interrupted. ``seed=None`` leaves torch's global generator as the user
+    seeded it (the data order is drawn from it); a ``device`` this machine lacks
+    and a ``checkpoint_dir`` that cannot be written are refused when the trainer
+    is built.
 
     Subclasses call ``super().__init__`` first, then replace the choices,
     build their optimizers, and implement :meth:`search_step` (or, for an epoch
