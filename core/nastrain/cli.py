@@ -42,9 +42,8 @@ def _count(minimum: int) -> Any:
 
 
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-    text = str(message)
-    prefix = "" if text.startswith("nastrain:") else "nastrain: "
-    print(f"{prefix}warning: {printable(text.removeprefix('nastrain: '))}", file=sys.stderr)
+    text = str(message).removeprefix("nastrain: ")
+    print(f"nastrain: warning: {printable(text)}", file=sys.stderr)
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -307,10 +308,23 @@ class Experiment:
 
     def run(self) -> ExperimentResult:
         """Run (or resume) the experiment until ``max_trials`` trials have ended, or the
-        strategy has nothing more to propose; returns every trial of the store."""
+        strategy has nothing more to propose; returns every trial of the store.
+
+        The run holds the store's lease while it runs: on a store that another live
+        process is running, it raises :class:`nastrain.store.StoreLockedError` (naming
+        that process) at once and changes nothing; a store that cannot be written is a
+        :class:`nastrain.store.StoreError` naming its folder, before any training."""
         from nastrain.store import Store
 
         with Store.open(self.store_path, self.record) as store:
+            if store.took_over is not None:
+                owner, dead = store.took_over
+                warnings.warn(
+                    f"nastrain: took over the experiment store {self.store_path} from its "
+                    f"last writer ({owner.describe()}): {dead}; the trials it left running "
+                    "run again",
+                    stacklevel=2,
+                )
             self._result = _Run(self, store).execute()
         return self._result
 
@@ -408,6 +422,23 @@ class _Run:
             trial = self.store.restart_trial(self.trials[self.interrupted.pop(0)])
             self.trials[trial.index] = trial
         else:
+            trial = self._new_trial()
+            if trial is None:
+                return None
+        self.progress.started(trial)
+        return TrialJob(
+            index=trial.index,
+            attempt=trial.attempts,
+            arch=trial.arch,
+            seed=trial.seed,
+            trainer=self.experiment.trainer_spec,
+        )
+
+    def _new_trial(self) -> Trial | None:
+        """The strategy's next proposal, recorded as running; ``None`` when it has none. A
+        proposal whose results the strategy reuses (:meth:`Strategy.reuse`) is recorded
+        as succeeded at once, untrained, and the next one is asked for."""
+        while self.has_more():
             index = len(self.trials)
             arch = self.strategy.propose(index, self.trials)
             if arch is None:
@@ -420,17 +451,26 @@ class _Run:
                     f"strategy {self.strategy.spec.name!r} proposed an invalid architecture "
                     f"for trial {index}: {exc}"
                 ) from None
+            earlier = self.strategy.reuse(arch, self.trials)
             seed = trial_seed(self.experiment.seed, index)
             trial = self.store.add_trial(index, arch, seed, self.trainer_json)
             self.trials.append(trial)
-        self.progress.started(trial)
-        return TrialJob(
-            index=trial.index,
-            attempt=trial.attempts,
-            arch=trial.arch,
-            seed=trial.seed,
-            trainer=self.experiment.trainer_spec,
-        )
+            if earlier is None or earlier.final is None:
+                return trial
+            self.progress.started(trial)
+            for metric in earlier.intermediate:
+                self.store.add_result(trial, metric, False)
+            self.store.add_result(trial, earlier.final, True)
+            self.trials[index] = attrs.evolve(
+                trial, intermediate=earlier.intermediate, final=earlier.final
+            )
+            self.on_end(
+                index,
+                "succeeded",
+                f"not trained: the results of trial {earlier.index}, the same architecture, "
+                "reused (the strategy's choice)",
+            )
+        return None
 
     def _executor(self) -> Any:
         from nastrain.executor import InlineExecutor, LocalExecutor, WorkerSetup, available_cpus

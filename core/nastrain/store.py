@@ -206,8 +206,8 @@ class Store:
         self.record = record
         #: This writer's lease (``None`` for a reader).
         self.lease = lease
-        #: The lease this writer took over from a dead owner, if it did.
-        self.took_over: Lease | None = None
+        #: The lease this writer took over from a dead owner, if it did, and why it was dead.
+        self.took_over: tuple[Lease, str] | None = None
         self._heartbeat: _Heartbeat | None = None
 
     # --- opening ---------------------------------------------------------------------------
@@ -246,12 +246,12 @@ class Store:
             _check_same(path, stored, record)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
-            lease, previous = _take_lease(connection, path, stale_after)
+            lease, took_over = _take_lease(connection, path, stale_after)
         except BaseException:
             connection.close()
             raise
         store = cls(path, connection, stored, lease)
-        store.took_over = previous
+        store.took_over = took_over
         store._heartbeat = _Heartbeat(path, lease, heartbeat)
         return store
 
@@ -487,10 +487,10 @@ def _read_lease(connection: sqlite3.Connection) -> Lease | None:
 
 def _take_lease(
     connection: sqlite3.Connection, path: Path, stale_after: float
-) -> tuple[Lease, Lease | None]:
-    """Take the lease of the store, in one transaction: returns it and the dead owner's
-    lease it replaced (or ``None``); a live owner is a :class:`StoreLockedError` and the
-    transaction is rolled back, so the store is not changed."""
+) -> tuple[Lease, tuple[Lease, str] | None]:
+    """Take the lease of the store, in one transaction: returns it, and the dead owner's
+    lease it replaced with why it was dead (or ``None``); a live owner is a
+    :class:`StoreLockedError` and the transaction is rolled back: the store is not changed."""
     now = time.time()
     pid = os.getpid()
     lease = Lease(
@@ -504,8 +504,10 @@ def _take_lease(
     with _transaction(connection):
         connection.execute(_LEASE_TABLE)  # stores written before leases have none yet
         previous = _read_lease(connection)
+        took_over = None
         if previous is not None:
             dead = previous.dead_because(stale_after)
+            took_over = None if dead is None else (previous, dead)
             if dead is None:
                 raise StoreLockedError(
                     f"the experiment store {path} is in use by another experiment process "
@@ -519,7 +521,7 @@ def _take_lease(
             "VALUES (1, ?, ?, ?, ?, ?, ?)",
             (lease.token, lease.pid, lease.host, lease.process, lease.started, lease.heartbeat),
         )
-    return lease, previous
+    return lease, took_over
 
 
 class _Heartbeat:
@@ -527,7 +529,7 @@ class _Heartbeat:
     until stopped or until the lease is found taken over."""
 
     def __init__(self, path: Path, lease: Lease, interval: float) -> None:
-        self.path = path
+        self.path = path.resolve()
         self.token = lease.token
         self.interval = interval
         self.lost = False
@@ -670,7 +672,7 @@ def _open_existing(path: Path, *, readonly: bool) -> tuple[sqlite3.Connection, E
             f"an experiment store{untouched}"
         )
     uri = f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rw'}"
-    if readonly and not _can_write_beside(path) and not _shm(path).exists():
+    if readonly and not _shm(path).exists() and not _can_write_beside(path):
         # SQLite's readers of a WAL store create its shared-memory file beside it; in a
         # folder nobody can write, nobody can be writing the store either: read it as is.
         uri += "&immutable=1"

@@ -173,6 +173,11 @@ def test_the_lease_of_a_dead_writer_is_taken_over_and_its_trial_run_again(trials
     second = _nastrain("run", str(config), "--quiet", env=env)
     _, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
+    assert (
+        f"nastrain: warning: took over the experiment store {store} from its last writer (pid "
+        f"{first.pid} on host {socket.gethostname()}, since "
+    ) in err
+    assert f"): pid {first.pid} is gone; the trials it left running run again" in err
     with Store.read(store) as reader:
         ran = reader.trials()
     assert [(t.status, t.attempts, t.value) for t in ran] == [
@@ -249,7 +254,11 @@ def test_a_lease_is_taken_over_only_from_a_dead_or_silent_owner(
             experiment.run()
         assert _snapshot(store) == before
         return
-    result = experiment.run()
+    why = {"live": r"its last heartbeat was \d+ s ago", "dead": f"pid {pid} is gone"}
+    why["reused"] = f"pid {pid} is now another process"
+    why["elsewhere"] = why["live"]
+    with pytest.warns(UserWarning, match=f"took over the experiment store .*\\): {why[who]}"):
+        result = experiment.run()
     assert [(t.status, t.attempts) for t in result.trials] == [("succeeded", 2), ("succeeded", 1)]
     assert _snapshot(store)["lease"] == []
 
