@@ -160,6 +160,12 @@ class Strategy(abc.ABC):
         """
         return False
 
+    def reuse(self, arch: Architecture, history: Sequence[Trial]) -> Trial | None:
+        """An earlier trial whose recorded results stand for the proposed ``arch``, which is
+        then not trained: the experiment records a new trial with those results (its
+        ``reason`` names the earlier trial). ``None`` (the default): train it."""
+        return None
+
     # --- helpers for subclasses ---------------------------------------------------------
 
     def rng(self, index: int) -> random.Random:
@@ -246,16 +252,19 @@ class RegularizedEvolution(Strategy):
     ``duplicates`` says what happens when a child is an architecture already tried
     (finished or running): ``"mutate"`` (the default) mutates again, up to
     ``retries`` times with a fresh tournament each time, then falls back to a random
-    architecture not tried yet, so no architecture is trained twice;
-    ``"retrain"`` proposes it anyway, as the paper's Algorithm 1 does (the child is
-    trained again and joins the population with its new result). The search ends
-    when every architecture of a (small) space has been tried.
+    architecture not tried yet, so no architecture is trained twice. The paper's
+    Algorithm 1 does not check: a repeated child joins the population like any
+    other. ``"reuse"`` does that without training it again: a child equal to a
+    succeeded trial becomes a new trial (a new, young member of the population)
+    with that trial's recorded results (children equal to a running, failed or
+    stopped trial are mutated again). ``"retrain"`` trains the repeated child again.
+    The search ends when every architecture of a (small) space has been tried.
     """
 
     name = "evolution"
 
     #: The values of ``duplicates``.
-    DUPLICATES = ("mutate", "retrain")
+    DUPLICATES = ("mutate", "reuse", "retrain")
 
     def __init__(
         self,
@@ -311,12 +320,25 @@ class RegularizedEvolution(Strategy):
         population = self.population(history)
         if self.duplicates == "retrain":
             return self.mutate(self.tournament(population, rng).arch, rng)
+        # Architectures a child must not be: all tried ones, or with "reuse" those without
+        # a result to reuse.
+        avoid = seen
+        if self.duplicates == "reuse":
+            avoid = seen - {arch_key(t.arch) for t in history if self.trial_score(t) is not None}
         for _ in range(self.retries):
             child = self.mutate(self.tournament(population, rng).arch, rng)
-            if arch_key(child) not in seen:
+            if arch_key(child) not in avoid:
                 return child
         # The parents' neighbourhoods are used up: an architecture not tried yet instead.
         return sample_unseen(self.space, rng, seen)
+
+    def reuse(self, arch: Architecture, history: Sequence[Trial]) -> Trial | None:
+        """With ``duplicates="reuse"``, the last succeeded trial of ``arch``, if any."""
+        if self.duplicates != "reuse":
+            return None
+        key = arch_key(arch)
+        done = [t for t in history if self.trial_score(t) is not None and arch_key(t.arch) == key]
+        return done[-1] if done else None
 
     def mutate(self, arch: Architecture, rng: random.Random) -> Architecture:
         """``arch`` with one choice (drawn uniformly among those with a choice) changed."""
@@ -373,6 +395,9 @@ class MedianStop(Strategy):
 
     def propose(self, index: int, history: Sequence[Trial]) -> Architecture | None:
         return self.base.propose(index, history)
+
+    def reuse(self, arch: Architecture, history: Sequence[Trial]) -> Trial | None:
+        return self.base.reuse(arch, history)
 
     def should_stop(self, trial: Trial, history: Sequence[Trial]) -> bool:
         if self.base.should_stop(trial, history):

@@ -356,3 +356,44 @@ def test_evolution_falls_back_to_an_untried_architecture(trials) -> None:
     assert child is not None and arch_key(child) not in {arch_key(a) for a in tried}
     with pytest.raises(ValueError, match="duplicates must be one of .*got 'x'"):
         RegularizedEvolution(duplicates="x")
+
+
+def test_evolution_reuses_a_recorded_result_on_request(trials, tmp_path) -> None:
+    # duplicates="reuse": a child equal to a succeeded trial is a new trial (it joins the
+    # population) with that trial's results, and is not trained again.
+    log = tmp_path / "fits.log"
+    result = nastrain.Experiment(
+        trials.SyntheticSpace(n=3, k=3),
+        trials.ScoreTrainer(None, epochs=2, log=str(log)),
+        nastrain.StrategySpec(
+            name="evolution", kwargs={"population_size": 4, "sample_size": 2, "duplicates": "reuse"}
+        ),
+        max_trials=24,
+        executor="inline",
+        store=tmp_path / "reuse.sqlite",
+    ).run()
+    assert len(result.trials) == 24 and all(t.status == "succeeded" for t in result.trials)
+    reused = [t for t in result.trials if t.reason is not None]
+    trained = [t for t in result.trials if t.reason is None]
+    assert reused, "no child repeated an architecture: the test does not test reuse"
+    assert len(log.read_text().splitlines()) == len(trained)  # one fit per trained trial
+    assert len({arch_key(t.arch) for t in trained}) == len(trained)
+    for trial in reused:
+        (earlier,) = [t for t in trained if t.arch == trial.arch]
+        # The last succeeded trial of that architecture (perhaps itself a reused one).
+        last = max(t.index for t in result.trials[: trial.index] if t.arch == trial.arch)
+        assert f"the results of trial {last}, the same architecture" in trial.reason
+        assert (trial.final, trial.intermediate) == (earlier.final, earlier.intermediate)
+        assert trial.end_order > earlier.end_order
+    # Read back from the store, the reused trials are the same.
+    again = nastrain.Experiment(
+        trials.SyntheticSpace(n=3, k=3),
+        trials.ScoreTrainer(None, epochs=2, log=str(log)),
+        nastrain.StrategySpec(
+            name="evolution", kwargs={"population_size": 4, "sample_size": 2, "duplicates": "reuse"}
+        ),
+        max_trials=24,
+        executor="inline",
+        store=tmp_path / "reuse.sqlite",
+    ).result()
+    assert again.trials == result.trials
