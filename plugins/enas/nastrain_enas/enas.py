@@ -28,8 +28,19 @@ Where this differs from NNI's legacy ``EnasTrainer``, on purpose:
 - The controller's gradient is accumulated over ``ctrl_steps_aggregate`` samples
   and that accumulation carries over epoch ends (and checkpoints), so a small
   architecture half still trains it.
-- ``export()`` returns the controller's most likely architecture (greedy decoding:
-  the most likely value of each decision given the ones before it), not a sample.
+- ``export()`` derives the architecture as Pham et al. do: it samples
+  ``export_samples`` architectures from the trained controller, scores each distinct
+  one with ``reward_function`` on the architecture half and keeps the best
+  (``export_mode="greedy"``: the greedy decoding instead, each decision's most likely
+  value given the ones before it, which is not in general the most likely
+  architecture). NNI's returns the greedy decoding.
+- An ``InputChoice``'s inputs are scored with the paper's attention over earlier
+  decisions' hidden states (anchors, see :class:`Controller`), with parameters shared
+  by every input choice, not with a readout of its own.
+- Rewards are computed with each architecture's own BatchNorm statistics: in the
+  controller phase the reward batch's (the supernet's pooled running statistics
+  are neither used nor changed), in ``export()`` statistics recalibrated on
+  ``bn_batches`` batches of the weight half (see :mod:`nastrain.calibration`).
 - The baseline starts at the first reward, not at 0: with the default decay of
   0.999 a zero start gives every advantage the sign of the reward for thousands of
   samples, and Adam turns that into full-size steps in one direction.
@@ -445,11 +456,24 @@ class EnasTrainer(SamplingTrainer):
     - ``seed``, ``checkpoint_dir``, ``progress``, ``lr_scheduler``, ``channels_last``,
       ``valid_dataset``: as for ``DartsTrainer``; the checkpoint holds the controller,
       its optimizer, the baseline and the pending controller gradient too.
+    - ``export_mode``: ``"sample"`` (default, the paper's derivation: see
+      :meth:`export`) or ``"greedy"`` (the controller's greedy decoding).
+    - ``export_samples`` (100): architectures ``export()`` draws from the controller.
+    - ``export_batches``: batches of the architecture half each sampled architecture
+      is scored on (the same for all); ``None`` (default): all of it.
+    - ``bn_batches`` (10): batches of the weight half each sampled architecture's
+      BatchNorm statistics are recalibrated on in ``export()`` (0: the supernet's).
+
+    The defaults work at NNI's controller settings even on a small problem: the
+    controller there barely moves from uniform, but 100 samples from it cover a small
+    space and ``export()`` keeps the best by reward (``tests/test_planted*.py``).
 
     After ``fit``, :attr:`history` holds each epoch's mean metrics (weight phase:
     ``loss`` and the user's metrics; controller phase: ``reward``, ``baseline``,
-    ``ctrl_loss``, ``entropy`` and the user's metrics as ``val_*``) and the
-    controller's most likely architecture with its probability.
+    ``ctrl_loss``, ``entropy`` and the user's metrics as ``val_*``), the controller's
+    greedy decoding (``arch``) and its probability (``arch_prob``). After
+    ``export()``, :attr:`ranking` and :attr:`best_score` are as for
+    ``RandomOneShotTrainer``.
     """
 
     name = "enas"

@@ -6,7 +6,8 @@ three others pass the signal buried in noise (and a positive offset, as ReLU fea
 have). With the BatchNorm statistics pooled over every sampled path (the supernet's,
 in evaluation mode), ``small`` is normalised to nearly a constant and scores at chance,
 so a search that scores with them picks a noisy candidate. With each candidate's own
-statistics ``small`` is the best by far.
+statistics ``small`` is the best by far. (Before the fix: SPOS exported it for 2 seeds
+of 10, ENAS for 4.)
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Space(nn.Module):
 
 def problem(seed: int) -> tuple[nn.Module, TensorDataset]:
     g = torch.Generator().manual_seed(100 + seed)
-    x = torch.randn(1024, 16, generator=g)
+    x = torch.randn(512, 16, generator=g)
     w = torch.randn(8, generator=g)
     torch.manual_seed(seed)
     return Space(), TensorDataset(x, (x[:, :8] @ w > 0).long())
@@ -70,7 +71,7 @@ def test_spos_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -
     for seed in SEEDS:
         model, data = problem(seed)
         trainer = RandomOneShotTrainer(
-            model, nn.CrossEntropyLoss(), None, None, 5, data, seed=seed, progress=False
+            model, nn.CrossEntropyLoss(), None, None, 3, data, seed=seed, progress=False
         )
         trainer.fit()
         found.append(trainer.export())
@@ -82,7 +83,7 @@ def test_enas_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -
     for seed in SEEDS:
         model, data = problem(seed)
         trainer = EnasTrainer(
-            model, nn.CrossEntropyLoss(), None, accuracy, None, 5, data, seed=seed, progress=False
+            model, nn.CrossEntropyLoss(), None, accuracy, None, 3, data, seed=seed, progress=False
         )
         trainer.fit()
         found.append(trainer.export())
