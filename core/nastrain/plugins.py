@@ -324,7 +324,7 @@ def _load_entry_point(state: _State, ep: EntryPoint) -> None:
                 f"it names {ep.value}, which plugin {state.pm.get_name(plugin)!r} already is"
             )
         _add_plugin(state, plugin, ep.name, ep.value, dist_name, version)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end the host
         error = f"{type(exc).__name__}: {exc}"
         state.failures.append(
             PluginFailure(name=ep.name, distribution=dist_name, version=version, error=error)

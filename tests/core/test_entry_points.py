@@ -87,11 +87,12 @@ def test_installed_plugins_are_listed_with_their_distributions(venv: Venv) -> No
     }
     assert plugins["duplicate"]["distribution"] == "nastrain-broken"
     failed = {f["name"]: f for f in listing["failed"]}
-    assert set(failed) == {"missing", "misspelt", "badregister"}
+    assert set(failed) == {"missing", "misspelt", "badregister", "exits"}
     assert all(f["distribution"] == "nastrain-broken" for f in failed.values())
     assert "ModuleNotFoundError" in failed["missing"]["error"]
     assert "nastrain_fitt" in failed["misspelt"]["error"]
     assert "registration exploded on purpose" in failed["badregister"]["error"]
+    assert failed["exits"]["error"] == "SystemExit: this plugin exits at import on purpose"
 
 
 def test_broken_plugins_warn_naming_distribution_and_error_and_the_rest_works(venv: Venv) -> None:
@@ -101,6 +102,8 @@ def test_broken_plugins_warn_naming_distribution_and_error_and_the_rest_works(ve
     warning = next(line for line in result.stderr.splitlines() if "'badregister'" in line)
     assert "nastrain-broken" in warning and "registration exploded on purpose" in warning
     assert "FAILED missing  nastrain-broken 0.0.1  ModuleNotFoundError" in result.stdout
+    # A plugin that calls sys.exit() at import is one more failure, not the end of the program.
+    assert "FAILED exits  nastrain-broken 0.0.1  SystemExit: this plugin exits" in result.stdout
 
 
 def test_two_plugins_providing_one_name_is_an_error_naming_both(venv: Venv) -> None:
