@@ -23,6 +23,7 @@ A model without BatchNorm is fine: there is nothing to do and nothing is done.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = ["batch_statistics", "batchnorms", "preserved_bn_stats", "recalibrate_bn"]
 
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
+_NONE = object()
 
 
 def batchnorms(model: nn.Module) -> list[_BatchNorm]:
@@ -71,8 +73,8 @@ def recalibrate_bn(
     ``model(input)``). Modes and momenta are restored afterwards; the new statistics
     stay (wrap the call in :func:`preserved_bn_stats` to get the old ones back).
 
-    Returns the number of batches used. A model without BatchNorm returns 0 and is
-    left unchanged (no batch is run).
+    Returns the number of batches used. A model without BatchNorm, or no batches,
+    returns 0 and leaves the model unchanged (no batch is run).
     """
     if num_batches is not None and (
         isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0
@@ -80,6 +82,10 @@ def recalibrate_bn(
         raise ValueError(f"num_batches must be an int >= 0 or None, got {num_batches!r}")
     norms = batchnorms(model)
     if not norms or num_batches == 0:
+        return 0
+    batches = iter(batches)
+    first = next(batches, _NONE)
+    if first is _NONE:  # no batch: keep the statistics there are rather than reset them
         return 0
     modes = {m: m.training for m in model.modules()}
     momenta = [m.momentum for m in norms]
@@ -91,7 +97,7 @@ def recalibrate_bn(
             m.reset_running_stats()
             m.momentum = None
             m.train()
-        for batch in batches:
+        for batch in itertools.chain([first], batches):
             if num_batches is not None and used >= num_batches:
                 break
             run(_inputs(batch))

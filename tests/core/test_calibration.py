@@ -77,6 +77,14 @@ def test_a_model_without_batchnorm_works_and_nothing_changes() -> None:
     assert exported is recalibrate_bn
 
 
+def test_no_batches_leave_the_statistics_as_they_are() -> None:
+    net = model()
+    net[2].running_mean.fill_(3.0)
+    assert recalibrate_bn(net, []) == 0
+    assert recalibrate_bn(net, batches(), num_batches=0) == 0
+    assert torch.equal(net[2].running_mean, torch.full((4,), 3.0))
+
+
 def test_preserved_bn_stats_restores_the_supernets_statistics_after_recalibration() -> None:
     net = model()
     bn = net[2]

@@ -12,6 +12,7 @@ of 10, ENAS for 4.)
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -76,6 +77,22 @@ def test_spos_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -
         trainer.fit()
         found.append(trainer.export())
     assert sum(arch == PLANTED for arch in found) >= 9, found
+
+
+def test_scored_with_the_supernets_pooled_statistics_the_planted_candidate_ranks_last() -> None:
+    # What the default recalibration prevents (bn_batches=0: the statistics as trained).
+    model, data = problem(0)
+    trainer = RandomOneShotTrainer(
+        model, nn.CrossEntropyLoss(), None, None, 3, data, seed=0, bn_batches=0, progress=False
+    )
+    trainer.fit()
+    trainer.export()
+    assert trainer.ranking[-1][0] == PLANTED, trainer.ranking
+    x, y = trainer.to_device(data[256:])  # the architecture half, scored by hand
+    trainer.set_arch(PLANTED)
+    with torch.no_grad():
+        pooled = nn.functional.cross_entropy(trainer.model.eval()(x), y).item()
+    assert trainer.ranking[-1][1] == pytest.approx(-pooled, rel=1e-5)
 
 
 def test_enas_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -> None:
