@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 __all__ = [
     "DepthwiseConv",
@@ -428,7 +429,8 @@ def _pass_cache(model: nn.Module) -> _PassCache:
         cache = _PassCache()
         model._nastrain_pass_cache = cache  # type: ignore[assignment]
         model.register_forward_pre_hook(cache.open)
-        model.register_forward_hook(cache.close)
+        # always_call: a forward pass that raises must not leave the cache holding its graph.
+        model.register_forward_hook(cache.close, always_call=True)
     return cache
 
 
@@ -455,7 +457,7 @@ def _entrances(model: nn.Module) -> set[int]:
     module, recursively (the first module of a first module, ...)."""
     entrances: set[int] = set()
     for module in model.modules():
-        if isinstance(module, nn.Sequential) and len(module):
+        if isinstance(module, nn.Sequential) and len(module) and not _left_alone(module):
             first = module[0]
             entrances.add(id(first))
             while isinstance(first, nn.Sequential) and len(first):
@@ -485,11 +487,11 @@ def share_relus_before_depthwise(model: nn.Module) -> dict[str, int]:
     counts = {"shared": 0, "folded": 0}
     entrances = _entrances(model)
     for module in list(model.modules()):
-        if not isinstance(module, nn.Sequential):
+        if not isinstance(module, nn.Sequential) or _left_alone(module):
             continue
         children = list(module._modules.items())
         for (relu_name, relu), (conv_name, conv) in itertools.pairwise(children):
-            if type(relu) is not nn.ReLU or relu.inplace:
+            if type(relu) is not nn.ReLU or relu.inplace or _left_alone(relu) or _left_alone(conv):
                 continue
             if not (_is_depthwise(conv) or isinstance(conv, DepthwiseConv)):
                 continue
@@ -746,6 +748,7 @@ def share_pool_norms(model: nn.Module) -> int:
             and not getattr(module[0], "return_indices", False)
             and type(module[1]) in (nn.BatchNorm2d, LeanBatchNorm2d)
             and module[1].weight is None
+            and not (_left_alone(module[0]) or _left_alone(module[1]))
         )
 
     return _replace(model, test, lambda seq: SharedPoolNorm(seq[0], seq[1], _pass_cache(model)))
@@ -757,11 +760,28 @@ def pointwise_as_matmul(model: nn.Module) -> int:
     return _replace(model, _is_pointwise, PointwiseConv)
 
 
+def _left_alone(module: nn.Module) -> bool:
+    """Whether ``module`` must not be rewritten: it carries hooks or parametrizations (a
+    replacement would silently drop them), or it is an ``nn.Sequential`` subclass with a
+    ``forward`` of its own (which may not pass its input through its children in order)."""
+    hooked = (
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or module._state_dict_hooks
+        or module._load_state_dict_pre_hooks
+    )
+    if hooked or parametrize.is_parametrized(module):
+        return True
+    return isinstance(module, nn.Sequential) and type(module).forward is not nn.Sequential.forward
+
+
 def _replace(model: nn.Module, test: Any, make: Any) -> int:
     count = 0
     for module in model.modules():
         for name, child in list(module._modules.items()):
-            if child is not None and test(child):
+            if child is not None and not _left_alone(child) and test(child):
                 module._modules[name] = make(child)
                 count += 1
     return count
@@ -782,7 +802,10 @@ def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
       :class:`DepthwiseConv` (an undilated stride-1 one is as fast in the library);
     * ``batchnorm``: BatchNorms become :class:`LeanBatchNorm2d`.
 
-    Calling it twice changes nothing more.
+    A module that carries hooks or parametrizations, or is an ``nn.Sequential`` subclass
+    with a ``forward`` of its own, is not replaced, and the ReLUs of such a Sequential are
+    neither shared nor folded: the rewrites keep every result to float rounding and every
+    hook firing. Calling it twice changes nothing more.
     """
     relus = share_relus_before_depthwise(model)
     return {

@@ -411,3 +411,65 @@ def test_lean_batchnorm_keeps_its_output_not_its_input_for_backward() -> None:
     *lean, out = saved_by(LeanBatchNorm2d(24, affine=False))
     assert not any(t is hidden for t in lean)
     assert any(t.data_ptr() == out.data_ptr() for t in lean)
+
+
+class _ReadsItsReLUTwice(nn.Sequential):
+    """A Sequential subclass whose forward uses its ReLU's output twice: folding that ReLU
+    into the convolution would change the result."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self[0](x)
+        return self[1](h) + h
+
+
+def _dilated_depthwise() -> nn.Conv2d:
+    return nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False)
+
+
+def test_optimize_for_cpu_leaves_hooked_parametrized_and_custom_modules_alone() -> None:
+    torch.manual_seed(0)
+    hooked = nn.Conv2d(4, 4, 1)
+    calls: list[tuple[int, ...]] = []
+    hooked.register_forward_hook(lambda module, args, out: calls.append(tuple(out.shape)))
+    parametrized = nn.Conv2d(4, 4, 1)
+    torch.nn.utils.parametrize.register_parametrization(parametrized, "weight", nn.Tanh())
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        hooked,
+        parametrized,
+        nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), _dilated_depthwise()),  # plain: rewritten
+        _ReadsItsReLUTwice(nn.ReLU(), _dilated_depthwise()),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    x = torch.randn(2, 3, 6, 6)
+    expected = forward_backward(model, x)
+    calls.clear()
+    model.to(memory_format=torch.channels_last)
+    counts = optimize_for_cpu(model)
+    assert type(model[1]) is nn.Conv2d
+    assert torch.nn.utils.parametrize.is_parametrized(model[2], "weight")
+    assert isinstance(model[3][0], PointwiseConv) and isinstance(model[3][2], DepthwiseConv)
+    assert counts["relu_folded"] == 1  # the plain Sequential's, not the subclass's
+    assert type(model[4][0]) is nn.ReLU
+    assert_close(forward_backward(model, channels_last(x)), expected)
+    assert calls == [(2, 4, 6, 6)]  # the hook still fires, once per forward
+
+
+def test_a_forward_that_raises_leaves_no_pass_cache_behind() -> None:
+    class Fails(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("on purpose")
+
+    model = nn.Sequential(
+        nn.Sequential(nn.ReLU(), _dilated_depthwise()),
+        nn.Sequential(nn.ReLU(), _dilated_depthwise()),
+        Fails(),
+    )
+    model.to(memory_format=torch.channels_last)
+    assert optimize_for_cpu(model)["relu_shared"] == 1
+    x = channels_last(torch.randn(2, 4, 6, 6, requires_grad=True))
+    with pytest.raises(RuntimeError, match="on purpose"):
+        model(x)
+    cache = model._nastrain_pass_cache
+    assert not cache.active and not cache.entries
