@@ -681,7 +681,8 @@ class DartsTrainer(SupernetTrainer):
                     if g.buffers is not None:
                         scale = (1 - g.dampening) * (g.momentum if g.nesterov else 1.0)
                         scale += 1.0 if g.nesterov else 0.0
-                        torch._foreach_mul_(steps, scale)
+                        if scale != 1.0:
+                            torch._foreach_mul_(steps, scale)
                         momentum = g.momentum * (g.momentum if g.nesterov else 1.0)
                         torch._foreach_add_(steps, g.buffers, alpha=momentum)
                     elif g.nesterov:
