@@ -15,10 +15,17 @@ trial may leave threads, globals or device memory behind.
 process: for debugging, notebooks, and spaces that cannot be sent to another
 process.
 
-Everything on the wire is JSON, except the model space itself when it is
-given as an object: that is pickled (in memory, to our own child process)
-because a ``nn.Module`` has no other portable form. A space named as
-``module:attr`` is imported by each worker instead.
+What is pickled: every message nastrain sends between the experiment and its
+workers (the worker setup, trial jobs, results, stop/go) is JSON. Two things
+are pickled, in memory only and only to this process's own children: the model
+space when it is given as an object (``pickle.dumps`` here, sent over the
+worker's pipe, ``pickle.loads`` in the worker), because a ``nn.Module`` has no
+other portable form; and, by multiprocessing itself when it starts a worker
+through the fork server or ``spawn``, the process object (``worker_main`` by
+reference, the two pipe ends, the setup's JSON string). Nothing pickled is ever
+written to or read from disk. A space named as ``module:attr`` is imported by
+each worker instead, not pickled; a function named so is called again for every
+trial under the trial's seed (:class:`SeededSpace`).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ __all__ = [
     "ExecutorError",
     "InlineExecutor",
     "LocalExecutor",
+    "SeededSpace",
     "TrialHandler",
     "TrialJob",
     "TrialStopped",
@@ -126,14 +134,8 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def load_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Import the model space the user named as ``module:attr``.
-
-    ``attr`` (dotted for nested attributes) is a ``nn.Module`` or a callable
-    returning one, called with ``kwargs``.
-    """
-    from torch import nn
-
+def _resolve_space(ref: str) -> Any:
+    """The object ``module:attr`` names (imported), or an error saying what is wrong."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(
@@ -151,6 +153,18 @@ def load_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
         if not hasattr(obj, part):
             raise ValueError(f"space {ref!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    return obj
+
+
+def load_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Import the model space the user named as ``module:attr``.
+
+    ``attr`` (dotted for nested attributes) is a ``nn.Module`` or a callable
+    returning one, called with ``kwargs``.
+    """
+    from torch import nn
+
+    obj = _resolve_space(ref)
     if isinstance(obj, nn.Module):
         if kwargs:
             raise ValueError(
@@ -184,9 +198,10 @@ def initialize_from_seed(model: nn.Module, seed: int) -> nn.Module:
     ``torch.manual_seed(seed)``, then ``reset_parameters()`` (or torch's private
     ``_reset_parameters()``, e.g. of ``nn.MultiheadAttention``) of every module that has
     one, in :meth:`~torch.nn.Module.modules` order; BatchNorm's running statistics are
-    reset with it. Parameters of a module without either keep the values of the space (a
-    space named as ``module:attr`` is built under ``torch.manual_seed(0)`` in every
-    worker, so those are the same everywhere too). Returns ``model``.
+    reset with it. This replaces a custom initialisation done in the space's constructor by
+    each layer's default: name the space's function as ``module:attr`` to keep yours (it is
+    then built again for every trial, :class:`SeededSpace`). Parameters of a module
+    without either method keep the values of the space. Returns ``model``.
     """
     import torch
 
@@ -200,15 +215,38 @@ def initialize_from_seed(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def run_trial(space: nn.Module, job: TrialJob, report: Callable[[Metric, bool], bool]) -> None:
-    """Fix ``space`` to the job's architecture, initialise its weights from the job's seed
-    (:func:`initialize_from_seed`), build its trainer and fit it.
+class SeededSpace:
+    """A space named as ``module:attr`` where ``attr`` is a function (or class): built again
+    for every trial under ``torch.manual_seed(trial seed)``, so a trial's weights are the
+    ones the user's own code draws (custom initialisation included) from that seed."""
+
+    def __init__(self, ref: str, kwargs: dict[str, Any] | None = None) -> None:
+        self.ref = ref
+        self.kwargs = dict(kwargs or {})
+
+    def build(self, seed: int) -> nn.Module:
+        """The space as the user's function builds it after ``torch.manual_seed(seed)``."""
+        import torch
+
+        torch.manual_seed(seed)
+        return load_space(self.ref, self.kwargs)
+
+
+def run_trial(
+    space: nn.Module | SeededSpace, job: TrialJob, report: Callable[[Metric, bool], bool]
+) -> None:
+    """Fix ``space`` to the job's architecture with its weights drawn from the job's seed,
+    build its trainer and fit it. A :class:`SeededSpace` is built under that seed; a space
+    object is copied and re-initialised (:func:`initialize_from_seed`).
 
     Every result the trainer reports goes to ``report(metric, final)``; when
     that returns ``True`` the trial stops (:class:`TrialStopped` is raised).
     """
     seed_everything(job.seed)
-    model = initialize_from_seed(apply_arch(space, job.arch), job.seed)
+    if isinstance(space, SeededSpace):
+        model = apply_arch(space.build(job.seed), job.arch)
+    else:
+        model = initialize_from_seed(apply_arch(space, job.arch), job.seed)
     trainer = job.trainer.build(model)
     with use_reporter(_CallbackReporter(report)):
         trainer.fit()
@@ -283,8 +321,9 @@ def _watch_lifeline(lifeline: Connection) -> None:
         os._exit(3)
 
 
-def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module:
+def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module | SeededSpace:
     import torch
+    from torch import nn
 
     if setup.plugins is None:
         os.environ.pop(plugins.ENV_VAR, None)
@@ -301,8 +340,13 @@ def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module:
         # The user's model object, pickled by the experiment process that started us.
         return pickle.loads(space_bytes)
     assert setup.space_ref is not None
-    # Built under a fixed seed, without touching the generator of what runs next: the
-    # parameters that reset_parameters() does not redraw are the same in every worker.
+    if not isinstance(_resolve_space(setup.space_ref), nn.Module):
+        # A function: built again for every trial, under its seed (checked once here).
+        load_space(setup.space_ref, setup.space_kwargs)
+        return SeededSpace(setup.space_ref, setup.space_kwargs)
+    # A model object in the user's module: copied and re-initialised for every trial. Built
+    # (imported) under a fixed seed, without touching the generator of what runs next, so
+    # the parameters reset_parameters() does not redraw are the same in every worker.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return load_space(setup.space_ref, setup.space_kwargs)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 import nastrain
 from nastrain.cli import main
@@ -97,3 +100,23 @@ def test_trials_of_one_architecture_with_different_seeds_differ(spaces) -> None:
     assert len({final["loss"] for final in finals}) == 6
     # ... and a seed repeats its trial exactly, also from another copy of the space.
     assert _trial(spaces.DigitsSpace(), spec, 3) == finals[3]
+
+
+def test_a_named_space_function_keeps_its_own_initialisation(spaces, tmp_path) -> None:
+    # A space named as module:function is built again for every trial under the trial's
+    # seed: its custom initialisation (a zero head) is what the trial starts from. With a
+    # learning rate of 0 the validation loss is that of the initial model: ln 10.
+    trainer = ClassificationTrainer(
+        spaces.zero_head_space(), epochs=1, optimizer="sgd", optimizer_kwargs={"lr": 0.0}
+    )
+    result = nastrain.Experiment(
+        "classic_spaces:zero_head_space",
+        trainer,
+        "random",
+        max_trials=2,
+        concurrency=2,
+        store=tmp_path / "zero.sqlite",
+    ).run()
+    assert [t.status for t in result.trials] == ["succeeded"] * 2
+    for trial in result.trials:
+        assert trial.final["loss"] == pytest.approx(math.log(10), abs=1e-6)
