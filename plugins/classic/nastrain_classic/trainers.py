@@ -168,7 +168,8 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
 
     def fit(self) -> None:
         """Train for ``epochs`` epochs; report the validation metrics after each, and the
-        last ones as the final result."""
+        last ones as the final result, with the test split's (``test_*`` keys) when the
+        dataset has one and ``evaluate_test`` is on."""
         if self.seed is not None:
             torch.manual_seed(self.seed)
             generator = torch.Generator().manual_seed(self.seed)
