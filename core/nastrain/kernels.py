@@ -49,6 +49,7 @@ __all__ = [
     "SharedPoolNorm",
     "SharedReLU",
     "StridedPointwiseConv",
+    "channels_last_hazards",
     "depthwise_weight_grad",
     "optimize_for_cpu",
     "pointwise_as_matmul",
@@ -785,6 +786,24 @@ def _replace(model: nn.Module, test: Any, make: Any) -> int:
                 module._modules[name] = make(child)
                 count += 1
     return count
+
+
+def channels_last_hazards(model: nn.Module) -> list[str]:
+    """The names of the strided 1x1 convolutions of ``model`` that :func:`optimize_for_cpu`
+    leaves to the library (hooked, parametrized, a subclass, padded or dilated).
+
+    On a CPU the library's channels-last backward of a strided 1x1 convolution aborts the
+    process on some sizes (torch 2.14.1, e.g. an 8x10 input), so a model holding one must
+    be trained in the contiguous layout.
+    """
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.stride != (1, 1)
+        and (_left_alone(module) or not _is_strided_pointwise(module))
+    ]
 
 
 def optimize_for_cpu(model: nn.Module) -> dict[str, int]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
-from nastrain.kernels import optimize_for_cpu
+from nastrain.kernels import channels_last_hazards, optimize_for_cpu
 from nastrain.reporting import report_intermediate_result
 from nastrain.serialization import SCHEMA_VERSION, dumps, loads
 from nastrain.space import SearchSpace
@@ -267,9 +267,19 @@ class SupernetTrainer(BaseOneShotTrainer):
         self.workers = workers
         self.log_frequency = log_frequency
         self.progress = progress
+        hazards = channels_last_hazards(model) if self.device.type == "cpu" else []
         if channels_last is None:  # on CPUs, convolutions of NAS ops are much faster so
-            channels_last = self.device.type == "cpu" and any(
-                isinstance(m, nn.Conv2d) for m in model.modules()
+            channels_last = (
+                self.device.type == "cpu"
+                and not hazards
+                and any(isinstance(m, nn.Conv2d) for m in model.modules())
+            )
+        elif channels_last and hazards:
+            raise ValueError(
+                f"channels_last=True on a CPU: the library's channels-last backward of a strided "
+                f"1x1 convolution aborts the process on some input sizes, and {hazards} cannot "
+                "be rewritten (hooks, parametrizations, a Conv2d subclass, padding or dilation); "
+                "pass channels_last=False"
             )
         self.channels_last = channels_last
         #: One record per finished epoch: ``epoch``, ``metrics`` and what the algorithm adds.
