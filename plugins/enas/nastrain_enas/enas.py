@@ -624,13 +624,17 @@ class EnasTrainer(SamplingTrainer):
         statistics (the supernet's running statistics neither used nor changed): the
         supernet's are pooled over every path it trained, and a reward computed with them
         measures how close the path's activations sit to that pool, not the path. This
-        is the per-architecture recalibration of ``export()`` at no extra forward pass."""
+        is the per-architecture recalibration of ``export()`` at no extra forward pass.
+        (A batch of a single item, over which BatchNorm takes no statistics, runs with
+        the supernet's.)"""
         x, y = batch
         sample = self.controller.sample(skip_penalty=self.skip_weight > 0)
         self.set_arch(sample.arch)
         if self._norms is None:
             self._norms = batchnorms(self.model)
-        with torch.no_grad(), batch_statistics(self.model, self._norms):
+        # BatchNorm takes no statistics over a single item: that batch uses the supernet's.
+        norms = self._norms if getattr(y, "__len__", lambda: 2)() != 1 else []
+        with torch.no_grad(), batch_statistics(self.model, norms):
             logits = self.model(x)
         reward = self._reward(logits, y)
         entropy = sample.entropy.item()

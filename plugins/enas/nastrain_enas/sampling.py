@@ -279,10 +279,14 @@ class SamplingTrainer(SupernetTrainer):
 
     def calibration_batches(self) -> list[Any]:
         """:attr:`bn_batches` batches of the weight half, on the device, drawn once per call
-        (the same for every architecture scored with them); empty when ``bn_batches`` is 0."""
+        (the same for every architecture scored with them); empty when ``bn_batches`` is 0.
+        A last batch of a single item is left out: BatchNorm takes no statistics over it."""
         if not self.bn_batches:
             return []
-        return [self.to_device(batch) for batch in self.fixed_loader("train", self.bn_batches)]
+        batches = [self.to_device(b) for b in self.fixed_loader("train", self.bn_batches)]
+        if len(batches) > 1 and getattr(batches[-1][1], "__len__", lambda: 2)() == 1:
+            batches.pop()
+        return batches
 
     @torch.no_grad()
     def score_arch(

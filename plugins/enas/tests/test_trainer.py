@@ -219,6 +219,25 @@ def test_enas_rewards_use_the_batchs_own_batchnorm_statistics_and_leave_the_supe
     assert not torch.allclose(own, pooled, atol=1e-2)  # the difference is real
 
 
+def test_batchnorm1d_with_batches_of_one_item_left_over_still_searches() -> None:
+    class Normed(Space):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return super().forward(self.bn(x))
+
+    # Architecture batches of 16, 16 and 1 (the controller's rewards, the export's scores).
+    for make in (enas, spos):
+        trainer = make(Normed(), valid_dataset=data(33), num_epochs=1)
+        trainer.fit()
+        assert trainer.export()["op"] in ("linear", "tanh", "double")
+    # Calibration batches (of the weight half: 33 items) leave out a last one of 1 item.
+    trainer = spos(Normed(), dataset=data(66))
+    assert [len(y) for _, y in trainer.calibration_batches()] == [16, 16]
+
+
 def test_the_controller_gradient_accumulates_across_epochs() -> None:
     # 2 controller samples per epoch, 5 per update: NNI's trainer would never update.
     trainer = enas(num_epochs=5, ctrl_steps_aggregate=5)
