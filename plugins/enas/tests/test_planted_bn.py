@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import nastrain
+from nastrain.kernels import LeanBatchNorm2d, SharedPoolNorm
 from nastrain_enas import EnasTrainer, RandomOneShotTrainer
 
 SEEDS = range(10)
@@ -128,3 +129,62 @@ def test_spos_export_gives_the_supernet_back_its_statistics_and_training_goes_on
     interrupted.fit()
     expected = straight.model.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in interrupted.model.state_dict().items())
+
+
+class ConvSpace(nn.Module):
+    """A convolution or a pooling (each with a BatchNorm without affine parameters, as in a
+    DARTS search cell) on two edges of one state: on a CPU the kernels' LeanBatchNorm2d and
+    shared pooling + BatchNorm run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+
+        def ops() -> dict[str, nn.Module]:
+            return {
+                "conv": nn.Sequential(
+                    nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4, affine=False)
+                ),
+                "pool": nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.BatchNorm2d(4, affine=False)),
+            }
+
+        self.a = nastrain.LayerChoice(ops(), label="a")
+        self.b = nastrain.LayerChoice(ops(), label="b")
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        return self.head((self.a(s) + self.b(s)).mean((2, 3)))
+
+
+def test_the_cpu_kernels_batchnorms_are_recalibrated_and_given_back() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 6, 6, generator=g)
+    data = TensorDataset(x, (x.mean((1, 2, 3)) > 0).long())
+    trainer: RandomOneShotTrainer | EnasTrainer
+    counts = []
+
+    def score(logits, y):  # what the chosen paths' BatchNorms were calibrated on
+        for label in ("a", "b"):
+            module = getattr(trainer.model, label)
+            bn = module.ops[module.names.index(trainer.current_arch[label])][1]
+            counts.append((type(bn), int(bn.num_batches_tracked)))
+        return 0.0
+
+    for make in (RandomOneShotTrainer, EnasTrainer):
+        torch.manual_seed(0)
+        args = (None, score) if make is EnasTrainer else (None,)
+        kwargs = {} if make is EnasTrainer else {"score_function": score}
+        trainer = make(
+            ConvSpace(), nn.CrossEntropyLoss(), *args, None, 1, data, batch_size=8, seed=0,
+            bn_batches=3, progress=False, **kwargs,
+        )  # fmt: skip
+        assert isinstance(trainer.model.a.ops[1], SharedPoolNorm)  # the kernels are in
+        trainer.fit()
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        counts.clear()
+        trainer.export()
+        assert counts and all(n == 3 for _, n in counts), counts
+        assert {kind for kind, _ in counts} <= {LeanBatchNorm2d}
+        after = trainer.model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
