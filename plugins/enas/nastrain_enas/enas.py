@@ -460,7 +460,9 @@ class EnasTrainer(SamplingTrainer):
       :meth:`export`) or ``"greedy"`` (the controller's greedy decoding).
     - ``export_samples`` (100): architectures ``export()`` draws from the controller.
     - ``export_batches``: batches of the architecture half each sampled architecture
-      is scored on (the same for all); ``None`` (default): all of it.
+      is scored on (the same for all); ``None`` (default): all of it, the least noisy
+      ranking, at one forward pass over the half per distinct sample (the paper scores
+      each on a single minibatch: ``export_batches=1``).
     - ``bn_batches`` (10): batches of the weight half each sampled architecture's
       BatchNorm statistics are recalibrated on in ``export()`` (0: the supernet's).
 
