@@ -406,7 +406,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quiet", action="store_true", help="print only the architectures and the results"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.random_archs < 0:
+        parser.error(f"--random-archs must be 0 or more, got {args.random_archs}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -110,6 +110,10 @@ def test_help_describes_the_options_and_their_defaults(
     # The documented setup: 10 search epochs, 20 retraining epochs.
     assert (defaults.search_epochs, defaults.retrain_epochs) == (10, 20)
     assert f"the search uses {example.SEARCH_CHANNELS}" in out
+    with pytest.raises(SystemExit) as exit_info:
+        example.parse_args(["--random-archs", "-1"])
+    assert exit_info.value.code == 2
+    assert "--random-archs must be 0 or more, got -1" in capsys.readouterr().err
 
 
 def test_random_shift_moves_images_by_at_most_one_pixel(example: ModuleType) -> None:
