@@ -339,7 +339,8 @@ class _VirtualGroup(NamedTuple):
 
     @property
     def factor(self) -> float:
-        """d w' / d (dL_train/dw): minus the factor SGD's update gives the gradient, times lr."""
+        """lr times the factor SGD's update gives the gradient now: w' = w - factor *
+        dL_train/dw - (terms that do not depend on alpha)."""
         c = 1.0
         if self.momentum:
             if self.buffers is not None:
