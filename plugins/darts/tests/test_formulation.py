@@ -138,10 +138,11 @@ def test_nni_node_is_the_weighted_sum_of_its_mixed_edges() -> None:
 
 
 def test_a_searched_shipped_space_exports_a_valid_architecture_in_each_formulation() -> None:
-    for formulation in ("paper", "nni"):
+    for formulation, unrolled in (("paper", False), ("paper", True), ("nni", False)):
         space = small_space()
         pristine = copy.deepcopy(space)
-        trainer = make(space, formulation=formulation, channels_last=None)  # the CPU kernels
+        # channels_last=None: the CPU kernels, as a user's search on a CPU gets them.
+        trainer = make(space, formulation=formulation, channels_last=None, unrolled=unrolled)
         trainer.fit()
         arch = trainer.export()
         assert nastrain.SearchSpace.from_model(pristine).validate(arch) == arch
