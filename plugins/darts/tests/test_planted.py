@@ -1,5 +1,6 @@
 """DARTS finds a planted operation and a planted input (first and second order), at a fast
-schedule (100x the default architecture learning rate) and at the trainer's defaults."""
+schedule (100x the default architecture learning rate) and at the trainer's defaults; and, at
+the defaults, a planted cell node derived as the paper does (the default formulation)."""
 
 from __future__ import annotations
 
@@ -105,4 +106,46 @@ def test_darts_at_its_defaults_finds_the_planted_op_and_input_in_9_of_10_seeds(
     # beyond alpha's random start (scale 1e-3), which is all the argmax of export needs.
     found = [search_at_defaults(seed, unrolled, epochs=10) for seed in range(10)]
     hits = sum(arch == {"op": "sin2", "pick": [1]} for arch in found)
+    assert hits >= 9, found
+
+
+class PlantedNode(nn.Module):
+    """A DARTS node in the paper's formulation: three states (two signals, one distractor), an
+    edge from each (a LayerChoice), two edges kept. Targets are sin(2 s0) + sin(2 s1), so the
+    planted cell keeps the edges from states 0 and 1 with sin2 on both; the distractor's
+    edge is best as none, which the paper's derivation does not count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.edges = nn.ModuleList(
+            nastrain.LayerChoice(
+                {"none": Zero(), "linear": nn.Linear(8, 8), "tanh": nn.Tanh(), "sin2": Sin2()},
+                label=f"edge{i}",
+            )
+            for i in range(3)
+        )
+        self.node = nastrain.InputChoice(3, 2, label="node")
+        self.node.edge_labels = ["edge0", "edge1", "edge2"]
+
+    def forward(self, x):
+        states = x.split(8, dim=1)
+        return self.node([edge(s) for edge, s in zip(self.edges, states)])
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
+def test_darts_at_its_defaults_derives_the_planted_cell_as_the_paper_does(unrolled: bool) -> None:
+    found = []
+    for seed in range(10):
+        generator = torch.Generator().manual_seed(2000 + seed)
+        x = torch.randn(1024, 24, generator=generator)
+        data = TensorDataset(x, torch.sin(2 * x[:, :8]) + torch.sin(2 * x[:, 8:16]))
+        trainer = DartsTrainer(
+            PlantedNode(), nn.MSELoss(), None, None, 10, data, unrolled=unrolled, seed=seed,
+            progress=False,
+        )  # fmt: skip
+        assert "node" not in trainer.arch.alphas  # the paper's formulation, the default
+        trainer.fit()
+        found.append(trainer.export())
+    planted = {"edge0": "sin2", "edge1": "sin2", "node": [0, 1]}
+    hits = sum({k: arch[k] for k in planted} == planted for arch in found)
     assert hits >= 9, found
