@@ -17,7 +17,7 @@ from nastrain import plugins
 from nastrain.serialization import converter
 from nastrain.store import printable
 
-__all__ = ["main", "printable"]
+__all__ = ["main"]
 
 
 class _Parser(argparse.ArgumentParser):
