@@ -71,7 +71,8 @@ def test_main_searches_retrains_and_beats_random_architectures(
             assert arch[choice.label] == [strongest]
 
     # The search matters: retrained identically, the exported architecture is not worse than
-    # the median of random ones (seed 0 at these arguments: 0.982 against 0.970; before, 3 of 4 random ones beat it).
+    # the median of random ones (seed 0 at these arguments: 0.982 against 0.970; before, 3 of
+    # 4 random ones beat it).
     randoms = result["random_archs"]
     assert len(randoms) == 4 and all(space.validate(r["arch"]) == r["arch"] for r in randoms)
     accuracies = sorted(r["test_accuracy"] for r in randoms)
