@@ -311,9 +311,10 @@ def cifar10(
     (stratified by class, chosen by ``seed``) are the validation set, the rest the
     training set; the test batch is ``test``, never used for selection. Read by
     torchvision from ``root/cifar-10-batches-py`` (``root``: ``$NASTRAIN_DATA``, else
-    ``./data``); ``download=True`` fetches it. ``check_md5`` (on by default) verifies
-    every file against the official checksums before torchvision unpickles it; a file
-    that does not match is an error naming it."""
+    ``./data``); ``download=True`` fetches and unpacks the official archive when a file
+    is missing (never unpickling anything first). ``check_md5`` (on by default) verifies
+    every file against the official checksums before torchvision unpickles it, downloaded
+    or not; a file that does not match is an error naming it."""
     base = _root(root)
     folder = base / "cifar-10-batches-py"
     missing = _missing(folder, _CIFAR10_FILES)
@@ -324,9 +325,24 @@ def cifar10(
             "(about 170 MB), or unpack cifar-10-python.tar.gz from "
             "https://www.cs.toronto.edu/~kriz/cifar.html into that root"
         )
+    if missing:
+        # Not through torchvision's CIFAR10(download=True): constructing it unpickles the
+        # batch files, before they could be checked. Only the archive is fetched (its md5
+        # checked by torchvision) and unpacked; the files are checked below, then read.
+        import torchvision
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        stock = torchvision.datasets.CIFAR10
+        download_and_extract_archive(
+            stock.url, str(base), filename=stock.filename, md5=stock.tgz_md5
+        )
+        missing = _missing(folder, _CIFAR10_FILES)
+        if missing:
+            raise FileNotFoundError(
+                f"CIFAR-10 was downloaded from {stock.url} into {base.resolve()}, but "
+                f"{folder.resolve()} still lacks {', '.join(missing)}"
+            )
     cls = _cifar10_files()
-    if download:
-        cls(str(base), train=True, download=True)  # torchvision checks the archive's md5
     if check_md5:
         _check_cifar10_md5(folder)
     splits = []

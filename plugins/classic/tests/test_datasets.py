@@ -202,21 +202,74 @@ def test_cifar10_reads_python_batches_from_root(tmp_path) -> None:
     assert float(test_batch[2, 0, 31, 0]) == pytest.approx(expected, abs=1e-5)
 
 
-def test_cifar10_checks_its_files_md5_by_default_naming_the_file(tmp_path) -> None:
-    # torchvision unpickles these files: ones that are not the official files are refused
-    # before anything is unpickled, naming the first that does not match.
-    folder = tmp_path / "cifar-10-batches-py"
+def _fake_download(monkeypatch, fetch) -> list:
+    """Replace torchvision's download_and_extract_archive (wherever it is called from) by
+    ``fetch(root)``; returns the calls' arguments."""
+    import torchvision.datasets.cifar
+    import torchvision.datasets.utils
+
+    calls: list = []
+
+    def download_and_extract_archive(url, download_root, filename=None, md5=None, **kwargs):
+        calls.append((url, download_root, filename, md5))
+        fetch(Path(download_root))
+
+    for module in (torchvision.datasets.utils, torchvision.datasets.cifar):
+        monkeypatch.setattr(module, "download_and_extract_archive", download_and_extract_archive)
+    return calls
+
+
+def _hostile_cifar10(folder: Path, marker: Path) -> None:
     _write_cifar10(folder)
-    marker = tmp_path / "unpickled"
     (folder / "data_batch_1").write_bytes(
         pickle.dumps(_Touch(str(marker)), protocol=2)  # a hostile batch
     )
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_cifar10_checks_its_files_md5_by_default_naming_the_file(
+    tmp_path, monkeypatch, download
+) -> None:
+    # torchvision unpickles these files: ones that are not the official files are refused
+    # before anything is unpickled, naming the first that does not match; also with
+    # download=True, which downloads nothing here since every file is there.
+    folder = tmp_path / "cifar-10-batches-py"
+    marker = tmp_path / "unpickled"
+    _hostile_cifar10(folder, marker)
+    calls = _fake_download(monkeypatch, lambda root: pytest.fail("downloaded files it had"))
     with pytest.raises(ValueError) as error:
-        datasets.cifar10(root=str(tmp_path), valid_size=5)
+        datasets.cifar10(root=str(tmp_path), valid_size=5, download=download)
     message = str(error.value)
     assert str(folder / "data_batch_1") in message and "c99cafc152244af753f735de768cd75f" in message
     assert '"check_md5": false' in message
     assert not marker.exists()
+    assert calls == []
+
+
+def test_cifar10_download_fetches_only_the_archive_then_checks_its_files(
+    tmp_path, monkeypatch
+) -> None:
+    # download=True fetches and unpacks torchvision's archive (md5-checked by torchvision),
+    # then checks every file before anything is unpickled: a hostile file in the archive
+    # is refused, naming it.
+    import torchvision
+
+    folder = tmp_path / "cifar-10-batches-py"
+    marker = tmp_path / "unpickled"
+    calls = _fake_download(monkeypatch, lambda root: _hostile_cifar10(folder, marker))
+    with pytest.raises(ValueError, match="data_batch_1 has md5"):
+        datasets.cifar10(root=str(tmp_path), valid_size=5, download=True)
+    assert not marker.exists()
+    stock = torchvision.datasets.CIFAR10
+    assert calls == [(stock.url, str(tmp_path), stock.filename, stock.tgz_md5)]
+
+
+def test_cifar10_download_of_an_archive_without_the_files_names_what_is_missing(
+    tmp_path, monkeypatch
+) -> None:
+    _fake_download(monkeypatch, lambda root: None)
+    with pytest.raises(FileNotFoundError, match="still lacks data_batch_1, data_batch_2"):
+        datasets.cifar10(root=str(tmp_path), download=True)
 
 
 class _Touch:
