@@ -70,6 +70,7 @@ __all__ = [
     "initialize_from_seed",
     "load_space",
     "run_trial",
+    "trial_space",
 ]
 
 _REASON_LIMIT = 4000
@@ -156,12 +157,8 @@ def _resolve_space(ref: str) -> Any:
     return obj
 
 
-def load_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Import the model space the user named as ``module:attr``.
-
-    ``attr`` (dotted for nested attributes) is a ``nn.Module`` or a callable
-    returning one, called with ``kwargs``.
-    """
+def _checked_space(ref: str, kwargs: dict[str, Any] | None) -> Any:
+    """What ``module:attr`` names: a ``nn.Module`` (taking no ``kwargs``) or a callable."""
     from torch import nn
 
     obj = _resolve_space(ref)
@@ -171,9 +168,22 @@ def load_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
                 f"space {ref!r} is a model, not a function: it takes no space_kwargs "
                 f"(got {sorted(kwargs)})"
             )
-        return obj
-    if not callable(obj):
+    elif not callable(obj):
         raise TypeError(f"space {ref!r} is a {type(obj).__name__}, not a model or a function")
+    return obj
+
+
+def load_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Import the model space the user named as ``module:attr``.
+
+    ``attr`` (dotted for nested attributes) is a ``nn.Module`` or a callable
+    returning one, called with ``kwargs``.
+    """
+    from torch import nn
+
+    obj = _checked_space(ref, kwargs)
+    if isinstance(obj, nn.Module):
+        return obj
     model = obj(**(kwargs or {}))
     if not isinstance(model, nn.Module):
         raise TypeError(f"space {ref!r} returned a {type(model).__name__}, not a torch nn.Module")
@@ -191,14 +201,36 @@ class _CallbackReporter:
             raise TrialStopped
 
 
+def _children_first(model: nn.Module) -> list[nn.Module]:
+    """Every module of ``model`` once (a shared one at its first place), each after all of
+    its descendants: ``model`` last."""
+    order: list[nn.Module] = []
+    seen: set[int] = set()
+    # (module, whether its children were pushed already)
+    stack: list[tuple[nn.Module, bool]] = [(model, False)]
+    while stack:
+        module, expanded = stack.pop()
+        if expanded:
+            order.append(module)
+            continue
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        stack.append((module, True))
+        stack.extend((child, False) for child in reversed(list(module.children())))
+    return order
+
+
 def initialize_from_seed(model: nn.Module, seed: int) -> nn.Module:
     """Draw ``model``'s initial weights again from ``seed``, so that a trial's weights depend
     on its seed and not on the space object it was copied from.
 
     ``torch.manual_seed(seed)``, then ``reset_parameters()`` (or torch's private
     ``_reset_parameters()``, e.g. of ``nn.MultiheadAttention``) of every module that has
-    one, in :meth:`~torch.nn.Module.modules` order; BatchNorm's running statistics are
-    reset with it. This replaces a custom initialisation done in the space's constructor by
+    one, children before their parent (each in :meth:`~torch.nn.Module.children` order),
+    so that what a parent's own reset does to its children's parameters is what stays
+    (``nn.MultiheadAttention`` zeroes ``out_proj.bias``); BatchNorm's running statistics
+    are reset with it. This replaces a custom initialisation done in the space's constructor by
     each layer's default: name the space's function as ``module:attr`` to keep yours (it is
     then built again for every trial, :class:`SeededSpace`). Parameters of a module
     without either method keep the values of the space. Returns ``model``.
@@ -206,13 +238,27 @@ def initialize_from_seed(model: nn.Module, seed: int) -> nn.Module:
     import torch
 
     torch.manual_seed(seed)
-    for module in model.modules():
+    for module in _children_first(model):
         reset = getattr(module, "reset_parameters", None) or getattr(
             module, "_reset_parameters", None
         )
         if callable(reset):
             reset()
     return model
+
+
+def trial_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module | SeededSpace:
+    """What the trials of a space named as ``module:attr`` are built from, the same for
+    every executor: a function (or class) becomes a :class:`SeededSpace`, called again for
+    every trial under the trial's seed; a model object in the user's module is that object,
+    which every trial copies and re-initialises (:func:`initialize_from_seed`). Only
+    imports: a function is checked to be callable, not called."""
+    from torch import nn
+
+    obj = _checked_space(ref, kwargs)
+    if isinstance(obj, nn.Module):
+        return obj
+    return SeededSpace(ref, kwargs)
 
 
 class SeededSpace:
@@ -272,9 +318,13 @@ def _outcome(action: Callable[[], None]) -> tuple[str, str | None]:
 
 
 class InlineExecutor:
-    """Runs each trial in the experiment's process, one at a time (no timeout)."""
+    """Runs each trial in the experiment's process, one at a time (no timeout).
 
-    def __init__(self, space: nn.Module, handler: TrialHandler) -> None:
+    ``space`` is what the trials are built from: a space object, or what
+    :func:`trial_space` makes of a space named as ``module:attr`` (as the local
+    executor's workers do)."""
+
+    def __init__(self, space: nn.Module | SeededSpace, handler: TrialHandler) -> None:
         self.space = space
         self.handler = handler
 
@@ -323,7 +373,6 @@ def _watch_lifeline(lifeline: Connection) -> None:
 
 def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module | SeededSpace:
     import torch
-    from torch import nn
 
     if setup.plugins is None:
         os.environ.pop(plugins.ENV_VAR, None)
@@ -334,22 +383,20 @@ def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module 
         warnings.simplefilter("ignore", plugins.PluginWarning)
         plugins.reload_plugins()
     torch.set_num_threads(setup.threads)
-    for module in setup.modules:
-        importlib.import_module(module)
-    if space_bytes is not None:
-        # The user's model object, pickled by the experiment process that started us.
-        return pickle.loads(space_bytes)
-    assert setup.space_ref is not None
-    if not isinstance(_resolve_space(setup.space_ref), nn.Module):
-        # A function: built again for every trial, under its seed (checked once here).
-        load_space(setup.space_ref, setup.space_kwargs)
-        return SeededSpace(setup.space_ref, setup.space_kwargs)
-    # A model object in the user's module: copied and re-initialised for every trial. Built
-    # (imported) under a fixed seed, without touching the generator of what runs next, so
-    # the parameters reset_parameters() does not redraw are the same in every worker.
+    # The user's modules are imported under a fixed seed, without touching the generator of
+    # what runs next: a model object built at import (copied and re-initialised for every
+    # trial) is then the same in every worker, also in the parameters reset_parameters()
+    # does not redraw. A function is only checked here, and built for every trial under its
+    # seed (trial_space).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return load_space(setup.space_ref, setup.space_kwargs)
+        for module in setup.modules:
+            importlib.import_module(module)
+        if space_bytes is not None:
+            # The user's model object, pickled by the experiment process that started us.
+            return pickle.loads(space_bytes)
+        assert setup.space_ref is not None
+        return trial_space(setup.space_ref, setup.space_kwargs)
 
 
 def worker_main(conn: Connection, lifeline: Connection, setup_json: str) -> None:
@@ -424,7 +471,7 @@ class _Worker:
 
 class LocalExecutor:
     """``concurrency`` persistent worker processes on this machine; more than twice the
-    CPUs this process may use (:func:`available_cpus`) is capped to that many CPUs, with
+    CPUs this process may use (:func:`available_cpus`) is capped to twice the CPUs, with
     a warning."""
 
     def __init__(
@@ -451,11 +498,11 @@ class LocalExecutor:
         if concurrency > 2 * cpus:
             warnings.warn(
                 f"concurrency {concurrency} is far above the {cpus} CPUs this process may use "
-                f"(each worker is a process with at least one thread): capped to {cpus} "
-                "worker processes",
+                f"(each worker is a process with at least one thread): capped to {2 * cpus} "
+                "worker processes (twice the CPUs)",
                 stacklevel=2,
             )
-            concurrency = cpus
+            concurrency = 2 * cpus
         self.concurrency = concurrency
         self.trial_timeout = trial_timeout
         self.handler = handler

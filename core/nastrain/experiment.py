@@ -473,11 +473,24 @@ class _Run:
         return None
 
     def _executor(self) -> Any:
-        from nastrain.executor import InlineExecutor, LocalExecutor, WorkerSetup, available_cpus
+        from nastrain.executor import (
+            InlineExecutor,
+            LocalExecutor,
+            WorkerSetup,
+            available_cpus,
+            trial_space,
+        )
 
         experiment = self.experiment
         if experiment.executor == "inline":
-            return InlineExecutor(experiment.space, self)
+            # As each local worker does (a space named as module:function is built again for
+            # every trial under its seed).
+            space = (
+                experiment.space
+                if experiment.space_ref is None
+                else trial_space(experiment.space_ref, experiment.space_kwargs)
+            )
+            return InlineExecutor(space, self)
         setup = WorkerSetup(
             space_ref=experiment.space_ref,
             space_kwargs=experiment.space_kwargs,

@@ -60,8 +60,11 @@ def test_a_config_naming_an_unknown_dataset_fails_before_any_trial(spaces, tmp_p
 def _finals(spaces, store: Path) -> list:
     import torch
 
-    torch.seed()  # a user's script that built its space without seeding torch
-    space = spaces.DigitsSpace()
+    # A user's script that built its space without seeding torch (on a generator of its
+    # own, so that the tests after this one keep theirs).
+    with torch.random.fork_rng(devices=[]):
+        torch.seed()
+        space = spaces.DigitsSpace()
     trainer = ClassificationTrainer(space, dataset="digits", epochs=1)
     experiment = nastrain.Experiment(
         space, trainer, "random", max_trials=3, concurrency=2, store=store
@@ -75,10 +78,15 @@ def test_the_same_experiment_run_twice_gives_the_same_results_trial_by_trial(
     # Each run's space object starts from other random weights; every trial's weights are
     # drawn again from the trial's seed, and the trainer's data order follows that seed, so
     # two runs agree bit for bit, trial by trial.
+    import torch
+
+    state = torch.random.get_rng_state()
     first = _finals(spaces, tmp_path / "first.sqlite")
     again = _finals(spaces, tmp_path / "again.sqlite")
     assert first == again
     assert len({seed for _, seed, _ in first}) == 3
+    # torch's global generator is this process's, as the later tests find it.
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def _trial(space, spec, seed: int) -> dict:
@@ -102,10 +110,14 @@ def test_trials_of_one_architecture_with_different_seeds_differ(spaces) -> None:
     assert _trial(spaces.DigitsSpace(), spec, 3) == finals[3]
 
 
-def test_a_named_space_function_keeps_its_own_initialisation(spaces, tmp_path) -> None:
+@pytest.mark.parametrize(
+    "where", [{"concurrency": 2}, {"executor": "inline"}], ids=["local", "inline"]
+)
+def test_a_named_space_function_keeps_its_own_initialisation(spaces, tmp_path, where) -> None:
     # A space named as module:function is built again for every trial under the trial's
-    # seed: its custom initialisation (a zero head) is what the trial starts from. With a
-    # learning rate of 0 the validation loss is that of the initial model: ln 10.
+    # seed, by either executor: its custom initialisation (a zero head) is what the trial
+    # starts from. With a learning rate of 0 the validation loss is that of the initial
+    # model: ln 10.
     trainer = ClassificationTrainer(
         spaces.zero_head_space(), epochs=1, optimizer="sgd", optimizer_kwargs={"lr": 0.0}
     )
@@ -114,8 +126,8 @@ def test_a_named_space_function_keeps_its_own_initialisation(spaces, tmp_path) -
         trainer,
         "random",
         max_trials=2,
-        concurrency=2,
         store=tmp_path / "zero.sqlite",
+        **where,
     ).run()
     assert [t.status for t in result.trials] == ["succeeded"] * 2
     for trial in result.trials:
