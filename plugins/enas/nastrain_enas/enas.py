@@ -57,7 +57,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import numbers
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -71,7 +70,7 @@ from torch.utils.data import Dataset
 from nastrain.calibration import batch_statistics, batchnorms
 from nastrain.oneshot import json_floats
 from nastrain.space import Architecture, Choice
-from nastrain_enas.sampling import SamplingTrainer, check_bn_batches
+from nastrain_enas.sampling import SamplingTrainer, check_bn_batches, real_number
 
 __all__ = ["Controller", "ControllerSample", "EnasTrainer"]
 
@@ -669,12 +668,7 @@ class EnasTrainer(SamplingTrainer):
 
     def _reward(self, logits: Any, y: Any) -> float:
         value = self.reward_function(logits, y)
-        number: float | None = None
-        if isinstance(value, torch.Tensor):
-            if value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
-                number = value.item()
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-            number = float(value)
+        number = real_number(value)
         name = _callable_name(self.reward_function)
         if number is None:
             shown = repr(value)

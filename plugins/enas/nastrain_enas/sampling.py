@@ -326,15 +326,21 @@ class SamplingTrainer(SupernetTrainer):
         return items
 
 
+def real_number(value: Any) -> float | None:
+    """``value`` as a float when it is a real number or a one-element real tensor, else None."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+            return float(value.item())
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 def as_number(value: Any, what: str, arch: Mapping[str, Any]) -> float:
     """``value`` (a real number or a one-element tensor) as a finite float; ``what`` and
     ``arch`` name it in the error otherwise."""
-    number: float | None = None
-    if isinstance(value, torch.Tensor):
-        if value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
-            number = value.item()
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
+    number = real_number(value)
     if number is None:
         raise TypeError(
             f"{what} returned a {type(value).__name__}; it must return a number: a float "
