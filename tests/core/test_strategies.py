@@ -358,11 +358,9 @@ def test_evolution_falls_back_to_an_untried_architecture(trials) -> None:
         RegularizedEvolution(duplicates="x")
 
 
-def test_evolution_reuses_a_recorded_result_on_request(trials, tmp_path) -> None:
-    # duplicates="reuse": a child equal to a succeeded trial is a new trial (it joins the
-    # population) with that trial's results, and is not trained again.
-    log = tmp_path / "fits.log"
-    result = nastrain.Experiment(
+def reusing_evolution(trials, tmp_path, log) -> nastrain.Experiment:
+    """24 inline trials of evolution with duplicates="reuse" on a 27-architecture space."""
+    return nastrain.Experiment(
         trials.SyntheticSpace(n=3, k=3),
         trials.ScoreTrainer(None, epochs=2, log=str(log)),
         nastrain.StrategySpec(
@@ -371,7 +369,14 @@ def test_evolution_reuses_a_recorded_result_on_request(trials, tmp_path) -> None
         max_trials=24,
         executor="inline",
         store=tmp_path / "reuse.sqlite",
-    ).run()
+    )
+
+
+def test_evolution_reuses_a_recorded_result_on_request(trials, tmp_path) -> None:
+    # duplicates="reuse": a child equal to a succeeded trial is a new trial (it joins the
+    # population) with that trial's results, and is not trained again.
+    log = tmp_path / "fits.log"
+    result = reusing_evolution(trials, tmp_path, log).run()
     assert len(result.trials) == 24 and all(t.status == "succeeded" for t in result.trials)
     reused = [t for t in result.trials if t.reason is not None]
     trained = [t for t in result.trials if t.reason is None]
@@ -386,14 +391,5 @@ def test_evolution_reuses_a_recorded_result_on_request(trials, tmp_path) -> None
         assert (trial.final, trial.intermediate) == (earlier.final, earlier.intermediate)
         assert trial.end_order > earlier.end_order
     # Read back from the store, the reused trials are the same.
-    again = nastrain.Experiment(
-        trials.SyntheticSpace(n=3, k=3),
-        trials.ScoreTrainer(None, epochs=2, log=str(log)),
-        nastrain.StrategySpec(
-            name="evolution", kwargs={"population_size": 4, "sample_size": 2, "duplicates": "reuse"}
-        ),
-        max_trials=24,
-        executor="inline",
-        store=tmp_path / "reuse.sqlite",
-    ).result()
+    again = reusing_evolution(trials, tmp_path, log).result()
     assert again.trials == result.trials
