@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from nastrain import plugins
-from nastrain.oneshot import seed_everything
 from nastrain.reporting import Metric, check_metric, use_reporter
+from nastrain.seeding import seed_everything
 from nastrain.serialization import SCHEMA_VERSION, converter, structure
 from nastrain.space import Architecture, apply_arch
 from nastrain.trainer import BaseTrainer, TrainerSpec

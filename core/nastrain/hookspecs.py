@@ -8,15 +8,17 @@ subset of a spec's arguments, so specs grow by adding arguments.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
-    from nastrain.trainer import BaseTrainer, Metric
+    from nastrain.reporting import Metric
+    from nastrain.trainer import BaseOneShotTrainer, BaseTrainer
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -74,6 +76,30 @@ def nastrain_replace_module(
     (``trylast``) returns ``init_fn(module)``. A plugin teaches a one-shot
     algorithm a new kind of choice by answering for that choice type and
     that trainer type.
+    """
+
+
+@hookspec
+def nastrain_prepare_model(
+    trainer: BaseOneShotTrainer,
+    model: nn.Module,
+    device: torch.device,
+    modules: Sequence[nn.Module],
+) -> Mapping[str, int] | None:
+    """Rewrite a one-shot trainer's supernet in place before it trains (broadcast).
+
+    Called once by :meth:`nastrain.oneshot.SupernetTrainer.prepare_model`, after
+    the trainer replaced its choices and moved ``model`` to ``device``, before
+    the memory format is applied and any step runs. ``modules`` are the only
+    modules a plugin may rewrite, children included: the candidates of the
+    choices the trainer relaxed, plus modules their owner marked with
+    :func:`nastrain.utils.allow_rewrite`; the user's stem, head and other modules
+    are not among them. Parameters must keep their identity (optimizers are
+    already built on them). Return what was rewritten (a name -> count mapping,
+    logged once by the trainer) or ``None``. A plugin whose implementation raises
+    is skipped with a warning naming it, and the search runs without its rewrite;
+    ``rewrite_model=False`` on the trainer, or ``NASTRAIN_REWRITE=0`` in the
+    environment, skips this hook altogether.
     """
 
 

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import pickle
-import random
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -29,15 +28,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
-from nastrain.kernels import channels_last_hazards, optimize_for_cpu
+from nastrain import plugins
+from nastrain.mutables import LayerChoice
 from nastrain.reporting import report_intermediate_result
+from nastrain.seeding import rng_state, seed_everything, set_rng_state
 from nastrain.serialization import SCHEMA_VERSION, dumps, loads
 from nastrain.space import SearchSpace
 from nastrain.trainer import BaseOneShotTrainer
+from nastrain.utils import REWRITE_MARK
 
 __all__ = ["CheckpointMeta", "SupernetTrainer", "read_checkpoint", "rng_state", "set_rng_state"]
 
 logger = logging.getLogger("nastrain")
+
+#: Set to ``0`` to keep plugins from rewriting supernets (``nastrain_prepare_model``).
+REWRITE_ENV = "NASTRAIN_REWRITE"
 
 #: The one file of a checkpoint, in the checkpoint directory.
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -62,45 +67,6 @@ class CheckpointMeta:
     numpy_rng: list[Any] | None = None
     history: list[dict[str, Any]] = attrs.field(factory=list)
     schema_version: int = SCHEMA_VERSION
-
-
-def rng_state() -> tuple[dict[str, torch.Tensor], list[Any], list[Any] | None]:
-    """torch's (tensors), Python's and NumPy's (JSON-ready) global RNG states."""
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda{i}"] = state
-    version, internal, gauss = random.getstate()
-    python = [version, list(internal), gauss]
-    numpy_state = None
-    if "numpy" in sys.modules:
-        name, keys, pos, has_gauss, cached = sys.modules["numpy"].random.get_state()
-        numpy_state = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-    return tensors, python, numpy_state
-
-
-def set_rng_state(
-    tensors: Mapping[str, torch.Tensor], python: list[Any], numpy_state: list[Any] | None
-) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    if numpy_state is not None:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = numpy_state
-        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, Python and (when loaded) NumPy."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed(seed % 2**32)
 
 
 def _resolve_device(device: Any) -> torch.device:
@@ -128,6 +94,30 @@ def _resolve_device(device: Any) -> torch.device:
     elif resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} asks for MPS, which is not available on this machine")
     return resolved
+
+
+def _rewritable_modules(model: nn.Module) -> list[nn.Module]:
+    """The candidates of ``model``'s layer choices and the modules marked rewritable."""
+    found: dict[int, nn.Module] = {}
+    for module in model.modules():
+        if isinstance(module, LayerChoice):
+            for candidate in module.candidates:
+                found.setdefault(id(candidate), candidate)
+        elif getattr(module, REWRITE_MARK, False):
+            found.setdefault(id(module), module)
+    return list(found.values())
+
+
+def strided_pointwise_convolutions(model: nn.Module) -> list[str]:
+    """The names of ``model``'s strided 1x1 ``nn.Conv2d`` modules (unsafe in channels-last on
+    a CPU: see :meth:`SupernetTrainer.prepare_model`)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.stride != (1, 1)
+    ]
 
 
 def _check_checkpoint_dir(directory: Path) -> None:
@@ -232,6 +222,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         checkpoint_dir: str | os.PathLike[str] | None = None,
         progress: bool | None = None,
         channels_last: bool | None = None,
+        rewrite_model: bool = True,
     ) -> None:
         cls = type(self)
         if (
@@ -267,21 +258,19 @@ class SupernetTrainer(BaseOneShotTrainer):
         self.workers = workers
         self.log_frequency = log_frequency
         self.progress = progress
-        hazards = channels_last_hazards(model) if self.device.type == "cpu" else []
-        if channels_last is None:  # on CPUs, convolutions of NAS ops are much faster so
-            channels_last = (
-                self.device.type == "cpu"
-                and not hazards
-                and any(isinstance(m, nn.Conv2d) for m in model.modules())
-            )
-        elif channels_last and hazards:
-            raise ValueError(
-                f"channels_last=True on a CPU: the library's channels-last backward of a strided "
-                f"1x1 convolution aborts the process on some input sizes, and {hazards} cannot "
-                "be rewritten (hooks, parametrizations, a Conv2d subclass, padding or dilation); "
-                "pass channels_last=False"
-            )
-        self.channels_last = channels_last
+        if channels_last not in (None, True, False):
+            raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
+        #: What the user asked for (``None``: chosen in :meth:`prepare_model`).
+        self.channels_last_requested = channels_last
+        #: Whether inputs and the model are in the channels-last memory format (set by
+        #: :meth:`prepare_model`).
+        self.channels_last = bool(channels_last)
+        #: Whether :meth:`prepare_model` lets plugins rewrite the supernet
+        #: (``nastrain_prepare_model``); ``NASTRAIN_REWRITE=0`` turns it off too.
+        self.rewrite_model = rewrite_model
+        #: The modules plugins may rewrite: the candidates of every ``LayerChoice``, plus the
+        #: modules their owner marked with :func:`nastrain.utils.allow_rewrite`.
+        self.rewritable_modules: list[nn.Module] = _rewritable_modules(model)
         #: One record per finished epoch: ``epoch``, ``metrics`` and what the algorithm adds.
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # epochs completed
@@ -360,18 +349,45 @@ class SupernetTrainer(BaseOneShotTrainer):
         return batch
 
     def prepare_model(self) -> None:
-        """Move the (relaxed) model to :attr:`device` and, with ``channels_last``, switch it to
-        the channels-last memory format and, on a CPU, to the faster kernels of
-        :func:`nastrain.kernels.optimize_for_cpu`.
+        """Move the (relaxed) model to :attr:`device`, let plugins rewrite it
+        (``nastrain_prepare_model``, e.g. the CPU kernels of ``nastrain-cpu``), and choose
+        and apply the memory format.
 
+        ``channels_last=None`` picks the channels-last format on a CPU for a model with
+        convolutions (the library's NAS convolutions are much faster in it), unless a strided
+        1x1 convolution is left after the rewrites: torch's CPU channels-last backward of one
+        aborts the process on some input sizes (torch 2.14.1, e.g. an 8x10 input), so such a
+        model trains in the contiguous format, and ``channels_last=True`` is refused for it.
         Parameters keep their identity, so optimizers built on them stay valid.
         Subclasses call this once their choices are replaced.
         """
         self.model.to(self.device)
+        on_cpu = self.device.type == "cpu"
+        requested = self.channels_last_requested
+        self.channels_last = (
+            bool(requested)
+            if requested is not None
+            else on_cpu and any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        )
+        if self.rewrite_model and os.environ.get(REWRITE_ENV, "1").strip() not in ("0", ""):
+            done = plugins.call_prepare_model(
+                self, self.model, self.device, tuple(self.rewritable_modules)
+            )
+            for plugin, counts in done.items():
+                rewritten = {key: n for key, n in counts.items() if n}
+                if rewritten:
+                    logger.info("%s rewrote the supernet: %s", plugin, rewritten)
+        hazards = strided_pointwise_convolutions(self.model) if on_cpu else []
+        if hazards and self.channels_last:
+            if requested:
+                raise ValueError(
+                    f"channels_last=True on a CPU: torch's channels-last backward of a strided 1x1 "
+                    f"convolution aborts the process on some input sizes, and {hazards} are "
+                    "strided 1x1 convolutions no plugin rewrote; pass channels_last=False"
+                )
+            self.channels_last = False
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-            if self.device.type == "cpu":
-                optimize_for_cpu(self.model)
 
     def compute_metrics(self, logits: Any, target: Any) -> dict[str, float]:
         """The user's ``metrics(logits, target)`` as a dict of floats (empty without one)."""

@@ -16,7 +16,7 @@ import importlib
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -528,3 +528,31 @@ def call_replace_module(
 def call_on_report(trainer: BaseTrainer | None, metric: Metric, final: bool) -> None:
     """Broadcast ``nastrain_on_report``."""
     plugin_manager().hook.nastrain_on_report(trainer=trainer, metric=metric, final=final)
+
+
+def call_prepare_model(
+    trainer: Any, model: nn.Module, device: Any, modules: Sequence[nn.Module]
+) -> dict[str, dict[str, int]]:
+    """Run every ``nastrain_prepare_model`` implementation, each on its own: one that
+    raises is skipped with a :class:`PluginWarning` naming its plugin (the model keeps what
+    the others did). Returns each answering plugin's name -> what it rewrote."""
+    pm = plugin_manager()
+    kwargs = {"trainer": trainer, "model": model, "device": device, "modules": modules}
+    done: dict[str, dict[str, int]] = {}
+    # pluggy's own call order (last registered first, tryfirst/trylast honoured), but one
+    # call per implementation, so that one plugin's error does not cancel the others.
+    for impl in reversed(pm.hook.nastrain_prepare_model.get_hookimpls()):
+        name = impl.plugin_name
+        try:
+            result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+        except Exception as exc:
+            warnings.warn(
+                f"plugin {name!r} failed in nastrain_prepare_model "
+                f"({type(exc).__name__}: {exc}); the search runs without its rewrite",
+                PluginWarning,
+                stacklevel=3,
+            )
+            continue
+        if result:
+            done[name] = {str(key): int(value) for key, value in dict(result).items()}
+    return done

@@ -4,12 +4,15 @@ These are the trainer guide's ``replace_layer_choice`` and
 ``replace_input_choice``; every replacement goes through the
 ``nastrain_replace_module`` hook, so a plugin can supply (or wrap) the module
 that relaxes a kind of choice for a kind of trainer. :func:`recalibrate_bn` (from
-:mod:`nastrain.calibration`) gives a sampled path its own BatchNorm statistics.
+:mod:`nastrain.calibration`) gives a sampled path its own BatchNorm statistics, and
+:func:`allow_rewrite` lets plugins (``nastrain_prepare_model``) rewrite a module that is
+not a candidate of a choice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from torch import nn
 
@@ -18,7 +21,28 @@ from nastrain.calibration import recalibrate_bn
 from nastrain.mutables import InputChoice, LayerChoice, Mutable
 from nastrain.trainer import BaseTrainer, trainer_in_context
 
-__all__ = ["recalibrate_bn", "replace_choices", "replace_input_choice", "replace_layer_choice"]
+__all__ = [
+    "REWRITE_MARK",
+    "allow_rewrite",
+    "recalibrate_bn",
+    "replace_choices",
+    "replace_input_choice",
+    "replace_layer_choice",
+]
+
+#: The attribute :func:`allow_rewrite` sets on a module.
+REWRITE_MARK = "_nastrain_allow_rewrite"
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def allow_rewrite(module: _M) -> _M:
+    """Let plugins that rewrite supernets (``nastrain_prepare_model``, e.g. the CPU kernels of
+    ``nastrain-cpu``) rewrite ``module`` and its children although it is not a candidate of a
+    choice; returns ``module``. A space's author marks the parts (a stem, a cell's
+    preprocessing) whose rewrite they have checked; a user's own modules are never rewritten
+    unless marked."""
+    setattr(module, REWRITE_MARK, True)
+    return module
 
 Replaced = list[tuple[str, nn.Module]]
 
