@@ -221,6 +221,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    from nastrain.kit import run_new_plugin  # only this command needs the kit
+
+    return run_new_plugin(args.name, args.kind, args.dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nastrain`` command."""
     parser = _Parser(
@@ -303,6 +309,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the experiment and trials as JSON")
     p.add_argument("--top", type=_count(1), help="show only the first TOP trials")
     p.set_defaults(func=_cmd_report)
+
+    p = commands.add_parser(
+        "new-plugin",
+        help="write a new plugin distribution (a trainer, strategy or dataset) to start from",
+        description="Write a plugin distribution NAME into a new folder: pyproject.toml with "
+        "the 'nastrain' entry point, one hook module of the kind asked for, tests (the "
+        "contract check of nastrain.testing, and the plugin found as installed), a tox.ini "
+        "testing it installed from its wheel beside nastrain, and a README. A folder that is "
+        "not empty, or a NAME that is not a valid distribution and module name, is refused "
+        "(exit 2) and nothing is written.",
+    )
+    p.add_argument("name", metavar="NAME", help="the distribution's name, e.g. nastrain-my-algo")
+    p.add_argument(
+        "--kind",
+        choices=("one-shot", "classic", "strategy", "dataset"),
+        default="one-shot",
+        help="what the hook module provides (default: one-shot)",
+    )
+    p.add_argument("--dir", help="the folder to write into (default: ./NAME)")
+    p.set_defaults(func=_cmd_new_plugin)
     return parser
 
 
