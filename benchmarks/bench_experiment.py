@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import nastrain
-from nastrain.executor import available_cpus
+from nastrain.experiments.executor import available_cpus
 
 README = Path(__file__).resolve().parent / "README.md"
 BEGIN, END = "<!-- experiment-table -->", "<!-- /experiment-table -->"

@@ -1,7 +1,8 @@
 """The core's default hook implementations, registered like any other plugin.
 
-Each is ``trylast`` so that plugins run first (or wrap them). The core's search
-strategies are registered here, through the same hook a plugin would use.
+Each is ``trylast`` so that plugins run first (or wrap them). The search strategies of
+multi-trial experiments are registered by :mod:`nastrain.experiments.builtin`, through the
+same hook a plugin would use.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from torch import nn
 
 from nastrain.hookspecs import hookimpl
 from nastrain.reporting import Metric
-from nastrain.strategies import GridSearch, MedianStop, RandomSearch, RegularizedEvolution
 from nastrain.trainer import RAN, BaseTrainer, run_own_method
 
 logger = logging.getLogger("nastrain")
@@ -46,10 +46,3 @@ def nastrain_on_report(trainer: BaseTrainer | None, metric: Metric, final: bool)
     """Log every reported result on the ``nastrain`` logger."""
     who = type(trainer).__name__ if trainer is not None else "no trainer"
     logger.info("%s result (%s): %s", "final" if final else "intermediate", who, metric)
-
-
-@hookimpl(trylast=True)
-def nastrain_register_strategies(register: Callable[..., None]) -> None:
-    """The core's strategies: ``random``, ``grid``, ``evolution`` and ``median_stop``."""
-    for strategy in (RandomSearch, GridSearch, RegularizedEvolution, MedianStop):
-        register(strategy)

@@ -14,8 +14,8 @@ from typing import Any, NoReturn
 
 import nastrain
 from nastrain import plugins
+from nastrain.experiments.store import printable
 from nastrain.serialization import converter
-from nastrain.store import printable
 
 __all__ = ["main"]
 
@@ -138,7 +138,7 @@ def _registry_command(providers: Any, what: str, empty: str) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from nastrain.experiment import load_config
+    from nastrain.experiments.experiment import load_config
 
     # Like `python -m` (and uvicorn's --app-dir): the user's own modules are importable.
     app_dir = os.path.abspath(args.app_dir)
@@ -169,8 +169,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from nastrain.experiment import ExperimentResult
-    from nastrain.store import Store
+    from nastrain.experiments.experiment import ExperimentResult
+    from nastrain.experiments.store import Store
 
     with Store.read(args.store) as store:
         record = store.record

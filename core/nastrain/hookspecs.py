@@ -120,7 +120,7 @@ def nastrain_register_strategies(register: Callable[..., None]) -> None:
 
     Called once per plugin when the plugin manager loads. Call
     ``register(StrategyClass)`` for each subclass of
-    :class:`nastrain.strategies.Strategy`; the name defaults to the class
+    :class:`nastrain.experiments.strategies.Strategy`; the name defaults to the class
     attribute ``name``, else the class name; ``register(cls, name="alias")``
     adds an alias. An experiment (``Experiment(strategy="name")``, or
     ``strategy = "name"`` in a config file) builds the strategy by that name

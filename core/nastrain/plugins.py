@@ -28,7 +28,7 @@ from nastrain import hookspecs
 if TYPE_CHECKING:
     from torch import nn
 
-    from nastrain.strategies import Strategy
+    from nastrain.experiments.strategies import Strategy
     from nastrain.trainer import BaseTrainer, Metric
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "UnknownNameError",
     "dataset_names",
     "dataset_providers",
+    "declare_registry_base",
     "failed_plugins",
     "get_dataset",
     "get_strategy",
@@ -58,7 +59,7 @@ ENTRY_POINT_GROUP = "nastrain"
 #: Comma-separated entry point names to load; unset loads all, empty loads none.
 ENV_VAR = "NASTRAIN_PLUGINS"
 #: The core's own hook implementations, registered like any other plugin.
-BUILTIN_PLUGINS = ("nastrain.builtin",)
+BUILTIN_PLUGINS = ("nastrain.builtin", "nastrain.experiments.builtin")
 
 
 class PluginWarning(UserWarning):
@@ -118,24 +119,29 @@ class Provider:
 TrainerProvider = Provider
 
 
-def _check_trainer(obj: Any, name: str, provider: str) -> None:
-    from nastrain.trainer import BaseTrainer
-
-    if not (isinstance(obj, type) and issubclass(obj, BaseTrainer)):
-        raise TypeError(
-            f"{provider} registered {obj!r} as trainer {name!r}, but only subclasses of "
-            "nastrain.BaseTrainer or nastrain.BaseOneShotTrainer can be registered"
-        )
+#: kind word -> (base class, how error messages name it), declared by the base's module.
+_BASES: dict[str, tuple[type, str]] = {}
 
 
-def _check_strategy(obj: Any, name: str, provider: str) -> None:
-    from nastrain.strategies import Strategy
+def declare_registry_base(word: str, base: type, described: str) -> None:
+    """Declare that only subclasses of ``base`` may be registered as ``word`` (``"trainer"``,
+    ``"strategy"``); called by the module that defines ``base``, so that this module need not
+    import it. The built-in plugins, loaded before any other, import those modules."""
+    _BASES[word] = (base, described)
 
-    if not (isinstance(obj, type) and issubclass(obj, Strategy)):
-        raise TypeError(
-            f"{provider} registered {obj!r} as strategy {name!r}, but only subclasses of "
-            "nastrain.strategies.Strategy can be registered"
-        )
+
+def _check_subclass(word: str) -> Callable[[Any, str, str], None]:
+    def check(obj: Any, name: str, provider: str) -> None:
+        if word not in _BASES:
+            return
+        base, described = _BASES[word]
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise TypeError(
+                f"{provider} registered {obj!r} as {word} {name!r}, but only subclasses of "
+                f"{described} can be registered"
+            )
+
+    return check
 
 
 def _check_dataset(obj: Any, name: str, provider: str) -> None:
@@ -159,8 +165,8 @@ class _Kind:
         return f"nastrain_register_{self.plural}"
 
 
-TRAINERS = _Kind("trainer", "trainers", _check_trainer)
-STRATEGIES = _Kind("strategy", "strategies", _check_strategy)
+TRAINERS = _Kind("trainer", "trainers", _check_subclass("trainer"))
+STRATEGIES = _Kind("strategy", "strategies", _check_subclass("strategy"))
 DATASETS = _Kind("dataset", "datasets", _check_dataset)
 _KINDS = (TRAINERS, STRATEGIES, DATASETS)
 

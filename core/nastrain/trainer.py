@@ -276,6 +276,11 @@ def _record_arguments(cls: type, name: str) -> None:
     cls.__init__ = __init__  # type: ignore[method-assign]
 
 
+plugins.declare_registry_base(
+    "trainer", BaseTrainer, "nastrain.BaseTrainer or nastrain.BaseOneShotTrainer"
+)
+
+
 @overload
 def register_trainer(cls: T, *, name: str | None = None) -> T: ...
 @overload

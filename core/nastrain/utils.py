@@ -44,6 +44,7 @@ def allow_rewrite(module: _M) -> _M:
     setattr(module, REWRITE_MARK, True)
     return module
 
+
 Replaced = list[tuple[str, nn.Module]]
 
 

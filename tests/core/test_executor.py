@@ -11,8 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from nastrain import executor, plugins
-from nastrain.executor import LocalExecutor, SeededSpace, WorkerSetup, initialize_from_seed
+from nastrain import plugins
+from nastrain.experiments import executor
+from nastrain.experiments.executor import (
+    LocalExecutor,
+    SeededSpace,
+    WorkerSetup,
+    initialize_from_seed,
+)
 
 
 def test_concurrency_far_above_the_cpus_is_capped_with_a_warning(monkeypatch) -> None:

@@ -18,7 +18,7 @@ import pytest
 from torch import nn
 
 import nastrain
-from nastrain.store import Store, StoreError
+from nastrain.experiments.store import Store, StoreError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "trials"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nastrain.cli import main
-from nastrain.experiment import load_config
+from nastrain.experiments.experiment import load_config
 
 FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "trials")
 
@@ -175,9 +175,10 @@ def test_strategies_and_datasets_are_listed(capsys) -> None:
     code, out, _ = _run(["strategies"], capsys)
     assert code == 0
     assert (
-        "evolution  nastrain.strategies.RegularizedEvolution (from plugin 'nastrain.builtin'" in out
+        "evolution  nastrain.experiments.strategies.RegularizedEvolution "
+        "(from plugin 'nastrain.experiments.builtin'" in out
     )
     code, out, _ = _run(["strategies", "--json"], capsys)
-    assert json.loads(out)["grid"][0]["object"] == "nastrain.strategies.GridSearch"
+    assert json.loads(out)["grid"][0]["object"] == "nastrain.experiments.strategies.GridSearch"
     code, out, _ = _run(["datasets", "--json"], capsys)
     assert code == 0 and isinstance(json.loads(out), dict)

@@ -20,8 +20,8 @@ import pytest
 
 import nastrain
 from nastrain.cli import main
-from nastrain.experiment import load_config
-from nastrain.store import Store, StoreError, StoreLockedError
+from nastrain.experiments.experiment import load_config
+from nastrain.experiments.store import Store, StoreError, StoreLockedError
 
 FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "trials")
 
@@ -295,8 +295,8 @@ def _snapshot_heartbeat(path: Path) -> tuple[float]:
 RACE_SCRIPT = """
 import os, sys, time
 import nastrain, nastrain_test_trials as t
-from nastrain.experiment import load_config
-from nastrain.store import StoreLockedError
+from nastrain.experiments.experiment import load_config
+from nastrain.experiments.store import StoreLockedError
 
 folder = sys.argv[1]
 experiment = nastrain.Experiment(

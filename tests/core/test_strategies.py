@@ -10,7 +10,7 @@ import pytest
 
 import nastrain
 from nastrain import plugins
-from nastrain.strategies import RegularizedEvolution, Strategy, StrategySpec, arch_key
+from nastrain.experiments.strategies import RegularizedEvolution, Strategy, StrategySpec, arch_key
 
 
 def test_grid_visits_every_architecture_once_in_a_stable_order(trials, tmp_path) -> None:
@@ -206,7 +206,9 @@ def test_two_plugins_with_one_strategy_name_conflict(nastrain_plugin) -> None:
 
     with pytest.warns(plugins.PluginWarning, match="strategy name 'random' is provided by both"):
         nastrain_plugin(Clash(), name="clash")
-    with pytest.raises(ValueError, match=r"'random'.*RandomSearch.*nastrain.builtin.*Other.*clash"):
+    with pytest.raises(
+        ValueError, match=r"'random'.*RandomSearch.*nastrain.experiments.builtin.*Other.*clash"
+    ):
         nastrain.get_strategy("random")
 
 

@@ -90,7 +90,7 @@ def test_the_same_experiment_run_twice_gives_the_same_results_trial_by_trial(
 
 
 def _trial(space, spec, seed: int) -> dict:
-    from nastrain.executor import TrialJob, run_trial
+    from nastrain.experiments.executor import TrialJob, run_trial
 
     arch = {"body": "mlp", "act": "relu"}
     job = TrialJob(index=0, attempt=1, arch=arch, seed=seed, trainer=spec)

@@ -41,7 +41,7 @@ from typing import Any
 
 import attrs
 
-from nastrain.experiment import ExperimentRecord, Trial, TrialStatus
+from nastrain.experiments.records import ExperimentRecord, Trial, TrialStatus
 from nastrain.reporting import Metric, check_metric
 from nastrain.serialization import SCHEMA_VERSION, converter, dumps, loads
 

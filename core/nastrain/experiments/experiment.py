@@ -12,12 +12,12 @@ Each trial: the strategy proposes an architecture; a worker fixes the model
 space to it (:func:`nastrain.apply_arch`), builds the trainer from its spec
 (``spec.build(model)``) and runs ``fit()``; every result the trainer reports
 streams back to the strategy (which may stop the trial early) and into the
-store (:mod:`nastrain.store`), committed as it arrives. Running an experiment
+store (:mod:`nastrain.experiments.store`), committed as it arrives. Running an experiment
 again on its store resumes it: finished trials are kept (also one whose final
 result was stored just before the experiment died), interrupted ones run again,
 and the strategy goes on from the record. One process at a time runs an
-experiment on a store: a second one is refused (:class:`nastrain.store.StoreLockedError`)
-while the first is alive.
+experiment on a store: a second one is refused
+(:class:`nastrain.experiments.store.StoreLockedError`) while the first is alive.
 """
 
 from __future__ import annotations
@@ -36,14 +36,22 @@ import attrs
 from torch import nn
 
 from nastrain import plugins
-from nastrain.reporting import Metric, default_value
+from nastrain.experiments.records import (
+    ExperimentRecord,
+    ExperimentResult,
+    Mode,
+    StrategySpec,
+    Trial,
+    TrialStatus,
+)
+from nastrain.experiments.strategies import Strategy
+from nastrain.reporting import Metric
 from nastrain.serialization import SCHEMA_VERSION, dumps, structure
 from nastrain.space import Architecture, SearchSpace, apply_arch
-from nastrain.strategies import Mode, Strategy, StrategySpec
 from nastrain.trainer import BaseOneShotTrainer, BaseTrainer, TrainerSpec
 
 if TYPE_CHECKING:
-    from nastrain.store import Store
+    from nastrain.experiments.store import Store
 
 __all__ = [
     "Experiment",
@@ -55,97 +63,8 @@ __all__ = [
     "load_config",
 ]
 
-#: ``running`` (or interrupted, in a store whose experiment died), ``succeeded``,
-#: ``failed`` (``reason`` says why) or ``early_stopped`` (by the strategy).
-TrialStatus = Literal["running", "succeeded", "failed", "early_stopped"]
-
 #: Where experiments without an explicit store keep theirs, under the working directory.
 DEFAULT_STORE_FOLDER = "nastrain-runs"
-
-
-@attrs.frozen(kw_only=True)
-class Trial:
-    """One architecture an experiment tried, and what its trainer reported."""
-
-    index: int
-    arch: Architecture
-    status: TrialStatus
-    seed: int
-    intermediate: tuple[Metric, ...] = ()
-    final: Metric | None = None
-    reason: str | None = None
-    #: How many times the trial was started (more than 1 after a resumed interruption).
-    attempts: int = 1
-    started: float | None = None
-    ended: float | None = None
-    #: The order in which trials ended (0 for the first to end).
-    end_order: int | None = None
-
-    @property
-    def value(self) -> float | None:
-        """The final result's number (its ``"default"`` for a dict), or ``None``."""
-        return None if self.final is None else default_value(self.final)
-
-    @property
-    def seconds(self) -> float | None:
-        """How long the trial's last attempt took, once it ended."""
-        if self.started is None or self.ended is None:
-            return None
-        return self.ended - self.started
-
-
-@attrs.frozen(kw_only=True)
-class ExperimentRecord:
-    """What a store records about its experiment, and what makes two experiments the same:
-    the space, the trainer spec, the strategy spec, the seed and the mode."""
-
-    space: SearchSpace
-    trainer: TrainerSpec
-    strategy: StrategySpec
-    seed: int
-    mode: Mode
-    #: How the user named the space (``module:attr``), or the class of the space object;
-    #: for people reading the store. It is never imported from the store.
-    space_name: str | None = None
-    schema_version: int = SCHEMA_VERSION
-
-
-@attrs.frozen(kw_only=True)
-class ExperimentResult:
-    """The trials of an experiment (all of them, also those of earlier runs on its store)."""
-
-    trials: tuple[Trial, ...]
-    mode: Mode
-    store: str
-
-    def ranked(self) -> list[Trial]:
-        """The succeeded trials with a final result, best first (ties: the earlier trial)."""
-        sign = -1.0 if self.mode == "max" else 1.0
-        done = [t for t in self.trials if t.status == "succeeded" and t.value is not None]
-        return sorted(done, key=lambda t: (sign * t.value, t.index))  # type: ignore[operator]
-
-    def top(self, k: int = 1) -> list[Trial]:
-        """The ``k`` best trials."""
-        return self.ranked()[:k]
-
-    @property
-    def best_trial(self) -> Trial | None:
-        """The best trial, or ``None`` when no trial succeeded."""
-        ranked = self.ranked()
-        return ranked[0] if ranked else None
-
-    @property
-    def best_arch(self) -> Architecture | None:
-        """The best trial's architecture, or ``None`` when no trial succeeded."""
-        best = self.best_trial
-        return None if best is None else best.arch
-
-    def counts(self) -> dict[str, int]:
-        """How many trials have each status."""
-        counts: dict[str, int] = {}
-        for trial in self.trials:
-            counts[trial.status] = counts.get(trial.status, 0) + 1
-        return counts
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -170,7 +89,7 @@ class Experiment:
         trainer: a classic trainer built with a placeholder model (its ``spec``
             is what travels to the workers), or a :class:`nastrain.TrainerSpec`.
         strategy: a registered strategy name, a :class:`StrategySpec`, or a
-            :class:`nastrain.strategies.Strategy`.
+            :class:`nastrain.experiments.strategies.Strategy`.
         max_trials: how many trials in all (resumed runs count the stored ones).
         concurrency: how many trials run at once, each in its own worker process.
         store: the SQLite file of the experiment; by default
@@ -242,7 +161,7 @@ class Experiment:
 
         self.space_kwargs = dict(space_kwargs or {})
         if isinstance(space, str):
-            from nastrain.executor import load_space
+            from nastrain.experiments.executor import load_space
 
             self.space_ref: str | None = space
             self.space = load_space(space, self.space_kwargs)
@@ -311,10 +230,10 @@ class Experiment:
         strategy has nothing more to propose; returns every trial of the store.
 
         The run holds the store's lease while it runs: on a store that another live
-        process is running, it raises :class:`nastrain.store.StoreLockedError` (naming
+        process is running, it raises :class:`nastrain.experiments.store.StoreLockedError` (naming
         that process) at once and changes nothing; a store that cannot be written is a
-        :class:`nastrain.store.StoreError` naming its folder, before any training."""
-        from nastrain.store import Store
+        :class:`nastrain.experiments.store.StoreError` naming its folder, before any training."""
+        from nastrain.experiments.store import Store
 
         with Store.open(self.store_path, self.record) as store:
             if store.took_over is not None:
@@ -332,7 +251,7 @@ class Experiment:
         """The trials recorded so far (read from the store when this process did not run it)."""
         if self._result is not None:
             return self._result
-        from nastrain.store import Store
+        from nastrain.experiments.store import Store
 
         if not self.store_path.exists():
             raise FileNotFoundError(
@@ -387,7 +306,8 @@ def _strategy(strategy: str | StrategySpec | Strategy) -> Strategy:
     if isinstance(strategy, StrategySpec):
         return strategy.build()
     raise TypeError(
-        "strategy must be a registered name, a StrategySpec or a nastrain.strategies.Strategy, "
+        "strategy must be a registered name, a StrategySpec or a "
+        "nastrain.experiments.strategies.Strategy, "
         f"got {type(strategy).__name__}"
     )
 
@@ -416,7 +336,7 @@ class _Run:
         )
 
     def next_job(self) -> Any:
-        from nastrain.executor import TrialJob
+        from nastrain.experiments.executor import TrialJob
 
         if self.interrupted:
             trial = self.store.restart_trial(self.trials[self.interrupted.pop(0)])
@@ -473,7 +393,7 @@ class _Run:
         return None
 
     def _executor(self) -> Any:
-        from nastrain.executor import (
+        from nastrain.experiments.executor import (
             InlineExecutor,
             LocalExecutor,
             WorkerSetup,
@@ -617,7 +537,7 @@ class _Progress:
         self._refresh(trials)
         if self.style == "lines":
             value = "" if trial.value is None else f" {trial.value:.6g}"
-            from nastrain.store import printable
+            from nastrain.experiments.store import printable
 
             reason = f" ({trial.reason.splitlines()[0]})" if trial.reason else ""
             print(

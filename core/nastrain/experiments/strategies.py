@@ -20,18 +20,17 @@ import json
 import random
 import statistics
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
-
-import attrs
-from cattrs.gen import make_dict_structure_fn
+from typing import TYPE_CHECKING, Any
 
 from nastrain import plugins
 from nastrain.reporting import default_value
-from nastrain.serialization import SCHEMA_VERSION, check_json_value, converter, dumps, loads
+from nastrain.serialization import check_json_value
 from nastrain.space import Architecture, Choice, SearchSpace
 
 if TYPE_CHECKING:
-    from nastrain.experiment import Trial
+    from nastrain.experiments.records import Trial
+
+from nastrain.experiments.records import Mode, StrategySpec
 
 __all__ = [
     "GridSearch",
@@ -44,66 +43,10 @@ __all__ = [
     "arch_key",
 ]
 
-#: Whether a larger (``"max"``) or a smaller (``"min"``) final result is better.
-Mode = Literal["max", "min"]
-
 
 def arch_key(arch: Architecture) -> str:
     """A hashable, canonical form of an architecture (for "seen before?" sets)."""
     return json.dumps(arch, sort_keys=True)
-
-
-@attrs.frozen(kw_only=True)
-class StrategySpec:
-    """A registered strategy's name and JSON keyword arguments: what an experiment's
-    record stores, and what ``strategy = {name = ..., kwargs = {...}}`` in a config is."""
-
-    name: str
-    kwargs: dict[str, Any] = attrs.field(factory=dict)
-    schema_version: int = SCHEMA_VERSION
-
-    def __attrs_post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("StrategySpec.name must be a registered strategy name")
-        for key, value in self.kwargs.items():
-            check_json_value(value, f"argument {key!r} of strategy {self.name!r}")
-        if self.schema_version > SCHEMA_VERSION:
-            raise ValueError(
-                f"this strategy spec has schema_version {self.schema_version}, newer than this "
-                f"nastrain understands ({SCHEMA_VERSION}); upgrade nastrain"
-            )
-
-    def build(self) -> Strategy:
-        """Construct the registered strategy with these arguments."""
-        cls = plugins.get_strategy(self.name)
-        try:
-            return cls(**self.kwargs)
-        except TypeError as exc:
-            raise TypeError(f"strategy {self.name!r}: {exc}") from None
-
-    def to_json(self) -> str:
-        """This spec as a JSON string."""
-        return dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> StrategySpec:
-        """Read a spec written by :meth:`to_json`; a bad document names its bad key."""
-        return loads(text, cls, what="strategy spec")
-
-
-_structure_spec_table = make_dict_structure_fn(
-    StrategySpec, converter, _cattrs_forbid_extra_keys=True
-)
-
-
-def _structure_spec(value: Any, _: type) -> StrategySpec:
-    # In a config, ``strategy = "evolution"`` is short for ``strategy = {name = "evolution"}``.
-    if isinstance(value, str):
-        return StrategySpec(name=value)
-    return _structure_spec_table(value, StrategySpec)
-
-
-converter.register_structure_hook(StrategySpec, _structure_spec)
 
 
 class Strategy(abc.ABC):
@@ -181,6 +124,9 @@ class Strategy(abc.ABC):
         if trial.status != "succeeded" or trial.final is None:
             return None
         return self.score(default_value(trial.final))
+
+
+plugins.declare_registry_base("strategy", Strategy, "nastrain.experiments.strategies.Strategy")
 
 
 class RandomSearch(Strategy):

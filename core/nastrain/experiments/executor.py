@@ -438,7 +438,7 @@ def _context() -> multiprocessing.context.BaseContext:
         context = multiprocessing.get_context("forkserver")
         # Imported once, in the fork server, before it forks any worker (ignored once the
         # server runs: it is one per process).
-        context.set_forkserver_preload(["nastrain.executor"])
+        context.set_forkserver_preload(["nastrain.experiments.executor"])
         return context
     return multiprocessing.get_context("spawn")
 
