@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nastrain.kernels import pointwise_conv
-
 __all__ = [
     "OPS",
     "PRIMITIVES",
@@ -186,7 +184,7 @@ class FactorizedReduce(nn.Module):
             # convolutions as one, whose block-diagonal weight puts conv_1's outputs first.
             both = self.relu(_EvenOddPixels.apply(x))
             weight = torch.block_diag(self.conv_1.weight.flatten(1), self.conv_2.weight.flatten(1))
-            return self.bn(pointwise_conv(both, weight))
+            return self.bn(_pointwise(both, weight))
         x = self.relu(x)
         shifted = x[:, :, 1:, 1:]
         # On an odd side the shifted path would come out one pixel short; pad it back.
@@ -197,14 +195,26 @@ class FactorizedReduce(nn.Module):
         return self.bn(
             torch.cat(
                 [
-                    pointwise_conv(_every_second_pixel(x), self.conv_1.weight, self.conv_1.bias),
-                    pointwise_conv(
-                        _every_second_pixel(shifted), self.conv_2.weight, self.conv_2.bias
-                    ),
+                    _pointwise(_every_second_pixel(x), self.conv_1.weight, self.conv_1.bias),
+                    _pointwise(_every_second_pixel(shifted), self.conv_2.weight, self.conv_2.bias),
                 ],
                 dim=1,
             )
         )
+
+
+def _pointwise(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias)`` for a 1x1 ``weight`` (``(out, in, 1, 1)`` or ``(out, in)``).
+
+    On a small channels-last ``x`` it is one matrix product over the channels of its
+    (N, H, W, C) view, which costs less than the convolution library's per-call overhead
+    (up to 32K input elements); otherwise the convolution."""
+    if x.numel() > 32 * 1024 or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.conv2d(x, weight.view(*weight.shape[:2], 1, 1), bias)
+    out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)
+    return out.permute(0, 3, 1, 2)
 
 
 def _every_second_pixel(x: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from nastrain import ChosenInputs, InputChoice, LayerChoice
+from nastrain.utils import allow_rewrite
 from nastrain_darts.ops import OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
 
 __all__ = ["Cell", "DartsSpace", "Genotype", "Node", "darts_cnn_space", "genotype"]
@@ -157,6 +158,10 @@ class Cell(nn.Module):
         else:
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=affine)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=affine)
+        # Plugins that rewrite supernets (nastrain-cpu) may rewrite the preprocessing as they
+        # do the candidates: tests/test_cpu_kernels.py checks the results are the same.
+        allow_rewrite(self.preprocess0)
+        allow_rewrite(self.preprocess1)
         self.nodes = nn.ModuleList(
             Node(self.cell_type, index, C, reduction, ops, affine)
             for index in range(2, 2 + n_nodes)
@@ -215,9 +220,12 @@ class DartsSpace(nn.Module):
         self.ops = ops
 
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(C_curr),
+        # Rewritable by plugins, as the cells' preprocessing (see Cell).
+        self.stem = allow_rewrite(
+            nn.Sequential(
+                nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                nn.BatchNorm2d(C_curr),
+            )
         )
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()

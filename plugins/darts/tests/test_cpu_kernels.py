@@ -1,5 +1,6 @@
-"""The shipped space searched through the core's CPU kernels (channels-last, nastrain.kernels)
-computes what the same search computes in plain PyTorch."""
+"""The shipped space searched through the CPU kernels of nastrain-cpu (channels-last,
+nastrain_cpu.kernels) computes what the same search computes in plain PyTorch; it runs where
+nastrain-cpu is installed (tox env `all`), and is skipped beside the core alone (env `darts`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from nastrain.kernels import SharedPoolNorm, StridedPointwiseConv
 from nastrain_darts import DartsTrainer
 from nastrain_darts.spaces import DartsSpace
 from nastrain_darts.trainer import frozen
+
+kernels = pytest.importorskip("nastrain_cpu.kernels")
+SharedPoolNorm, StridedPointwiseConv = kernels.SharedPoolNorm, kernels.StridedPointwiseConv
 
 
 def trainer(model: nn.Module, channels_last: bool, data: TensorDataset) -> DartsTrainer:

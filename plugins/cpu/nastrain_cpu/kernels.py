@@ -24,22 +24,27 @@ training-mode BatchNorm without affine parameters keeps its output rather than
 its input for the backward pass (:class:`LeanBatchNorm2d`).
 
 :func:`optimize_for_cpu` rewrites a model in place to take the faster path in each
-case. The results are the same up to float rounding (the tests hold them to
-1e-5 of PyTorch's own), parameters and buffers keep their identity and their
-``state_dict`` names, so optimizers, checkpoints and ``apply_arch`` are unaffected.
-:class:`~nastrain.oneshot.SupernetTrainer` calls it for a CPU model in the
-channels-last format.
+case, only inside the modules it is given (the plugin gives it the supernet's
+candidates and the modules marked with :func:`nastrain.utils.allow_rewrite`). The
+results are the same up to float rounding (the tests hold them to 1e-5 of PyTorch's
+own), in either memory format and under ``torch.autocast``; parameters and buffers
+keep their identity and their ``state_dict`` names, so optimizers, checkpoints and
+``apply_arch`` are unaffected. The custom autograd functions compute correct second
+derivatives (the depthwise convolution, the strided subsampling) or refuse a double
+backward loudly (the lean BatchNorm: ``once_differentiable``).
 """
 
 from __future__ import annotations
 
 import itertools
 import weakref
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 __all__ = [
@@ -49,7 +54,6 @@ __all__ = [
     "SharedPoolNorm",
     "SharedReLU",
     "StridedPointwiseConv",
-    "channels_last_hazards",
     "depthwise_weight_grad",
     "optimize_for_cpu",
     "pointwise_as_matmul",
@@ -63,6 +67,8 @@ MATMUL_MAX_ELEMENTS = 32 * 1024
 #: A channels-last BatchNorm over fewer channels than this runs on the (pixels, channels)
 #: matrix (training) or the contiguous layout (evaluation).
 SMALL_CHANNELS = 16
+
+_M = TypeVar("_M", bound=nn.Module)
 
 
 class PointwiseConv(nn.Module):
@@ -336,6 +342,14 @@ class _DepthwiseConvFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as autocast casts an argument of a lower-precision op: floating tensors other
+    than float64 to ``dtype``, the others as they are."""
+    if t.is_floating_point() and t.dtype not in (torch.float64, dtype):
+        return t.to(dtype)
+    return t
+
+
 class DepthwiseConv(nn.Module):
     """A depthwise ``nn.Conv2d`` (one filter per channel) with a faster backward pass,
     optionally with the ReLU before it folded in.
@@ -357,7 +371,19 @@ class DepthwiseConv(nn.Module):
         self.relu_first = relu_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _DepthwiseConvFunction.apply(x, self.weight, self.bias, self.plan, self.relu_first)
+        weight, bias = self.weight, self.bias
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # What autocast does for the convolution it replaces: the input, weight and bias
+            # in the autocast dtype (casts autograd differentiates back to each one's own),
+            # then the function without autocast, so that its forward and backward
+            # convolutions see one dtype.
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = _autocast(x, dtype), _autocast(weight, dtype)
+            bias = None if bias is None else _autocast(bias, dtype)
+            with torch.autocast(device, enabled=False):
+                return _DepthwiseConvFunction.apply(x, weight, bias, self.plan, self.relu_first)
+        return _DepthwiseConvFunction.apply(x, weight, bias, self.plan, self.relu_first)
 
     def extra_repr(self) -> str:
         plan = self.plan
@@ -475,9 +501,12 @@ def _entrances(model: nn.Module) -> set[int]:
     return entrances
 
 
-def share_relus_before_depthwise(model: nn.Module) -> dict[str, int]:
+def share_relus_before_depthwise(
+    model: nn.Module, modules: Iterable[nn.Module] | None = None
+) -> dict[str, int]:
     """Rewrite each ReLU right before a depthwise convolution in an ``nn.Sequential`` of
-    ``model``; returns how many became shared and how many were folded.
+    ``model`` (inside ``modules`` only, when given: see :func:`optimize_for_cpu`); returns
+    how many became shared and how many were folded.
 
     A ReLU that sees the input of a candidate operation (the first module of its
     Sequential, or of a first Sequential in one) becomes a :class:`SharedReLU`:
@@ -485,6 +514,10 @@ def share_relus_before_depthwise(model: nn.Module) -> dict[str, int]:
     nothing shares, is folded into the convolution (:class:`DepthwiseConv` with
     ``relu_first``). Positions and ``state_dict`` keys stay as they were.
     """
+    return _share_relus(model, _Scope(model, modules))
+
+
+def _share_relus(model: nn.Module, scope: _Scope) -> dict[str, int]:
     counts = {"shared": 0, "folded": 0}
     entrances = _entrances(model)
     for module in list(model.modules()):
@@ -496,15 +529,17 @@ def share_relus_before_depthwise(model: nn.Module) -> dict[str, int]:
                 continue
             if not (_is_depthwise(conv) or isinstance(conv, DepthwiseConv)):
                 continue
+            if relu not in scope or conv not in scope:
+                continue
             if id(relu) in entrances:
                 # The convolution is left to optimize_for_cpu's depthwise rewrite.
-                module._modules[relu_name] = SharedReLU(_pass_cache(model))
+                module._modules[relu_name] = scope.add(SharedReLU(_pass_cache(model)))
                 counts["shared"] += 1
             elif not getattr(conv, "relu_first", False):
                 if not isinstance(conv, DepthwiseConv):
-                    conv = module._modules[conv_name] = DepthwiseConv(conv)
+                    conv = module._modules[conv_name] = scope.add(DepthwiseConv(conv))
                 conv.relu_first = True
-                module._modules[relu_name] = nn.Identity()
+                module._modules[relu_name] = scope.add(nn.Identity())
                 counts["folded"] += 1
     return counts
 
@@ -531,7 +566,12 @@ def _is_depthwise(module: nn.Module) -> bool:
 
 class _LeanBatchNormFunction(torch.autograd.Function):
     """Training-mode BatchNorm without affine parameters that keeps its output, not its input,
-    for the backward pass (see :class:`LeanBatchNorm2d`)."""
+    for the backward pass (see :class:`LeanBatchNorm2d`).
+
+    Its backward pass is not differentiable (``once_differentiable``: a double backward
+    raises): the input's gradient depends on the inverse deviation, whose dependence on
+    the input is not kept, so a second derivative through it would be silently wrong.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -558,18 +598,23 @@ class _LeanBatchNormFunction(torch.autograd.Function):
         return out, mean, invstd
 
     @staticmethod
+    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, grad: torch.Tensor, *unused: Any
     ) -> tuple[Any, ...]:
         out, invstd = ctx.saved_tensors
         if ctx.small:
             # invstd * (g - mean(g) - x_hat * mean(g * x_hat)), per channel, on the
-            # (pixels, channels) matrices of the channels-last gradient and output.
-            g, x_hat = _pixels_by_channels(grad), _pixels_by_channels(out)
+            # (pixels, channels) matrices of the channels-last gradient and output; in
+            # float32 at least, as the library's kernel accumulates lower precisions.
+            compute = torch.promote_types(grad.dtype, invstd.dtype)
+            g = _pixels_by_channels(grad).to(compute)
+            x_hat = _pixels_by_channels(out).to(compute)
             n = g.shape[0]
             grad_x = (g + g.sum(0).div_(-n)).addcmul_(x_hat, (g * x_hat).sum(0).div_(-n))
             batch, channels, height, width = out.shape
-            grad_x = grad_x.mul_(invstd).view(batch, height, width, channels).permute(0, 3, 1, 2)
+            grad_x = grad_x.mul_(invstd).to(grad.dtype)
+            grad_x = grad_x.view(batch, height, width, channels).permute(0, 3, 1, 2)
             return grad_x, None, None, None, None, None
         zeros, ones = _zeros_and_ones(invstd)
         # The output is the normalised input, x_hat: the library's backward, given x_hat as its
@@ -598,7 +643,9 @@ def _small_batch_norm(
     (pixels, channels) matrix: column sums there are fast, where the library's channels-last
     kernel is slow under one vector of channels. Returns what ``native_batch_norm`` does
     (output, batch mean, inverse deviation) and updates the running statistics alike."""
-    pixels = _pixels_by_channels(x)
+    # In float32 at least (the library's kernel accumulates bfloat16 and float16 so, and
+    # returns float32 statistics), the output in x's dtype.
+    pixels = _pixels_by_channels(x).to(torch.promote_types(x.dtype, torch.float32))
     n = pixels.shape[0]
     mean = pixels.sum(0).div_(n)
     centred = pixels - mean
@@ -609,7 +656,8 @@ def _small_batch_norm(
             running_mean.lerp_(mean.to(running_mean.dtype), momentum)
             unbiased = var * (n / max(n - 1, 1))
             running_var.lerp_(unbiased.to(running_var.dtype), momentum)
-    out = centred.mul_(invstd).view(x.shape[0], x.shape[2], x.shape[3], x.shape[1])
+    out = centred.mul_(invstd).to(x.dtype)
+    out = out.view(x.shape[0], x.shape[2], x.shape[3], x.shape[1])
     return out.permute(0, 3, 1, 2), mean, invstd
 
 
@@ -737,10 +785,14 @@ class SharedPoolNorm(nn.Sequential):
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 
-def share_pool_norms(model: nn.Module) -> int:
-    """Replace every ``nn.Sequential(pooling, BatchNorm2d without affine)`` in ``model`` by a
-    :class:`SharedPoolNorm`, in place; returns how many were replaced."""
+def share_pool_norms(model: nn.Module, modules: Iterable[nn.Module] | None = None) -> int:
+    """Replace every ``nn.Sequential(pooling, BatchNorm2d without affine)`` in ``model``
+    (inside ``modules`` only, when given) by a :class:`SharedPoolNorm`, in place; returns
+    how many were replaced."""
+    return _share_pool_norms(model, _Scope(model, modules))
 
+
+def _share_pool_norms(model: nn.Module, scope: _Scope) -> int:
     def test(module: nn.Module) -> bool:
         return (
             type(module) is nn.Sequential
@@ -752,63 +804,103 @@ def share_pool_norms(model: nn.Module) -> int:
             and not (_left_alone(module[0]) or _left_alone(module[1]))
         )
 
-    return _replace(model, test, lambda seq: SharedPoolNorm(seq[0], seq[1], _pass_cache(model)))
+    return _replace(
+        model, scope, test, lambda seq: SharedPoolNorm(seq[0], seq[1], _pass_cache(model))
+    )
 
 
-def pointwise_as_matmul(model: nn.Module) -> int:
-    """Replace every plain 1x1 ``nn.Conv2d`` in ``model`` by a :class:`PointwiseConv`, in
-    place; returns how many were replaced."""
-    return _replace(model, _is_pointwise, PointwiseConv)
+def pointwise_as_matmul(model: nn.Module, modules: Iterable[nn.Module] | None = None) -> int:
+    """Replace every plain 1x1 ``nn.Conv2d`` in ``model`` (inside ``modules`` only, when
+    given) by a :class:`PointwiseConv`, in place; returns how many were replaced."""
+    return _replace(model, _Scope(model, modules), _is_pointwise, PointwiseConv)
 
 
 def _left_alone(module: nn.Module) -> bool:
-    """Whether ``module`` must not be rewritten: it carries hooks or parametrizations (a
+    """Whether ``module`` must not be replaced: it carries hooks or parametrizations (a
     replacement would silently drop them), or it is an ``nn.Sequential`` subclass with a
-    ``forward`` of its own (which may not pass its input through its children in order)."""
+    ``forward`` of its own (see :func:`_opaque`)."""
     hooked = (
         module._forward_hooks
         or module._forward_pre_hooks
         or module._backward_hooks
         or module._backward_pre_hooks
         or module._state_dict_hooks
+        or module._state_dict_pre_hooks
         or module._load_state_dict_pre_hooks
+        or module._load_state_dict_post_hooks
     )
-    if hooked or parametrize.is_parametrized(module):
-        return True
-    return isinstance(module, nn.Sequential) and type(module).forward is not nn.Sequential.forward
+    return bool(hooked) or parametrize.is_parametrized(module) or _opaque(module)
 
 
-def _replace(model: nn.Module, test: Any, make: Any) -> int:
+def _opaque(module: nn.Module) -> bool:
+    """An ``nn.Sequential`` subclass with a ``forward`` of its own (other than this module's
+    :class:`SharedPoolNorm`): it may not pass its input through its children in order, so
+    neither it nor anything inside it is rewritten."""
+    return (
+        isinstance(module, nn.Sequential)
+        and type(module).forward is not nn.Sequential.forward
+        and type(module) is not SharedPoolNorm
+    )
+
+
+class _Scope:
+    """The modules a rewrite may replace: ``roots`` (the whole model when ``None``) and
+    everything inside them, except what is inside an :func:`_opaque` module; and the
+    modules the rewrite itself made. Held by identity (and kept alive, so that an id is
+    never reused by another module meanwhile)."""
+
+    def __init__(self, model: nn.Module, roots: Iterable[nn.Module] | None) -> None:
+        self._members: dict[int, nn.Module] = {}
+        stack = [model] if roots is None else list(roots)
+        for root in stack:
+            if not isinstance(root, nn.Module):
+                raise TypeError(
+                    f"the modules to rewrite must be nn.Module instances, got {type(root).__name__}"
+                )
+        while stack:
+            module = stack.pop()
+            if id(module) in self._members:
+                continue
+            self._members[id(module)] = module
+            if not _opaque(module):
+                stack.extend(child for child in module._modules.values() if child is not None)
+
+    def __contains__(self, module: object) -> bool:
+        return self._members.get(id(module)) is module
+
+    def add(self, module: _M) -> _M:
+        """Count ``module`` (made by the rewrite) in; returns it."""
+        self._members[id(module)] = module
+        return module
+
+
+def _replace(
+    model: nn.Module,
+    scope: _Scope,
+    test: Callable[[nn.Module], bool],
+    make: Callable[[Any], nn.Module],
+) -> int:
+    """Replace each child ``c`` of a module of ``model`` for which ``c`` is in ``scope``, not
+    left alone, and ``test(c)`` holds, by ``make(c)``; returns how many were replaced."""
     count = 0
-    for module in model.modules():
+    for module in list(model.modules()):
         for name, child in list(module._modules.items()):
-            if child is not None and not _left_alone(child) and test(child):
-                module._modules[name] = make(child)
+            if child is not None and child in scope and not _left_alone(child) and test(child):
+                module._modules[name] = scope.add(make(child))
                 count += 1
     return count
 
 
-def channels_last_hazards(model: nn.Module) -> list[str]:
-    """The names of the strided 1x1 convolutions of ``model`` that :func:`optimize_for_cpu`
-    leaves to the library (hooked, parametrized, a subclass, padded or dilated).
-
-    On a CPU the library's channels-last backward of a strided 1x1 convolution aborts the
-    process on some sizes (torch 2.14.1, e.g. an 8x10 input), so a model holding one must
-    be trained in the contiguous layout.
-    """
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Conv2d)
-        and module.kernel_size == (1, 1)
-        and module.stride != (1, 1)
-        and (_left_alone(module) or not _is_strided_pointwise(module))
-    ]
-
-
-def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
+def optimize_for_cpu(
+    model: nn.Module, modules: Iterable[nn.Module] | None = None
+) -> dict[str, int]:
     """Rewrite ``model`` in place for fast channels-last training on a CPU; returns how many
     modules each rewrite touched.
+
+    ``modules`` limits the rewrite to those modules and their children (a supernet's
+    candidates, say): a module outside them is never replaced, only the model gets the
+    two hooks that scope :class:`SharedReLU` and :class:`SharedPoolNorm` to one forward
+    pass. ``None`` rewrites the whole model.
 
     * ``pointwise``: 1x1 convolutions become :class:`PointwiseConv`;
     * ``strided_pointwise``: strided 1x1 convolutions become :class:`StridedPointwiseConv`;
@@ -821,18 +913,23 @@ def optimize_for_cpu(model: nn.Module) -> dict[str, int]:
       :class:`DepthwiseConv` (an undilated stride-1 one is as fast in the library);
     * ``batchnorm``: BatchNorms become :class:`LeanBatchNorm2d`.
 
-    A module that carries hooks or parametrizations, or is an ``nn.Sequential`` subclass
-    with a ``forward`` of its own, is not replaced, and the ReLUs of such a Sequential are
-    neither shared nor folded: the rewrites keep every result to float rounding and every
-    hook firing. Calling it twice changes nothing more.
+    Only exact ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.ReLU`` modules are replaced. A
+    module that carries hooks or parametrizations is not replaced (its children may be);
+    an ``nn.Sequential`` subclass with a ``forward`` of its own is not rewritten at all,
+    nor is anything inside it, and the ReLUs of a hooked Sequential are neither shared
+    nor folded: the rewrites keep every result to float rounding and every hook firing.
+    Calling it twice changes nothing more.
     """
-    relus = share_relus_before_depthwise(model)
+    scope = _Scope(model, modules)
+    relus = _share_relus(model, scope)
     return {
-        "pool_norm_shared": share_pool_norms(model),
-        "pointwise": pointwise_as_matmul(model),
-        "strided_pointwise": _replace(model, _is_strided_pointwise, StridedPointwiseConv),
+        "pool_norm_shared": _share_pool_norms(model, scope),
+        "pointwise": _replace(model, scope, _is_pointwise, PointwiseConv),
+        "strided_pointwise": _replace(model, scope, _is_strided_pointwise, StridedPointwiseConv),
         "relu_shared": relus["shared"],
         "relu_folded": relus["folded"],
-        "depthwise": _replace(model, _is_strided_or_dilated_depthwise, DepthwiseConv),
-        "batchnorm": _replace(model, lambda m: type(m) is nn.BatchNorm2d, LeanBatchNorm2d.like),
+        "depthwise": _replace(model, scope, _is_strided_or_dilated_depthwise, DepthwiseConv),
+        "batchnorm": _replace(
+            model, scope, lambda m: type(m) is nn.BatchNorm2d, LeanBatchNorm2d.like
+        ),
     }

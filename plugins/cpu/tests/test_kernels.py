@@ -1,4 +1,4 @@
-"""The CPU fast paths of nastrain.kernels compute what PyTorch's own layers compute."""
+"""The CPU fast paths of nastrain_cpu.kernels compute what PyTorch's own layers compute."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from nastrain.kernels import (
+from nastrain_cpu.kernels import (
     MATMUL_MAX_ELEMENTS,
     DepthwiseConv,
     LeanBatchNorm2d,
