@@ -140,6 +140,7 @@ def test_a_second_writer_on_a_live_store_is_refused_naming_the_owner(
         with pytest.raises(StoreLockedError, match=f"pid {first.pid} on host ") as refused:
             experiment.run()
         assert refused.value.owner.pid == first.pid
+        assert isinstance(refused.value, RuntimeError)  # as the CONTRACT says
         assert _snapshot(store) == before
         assert before["trials"][0][4] == "running" and before["results"] == []
         assert log.read_text().split() == ["1.0", str(first.pid)]  # trial 0 trained once

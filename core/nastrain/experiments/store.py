@@ -111,8 +111,11 @@ class StoreError(ValueError):
     """A store file that cannot be used for this experiment (the file is left untouched)."""
 
 
-class StoreLockedError(StoreError):
-    """The store has a live writer already (its :attr:`owner`); nothing was changed."""
+class StoreLockedError(StoreError, RuntimeError):
+    """The store has a live writer already (its :attr:`owner`); nothing was changed.
+
+    A ``RuntimeError`` (the store is fine, another process holds it) and a
+    :class:`StoreError`."""
 
     def __init__(self, message: str, owner: Lease) -> None:
         super().__init__(message)
