@@ -5,14 +5,25 @@ A model space is an ordinary ``nn.Module`` that holds :class:`LayerChoice` and
 resolved: by :func:`nastrain.apply_arch` (a copy with the chosen candidates), by
 :func:`fixed_arch` (build the model with the choices already made) or by a
 one-shot trainer that replaces the choices with modules of its own.
+
+The constructors take what NNI 2.x's ``nni.retiarii.nn.pytorch`` choices take
+(``prior=``, ``InputChoice(3, 1, "sum")``, ``n_chosen=None``, the legacy ``key=``,
+``return_mask=False``, ``choose_from=``), and :func:`fixed_arch` takes a JSON file's
+path as NNI's does; ``docs/migration.md`` says where the two differ.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
+import logging
+import math
+import numbers
+import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,12 +33,17 @@ __all__ = [
     "REDUCTIONS",
     "ChosenInputs",
     "InputChoice",
+    "InputSwitches",
     "LayerChoice",
     "Mutable",
+    "ZeroInput",
     "fixed_arch",
     "label_scope",
+    "load_arch",
     "reduce_tensors",
 ]
+
+logger = logging.getLogger("nastrain")
 
 #: Ways an :class:`InputChoice` combines the inputs it selects.
 REDUCTIONS = ("sum", "mean", "concat", "none")
@@ -37,6 +53,9 @@ REDUCTIONS = ("sum", "mean", "concat", "none")
 _NOARG: Any = object()
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
+
+# NNI's tolerance for a prior that should sum to 1 (nni.nas.nn.pytorch.choice).
+_PRIOR_TOLERANCE = 1e-5
 
 
 class _LabelScope:
@@ -100,19 +119,79 @@ def _derive_label(label: str | None, prefix: str) -> str:
     return label
 
 
+def _json_kind(data: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number"}
+    return "null" if data is None else kinds.get(type(data), "a number")
+
+
+def load_arch(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an exported architecture from a JSON file (what ``json.dump(trainer.export(), f)``
+    writes, as NNI's examples do).
+
+    A missing file is a ``FileNotFoundError``, and a file that is not JSON or holds
+    something other than an object a ``ValueError``, each naming the file.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"fixed_arch: there is no architecture file {name!r}; pass the path of the JSON "
+            "file holding the exported architecture, or the architecture dict itself"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"fixed_arch: {name!r} is not JSON text (not UTF-8: {exc.reason} at byte {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise OSError(
+            f"fixed_arch: cannot read the architecture file {name!r}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"fixed_arch: {name!r} is not JSON ({exc.msg} at line {exc.lineno}, "
+            f"column {exc.colno}); it should hold the exported architecture, an object of "
+            "label -> choice"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"fixed_arch: {name!r} holds {_json_kind(data)}, not a JSON object of "
+            "label -> choice (an exported architecture)"
+        )
+    return data
+
+
 @contextlib.contextmanager
-def fixed_arch(arch: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def fixed_arch(
+    arch: Mapping[str, Any] | str | os.PathLike[str], verbose: bool = True
+) -> Iterator[dict[str, Any]]:
     """Build a model space with its choices already made.
 
     Inside the block, constructing a :class:`LayerChoice` returns the chosen
     candidate itself and an :class:`InputChoice` returns a :class:`ChosenInputs`.
     ``arch`` is an exported architecture (label -> candidate name, or label ->
-    list of input indices). A choice whose label ``arch`` lacks is a
-    ``ValueError``; so is a label of ``arch`` that no choice built in the block
-    used (checked when the block ends without another error).
+    list of input indices; a single index stands for a one-element list, as NNI
+    2.x's exports write it), or the path (``str`` or ``os.PathLike``) of a JSON
+    file holding one, read by :func:`load_arch`. A choice whose label ``arch``
+    lacks is a ``ValueError``; so is a label of ``arch`` that no choice built in
+    the block used (checked when the block ends without another error). With
+    ``verbose`` (the default, as in NNI) the architecture is logged on the
+    ``nastrain`` logger at INFO level.
     """
-    if not isinstance(arch, Mapping):
-        raise TypeError(f"fixed_arch expects a dict of label -> choice, got {type(arch).__name__}")
+    source = None
+    if isinstance(arch, (str, os.PathLike)):
+        source = os.fspath(arch)
+        arch = load_arch(arch)
+    elif not isinstance(arch, Mapping):
+        raise TypeError(
+            "fixed_arch expects a dict of label -> choice or the path of a JSON file holding "
+            f"one, got {type(arch).__name__}"
+        )
+    if verbose:
+        logger.info("fixed_arch%s: %s", f" ({source})" if source else "", dict(arch))
     state = _FixedArch(arch)
     token = _fixed.set(state)
     scope_token = _scope.set(_LabelScope())
@@ -143,6 +222,96 @@ def _fixed_value(label: str, shape: Any) -> tuple[bool, Any]:
         )
     state.used.add(label)
     return True, state.arch[label]
+
+
+def _legacy_options(kind: str, label: str | None, options: dict[str, Any]) -> str | None:
+    """Check the keyword arguments NNI's choices take beyond ``prior`` and ``label`` (its
+    legacy ``nni.nas.pytorch.mutables`` names); return the label they give."""
+    accepted = {
+        "LayerChoice": ("key", "return_mask", "reduction"),
+        "InputChoice": ("key", "return_mask", "choose_from"),
+    }[kind]
+    for name in options:
+        if name not in accepted:
+            raise TypeError(
+                f"{kind}() got an unexpected keyword argument {name!r}; it takes prior=, "
+                f"label= and NNI's legacy {', '.join(a + '=' for a in accepted)}"
+            )
+    if "key" in options:
+        key = options["key"]
+        if label is not None and key != label:
+            raise ValueError(
+                f"{kind}: key={key!r} and label={label!r} disagree; key is NNI's old name "
+                "of label, give only label="
+            )
+        label = key
+    if options.get("return_mask", False) is not False:
+        raise ValueError(
+            f"{kind} {label!r}: return_mask={options['return_mask']!r} is not supported: "
+            "nastrain's choices (like NNI 2.x's) return their output only, never a mask; "
+            "remove return_mask and read the choice's value from the exported architecture"
+        )
+    if kind == "LayerChoice" and "reduction" in options:
+        warnings.warn(
+            f"LayerChoice {label!r}: reduction={options['reduction']!r} is ignored: a "
+            "LayerChoice applies exactly one candidate (NNI 2.x ignores it too); remove it",
+            UserWarning,
+            stacklevel=3,
+        )
+    return label
+
+
+def _check_prior(
+    prior: Any, n_candidates: int, n_chosen: int, label: str, kind: str
+) -> tuple[float, ...] | None:
+    """``prior`` as a tuple of floats, or a clear error: one probability per candidate,
+    finite and non-negative, summing to 1, and enough of them positive for the choice to
+    keep more than one possible value."""
+    if prior is None:
+        return None
+    if isinstance(prior, (str, bytes, Mapping)) or not isinstance(prior, Iterable):
+        raise TypeError(
+            f"{kind} {label!r}: prior must be a list of probabilities, one per candidate, "
+            f"got {type(prior).__name__}"
+        )
+    values = []
+    for i, p in enumerate(prior):
+        if isinstance(p, bool) or not isinstance(p, numbers.Real):
+            raise TypeError(
+                f"{kind} {label!r}: prior[{i}] is a {type(p).__name__} ({p!r}), not a number"
+            )
+        if not math.isfinite(p) or p < 0:
+            raise ValueError(
+                f"{kind} {label!r}: prior[{i}] is {p!r}; a probability is finite and >= 0"
+            )
+        values.append(float(p))
+    if len(values) != n_candidates:
+        raise ValueError(
+            f"{kind} {label!r}: prior has {len(values)} probabilities for {n_candidates} "
+            "candidates; give one per candidate"
+        )
+    total = math.fsum(values)
+    if abs(total - 1.0) > _PRIOR_TOLERANCE:
+        raise ValueError(f"{kind} {label!r}: prior sums to {total:g}, not 1")
+    positive = sum(p > 0 for p in values)
+    needed = min(n_chosen + 1, n_candidates)
+    if positive < needed:
+        raise ValueError(
+            f"{kind} {label!r}: prior gives {positive} candidate(s) a positive probability; "
+            f"it needs at least {needed}, or the choice has only one possible value (to fix "
+            "a choice, leave out its other candidates)"
+        )
+    return tuple(values)
+
+
+def _layer_value_error(prefix: str, label: str, value: Any, names: Sequence[str]) -> ValueError:
+    hint = ""
+    if isinstance(value, int) and not isinstance(value, bool) and str(value) in names:
+        hint = f" (candidate names are strings: write {str(value)!r})"
+    return ValueError(
+        f"{prefix}choice {label!r} has no candidate {value!r}; "
+        f"its candidates are {list(names)}{hint}"
+    )
 
 
 class Mutable(nn.Module):
@@ -176,43 +345,67 @@ class LayerChoice(Mutable):
 
     ``candidates`` is a list of modules (named ``"0"``, ``"1"``, ...) or a dict
     of name -> module (its order is kept). Choices that share ``label`` are one
-    decision. Exported architectures name the chosen candidate.
+    decision. Exported architectures name the chosen candidate. ``prior`` (one
+    probability per candidate, summing to 1) weighs :meth:`SearchSpace.sample
+    <nastrain.SearchSpace.sample>`; without it sampling is uniform. NNI's legacy
+    keywords: ``key`` is ``label``; ``reduction`` is ignored with a warning;
+    ``return_mask=True`` is refused (no mask is ever returned).
     """
 
     names: list[str]
+    prior: tuple[float, ...] | None
 
-    def __new__(cls, candidates: Any = _NOARG, *, label: str | None = None) -> Any:
-        if candidates is _NOARG:
+    def __new__(
+        cls,
+        candidates: Any = _NOARG,
+        *args: Any,
+        prior: Any = None,
+        label: str | None = None,
+        **legacy: Any,
+    ) -> Any:
+        if candidates is _NOARG and not args and not legacy and prior is None and label is None:
             return super().__new__(cls)
+        if args:
+            raise TypeError(
+                f"LayerChoice takes one positional argument, the candidates, got {1 + len(args)}; "
+                "pass label= (and NNI's legacy reduction=, return_mask=, key=) by keyword"
+            )
+        if candidates is _NOARG:
+            raise TypeError("LayerChoice needs its candidates: a list or dict of nn.Module")
+        label = _legacy_options("LayerChoice", label, legacy)
         resolved = _derive_label(label, "layerchoice")
+        named = _named_candidates(candidates, resolved)
+        checked_prior = _check_prior(prior, len(named), 1, resolved, "LayerChoice")
         found, value = _fixed_value(
-            resolved, lambda: ("candidates", tuple(_named_candidates(candidates, resolved)))
+            resolved, lambda: ("candidates", tuple(named), "prior", checked_prior)
         )
         if found:
-            named = _named_candidates(candidates, resolved)
             if not isinstance(value, str) or value not in named:
-                raise ValueError(
-                    f"fixed_arch: choice {resolved!r} has no candidate {value!r}; "
-                    f"its candidates are {list(named)}"
-                )
+                raise _layer_value_error("fixed_arch: ", resolved, value, list(named))
             return named[value]
         self = super().__new__(cls)
-        object.__setattr__(self, "_pending_label", resolved)
+        object.__setattr__(self, "_pending", (resolved, named, checked_prior))
         return self
 
     def __init__(
         self,
         candidates: Sequence[nn.Module] | Mapping[str, nn.Module],
         *,
+        prior: Sequence[float] | None = None,
         label: str | None = None,
+        **legacy: Any,
     ) -> None:
+        # __new__ checked the arguments and left what they make; a LayerChoice that
+        # fixed_arch handed back as a candidate is already built.
+        pending = self.__dict__.pop("_pending", None)
+        if pending is None:
+            return
         super().__init__()
-        self.label = self.__dict__.pop("_pending_label")
-        named = _named_candidates(candidates, self.label)
+        self.label, named, self.prior = pending
         self.names = list(named)
         # nn.Module assigns these itself (model.train() sets "training"); a child module
-        # of that name would break it. "label" and "names" are only set here, first.
-        taken = sorted(set(named) & (set(self.__dict__) - {"label", "names"}))
+        # of that name would break it. "label", "names" and "prior" are only set here.
+        taken = sorted(set(named) & (set(self.__dict__) - {"label", "names", "prior"}))
         if taken:
             raise ValueError(
                 f"LayerChoice {self.label!r}: candidate name(s) {taken} are attributes "
@@ -240,7 +433,8 @@ class LayerChoice(Mutable):
         return list(self)
 
     def extra_repr(self) -> str:
-        return f"label={self.label!r}"
+        prior = f", prior={list(self.prior)}" if self.prior is not None else ""
+        return f"label={self.label!r}{prior}"
 
 
 def _named_candidates(candidates: Any, label: str) -> dict[str, nn.Module]:
@@ -317,57 +511,108 @@ class InputChoice(Mutable):
     """Pick ``n_chosen`` of ``n_candidates`` input tensors and reduce them.
 
     ``forward(inputs)`` takes the list of candidate tensors. Exported
-    architectures give the sorted list of chosen indices.
+    architectures give the sorted list of chosen indices. ``reduction`` may be
+    given by position, as in NNI: ``InputChoice(3, 1, "sum")``. ``prior`` (one
+    probability per input, summing to 1) weighs :meth:`SearchSpace.sample
+    <nastrain.SearchSpace.sample>`, which draws the inputs one after another without
+    replacement. ``n_chosen=None`` (NNI: any number of the inputs) builds an
+    :class:`InputSwitches` instead, one on/off decision per input.
+
+    NNI's legacy keywords: ``key`` is ``label``; ``choose_from`` (a list of source
+    keys) gives ``n_candidates`` as its length; ``return_mask=True`` is refused.
     """
+
+    #: NNI's legacy placeholder in ``choose_from`` for an input with no source key.
+    NO_KEY = ""
+
+    n_candidates: int
+    n_chosen: int
+    reduction: str
+    prior: tuple[float, ...] | None
 
     def __new__(
         cls,
         n_candidates: Any = _NOARG,
         n_chosen: Any = 1,
+        reduction: Any = "sum",
         *,
-        reduction: str = "sum",
+        prior: Any = None,
         label: str | None = None,
+        **legacy: Any,
     ) -> Any:
-        if n_candidates is _NOARG:
+        if n_candidates is _NOARG and not legacy and prior is None and label is None:
             return super().__new__(cls)
+        label = _legacy_options("InputChoice", label, legacy)
+        if "choose_from" in legacy:
+            n_candidates = _from_choose_from(legacy["choose_from"], n_candidates, label)
+        if n_candidates is _NOARG:
+            raise TypeError("InputChoice needs n_candidates, the number of inputs to choose from")
         resolved = _derive_label(label, "inputchoice")
+        if n_chosen is None:
+            return _input_switches(n_candidates, reduction, prior, resolved)
+        _check_input_choice(n_candidates, n_chosen, reduction, resolved)
+        checked_prior = _check_prior(prior, n_candidates, n_chosen, resolved, "InputChoice")
         found, value = _fixed_value(
-            resolved, lambda: ("n_candidates", n_candidates, "n_chosen", n_chosen)
+            resolved,
+            lambda: ("n_candidates", n_candidates, "n_chosen", n_chosen, "prior", checked_prior),
         )
         if found:
-            _check_input_choice(n_candidates, n_chosen, reduction, resolved)
             chosen = _check_indices(value, n_candidates, n_chosen, resolved)
             return ChosenInputs(chosen, reduction=reduction, n_candidates=n_candidates)
         self = super().__new__(cls)
-        object.__setattr__(self, "_pending_label", resolved)
+        object.__setattr__(
+            self, "_pending", (resolved, n_candidates, n_chosen, reduction, checked_prior)
+        )
         return self
 
     def __init__(
         self,
-        n_candidates: int,
-        n_chosen: int = 1,
-        *,
+        n_candidates: int | None = None,
+        n_chosen: int | None = 1,
         reduction: str = "sum",
+        *,
+        prior: Sequence[float] | None = None,
         label: str | None = None,
+        **legacy: Any,
     ) -> None:
+        # __new__ checked the arguments and left what they make.
+        pending = self.__dict__.pop("_pending", None)
+        if pending is None:
+            if "_modules" in self.__dict__:  # already built (a module fixed_arch handed back)
+                return
+            raise TypeError("InputChoice needs n_candidates, the number of inputs to choose from")
         super().__init__()
-        self.label = self.__dict__.pop("_pending_label")
-        _check_input_choice(n_candidates, n_chosen, reduction, self.label)
-        self.n_candidates = n_candidates
-        self.n_chosen = n_chosen
-        self.reduction = reduction
+        self.label, self.n_candidates, self.n_chosen, self.reduction, self.prior = pending
 
     def forward(self, inputs: list[torch.Tensor]) -> Any:
         raise self._unresolved()
 
     def extra_repr(self) -> str:
+        prior = f", prior={list(self.prior)}" if self.prior is not None else ""
         return (
             f"label={self.label!r}, n_candidates={self.n_candidates}, n_chosen={self.n_chosen}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}{prior}"
         )
 
 
+def _from_choose_from(choose_from: Any, n_candidates: Any, label: str | None) -> int:
+    """``n_candidates`` from NNI's legacy ``choose_from`` (a list of source keys)."""
+    if isinstance(choose_from, (str, bytes)) or not isinstance(choose_from, Sequence):
+        raise TypeError(
+            f"InputChoice {label!r}: choose_from must be a list of source keys (str), got "
+            f"{type(choose_from).__name__}"
+        )
+    if n_candidates not in (_NOARG, None) and n_candidates != len(choose_from):
+        raise ValueError(
+            f"InputChoice {label!r}: n_candidates is {n_candidates!r} but choose_from has "
+            f"{len(choose_from)} keys; give one of them"
+        )
+    return len(choose_from)
+
+
 def _check_indices(value: Any, n_candidates: int, n_chosen: int, label: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool) and n_chosen == 1:
+        value = [value]  # NNI 2.x exports a one-input choice as its index
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in value
     ):
@@ -389,8 +634,11 @@ def _check_indices(value: Any, n_candidates: int, n_chosen: int, label: str) -> 
 class ChosenInputs(nn.Module):
     """What an :class:`InputChoice` becomes once resolved: fixed indices plus a reduction."""
 
-    def __init__(self, chosen: list[int], *, reduction: str = "sum", n_candidates: int) -> None:
+    def __init__(
+        self, chosen: Sequence[int] | int, *, reduction: str = "sum", n_candidates: int
+    ) -> None:
         super().__init__()
+        chosen = [chosen] if isinstance(chosen, int) and not isinstance(chosen, bool) else chosen
         _check_input_choice(n_candidates, max(len(chosen), 1), reduction, "ChosenInputs")
         self.chosen = _check_indices(list(chosen), n_candidates, len(chosen), "ChosenInputs")
         self.reduction = reduction
@@ -403,3 +651,97 @@ class ChosenInputs(nn.Module):
 
     def extra_repr(self) -> str:
         return f"chosen={self.chosen}, reduction={self.reduction!r}"
+
+
+class ZeroInput(nn.Module):
+    """An input switched off: zeros shaped like it (the ``"off"`` candidate of an
+    :class:`InputSwitches` switch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+#: The candidates of each switch of an :class:`InputSwitches`, in this order.
+SWITCH_NAMES = ("off", "on")
+
+
+class InputSwitches(nn.Module):
+    """What ``InputChoice(n_candidates, n_chosen=None)`` builds: any number of the inputs.
+
+    NNI's ``n_chosen=None`` lets a search pick any subset of the inputs, the empty
+    one included (ENAS' macro skip connections). Here each input ``j`` passes through
+    its own switch, ``LayerChoice({"off": ZeroInput(), "on": nn.Identity()},
+    label=f"{label}/{j}")``, and the switches' outputs are summed: an ordinary space
+    of ``2 ** n_candidates`` architectures that every trainer and strategy searches
+    as it searches any LayerChoice (NNI's ENAS also decides each input on its own).
+    Exported architectures say ``{"skip/0": "on", "skip/1": "off", ...}``; an empty
+    selection gives zeros (NNI's gives ``None``). ``chosen`` builds the switches
+    already fixed (what :func:`fixed_arch` does with NNI's ``{"skip": [0, 2]}``).
+    """
+
+    def __init__(self, n_candidates: int, *, label: str, chosen: Sequence[int] | None = None):
+        super().__init__()
+        self.label = label
+        self.n_candidates = n_candidates
+        switches: list[nn.Module]
+        if chosen is None:
+            switches = [
+                LayerChoice(
+                    dict(zip(SWITCH_NAMES, (ZeroInput(), nn.Identity()))), label=f"{label}/{j}"
+                )
+                for j in range(n_candidates)
+            ]
+        else:
+            switches = [nn.Identity() if j in chosen else ZeroInput() for j in range(n_candidates)]
+        self.switches = nn.ModuleList(switches)
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        if len(inputs) != self.n_candidates:
+            raise ValueError(
+                f"InputChoice {self.label!r} expects {self.n_candidates} inputs, got {len(inputs)}"
+            )
+        out = None
+        for switch, x in zip(self.switches, inputs):
+            y = switch(x)
+            out = y if out is None else out + y
+        return out
+
+    def extra_repr(self) -> str:
+        return f"label={self.label!r}, n_candidates={self.n_candidates}, n_chosen=None"
+
+
+def _input_switches(n_candidates: Any, reduction: Any, prior: Any, label: str) -> InputSwitches:
+    """``InputChoice(n_candidates, n_chosen=None, ...)``: checked, and fixed under
+    :func:`fixed_arch` when the architecture gives ``label`` itself (NNI's form)."""
+    _check_input_choice(n_candidates, 1, reduction, label)
+    if reduction != "sum":
+        raise ValueError(
+            f"InputChoice {label!r}: n_chosen=None (any number of the inputs) sums the inputs "
+            f"it picks; reduction {reduction!r} needs a fixed number: give n_chosen=k, or "
+            "reduction='sum'"
+        )
+    if prior is not None:
+        raise ValueError(
+            f"InputChoice {label!r}: prior= is for a fixed n_chosen; with n_chosen=None each "
+            f"input is its own on/off choice ({label + '/0'!r}, ...), sampled uniformly: "
+            "remove prior, or give n_chosen=k"
+        )
+    state = _fixed.get()
+    if state is None or label not in state.arch:
+        return InputSwitches(n_candidates, label=label)
+    state.check_shared(label, ("switches", n_candidates))
+    value = state.arch[label]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (
+        not isinstance(value, (list, tuple))
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+        or len(set(value)) != len(value)
+        or any(not 0 <= i < n_candidates for i in value)
+    ):
+        raise ValueError(
+            f"fixed_arch: choice {label!r} (n_chosen=None) takes a list of distinct input "
+            f"indices in 0..{n_candidates - 1}, got {value!r}"
+        )
+    state.used.add(label)
+    return InputSwitches(n_candidates, label=label, chosen=sorted(value))

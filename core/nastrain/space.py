@@ -17,7 +17,14 @@ from typing import Any, Literal
 import attrs
 from torch import nn
 
-from nastrain.mutables import InputChoice, LayerChoice, Mutable, _check_indices
+from nastrain.mutables import (
+    InputChoice,
+    LayerChoice,
+    Mutable,
+    _check_indices,
+    _check_prior,
+    _layer_value_error,
+)
 from nastrain.serialization import SCHEMA_VERSION, dumps, loads
 
 __all__ = ["Architecture", "Choice", "SearchSpace", "apply_arch", "iter_mutables"]
@@ -32,7 +39,8 @@ class Choice:
 
     ``kind`` is ``"layer"`` (pick one of ``names``) or ``"input"`` (pick
     ``n_chosen`` of ``n_candidates`` input indices). Every module that carries
-    this ``label`` takes the same value.
+    this ``label`` takes the same value. ``prior`` (one probability per candidate,
+    from the choice's ``prior=``) weighs :meth:`sample`; ``None`` is uniform.
     """
 
     label: str
@@ -40,6 +48,11 @@ class Choice:
     names: tuple[str, ...] = ()
     n_candidates: int
     n_chosen: int = 1
+    prior: tuple[float, ...] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.prior is not None:
+            _check_prior(self.prior, self.n_candidates, self.n_chosen, self.label, "choice")
 
     @property
     def size(self) -> int:
@@ -57,29 +70,37 @@ class Choice:
                 yield list(combo)
 
     def sample(self, rng: random.Random) -> Any:
-        """A uniformly random value."""
+        """A random value: uniform, or weighed by :attr:`prior` (an input choice then
+        draws its ``n_chosen`` inputs one after another, without replacement)."""
+        if self.prior is None:
+            if self.kind == "layer":
+                return rng.choice(self.names)
+            return sorted(rng.sample(range(self.n_candidates), self.n_chosen))
         if self.kind == "layer":
-            return rng.choice(self.names)
-        return sorted(rng.sample(range(self.n_candidates), self.n_chosen))
+            return rng.choices(self.names, weights=self.prior)[0]
+        remaining, weights, chosen = list(range(self.n_candidates)), list(self.prior), []
+        for _ in range(self.n_chosen):
+            i = rng.choices(range(len(remaining)), weights=weights)[0]
+            chosen.append(remaining.pop(i))
+            weights.pop(i)
+        return sorted(chosen)
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` in canonical form, or raise ``ValueError`` naming the label."""
         if self.kind == "layer":
             if not isinstance(value, str) or value not in self.names:
-                raise ValueError(
-                    f"choice {self.label!r} has no candidate {value!r}; "
-                    f"its candidates are {list(self.names)}"
-                )
+                raise _layer_value_error("", self.label, value, self.names)
             return value
         return _check_indices(value, self.n_candidates, self.n_chosen, self.label)
 
     def compatible(self, other: Choice) -> bool:
         """Whether two modules with this label can be one decision."""
-        return (self.kind, self.names, self.n_candidates, self.n_chosen) == (
+        return (self.kind, self.names, self.n_candidates, self.n_chosen, self.prior) == (
             other.kind,
             other.names,
             other.n_candidates,
             other.n_chosen,
+            other.prior,
         )
 
 
@@ -91,6 +112,7 @@ def describe(module: Mutable) -> Choice:
             kind="layer",
             names=tuple(module.names),
             n_candidates=len(module.names),
+            prior=getattr(module, "prior", None),
         )
     if isinstance(module, InputChoice):
         return Choice(
@@ -98,6 +120,7 @@ def describe(module: Mutable) -> Choice:
             kind="input",
             n_candidates=module.n_candidates,
             n_chosen=module.n_chosen,
+            prior=getattr(module, "prior", None),
         )
     describe_fn = getattr(module, "describe", None)
     if describe_fn is None:
@@ -189,7 +212,8 @@ class SearchSpace:
         return math.prod(choice.size for choice in self.choices)
 
     def sample(self, seed: int | random.Random | None = None) -> Architecture:
-        """A uniformly random architecture; the same ``seed`` gives the same one."""
+        """A random architecture (uniform, or weighed by each choice's ``prior``); the same
+        ``seed`` gives the same one."""
         rng = seed if isinstance(seed, random.Random) else random.Random(seed)
         return {choice.label: choice.sample(rng) for choice in self.choices}
 
@@ -229,9 +253,10 @@ class SearchSpace:
 
 
 def _summary(choice: Choice) -> str:
+    prior = f", prior {list(choice.prior)}" if choice.prior is not None else ""
     if choice.kind == "layer":
-        return f"candidates {list(choice.names)}"
-    return f"n_candidates={choice.n_candidates}, n_chosen={choice.n_chosen}"
+        return f"candidates {list(choice.names)}{prior}"
+    return f"n_candidates={choice.n_candidates}, n_chosen={choice.n_chosen}{prior}"
 
 
 def apply_arch(model: nn.Module, arch: Mapping[str, Any]) -> nn.Module:
