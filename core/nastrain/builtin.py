@@ -35,7 +35,7 @@ def nastrain_export(trainer: BaseTrainer) -> Any:
 
 @hookimpl(trylast=True)
 def nastrain_replace_module(
-    module: nn.Module, init_fn: Callable[[nn.Module], nn.Module] | None
+    module: nn.Module, init_fn: Callable[[Any], nn.Module | None] | None
 ) -> nn.Module | None:
     """Use the ``init_fn`` the caller of ``replace_layer_choice`` & co. passed, if any."""
     return init_fn(module) if init_fn is not None else None

@@ -105,8 +105,8 @@ def recalibrate_bn(
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        for m, training in modes.items():
-            m.training = training
+        for module, training in modes.items():
+            module.training = training
     return used
 
 

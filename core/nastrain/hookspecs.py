@@ -63,7 +63,9 @@ def nastrain_export(trainer: BaseTrainer) -> dict[str, Any] | None:
 
 @hookspec(firstresult=True)
 def nastrain_replace_module(
-    module: nn.Module, trainer: BaseTrainer | None, init_fn: Callable[[nn.Module], nn.Module] | None
+    module: nn.Module,
+    trainer: BaseTrainer | None,
+    init_fn: Callable[[Any], nn.Module | None] | None,
 ) -> nn.Module | None:
     """Return the module that replaces the choice ``module`` for ``trainer``, or ``None``.
 

@@ -16,7 +16,7 @@ import importlib
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from nastrain.experiments.strategies import Strategy
-    from nastrain.trainer import BaseTrainer, Metric
+    from nastrain.reporting import Metric
+    from nastrain.trainer import BaseTrainer
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -523,7 +524,7 @@ def call_export(trainer: BaseTrainer) -> Any:
 def call_replace_module(
     module: nn.Module,
     trainer: BaseTrainer | None,
-    init_fn: Callable[[nn.Module], nn.Module] | None,
+    init_fn: Callable[[Any], nn.Module | None] | None,
 ) -> nn.Module | None:
     """Ask ``nastrain_replace_module`` for the replacement of ``module``."""
     return plugin_manager().hook.nastrain_replace_module(
@@ -559,6 +560,14 @@ def call_prepare_model(
                 stacklevel=3,
             )
             continue
-        if result:
-            done[name] = {str(key): int(value) for key, value in dict(result).items()}
+        if isinstance(result, Mapping):
+            if result:
+                done[name] = {str(key): int(value) for key, value in result.items()}
+        elif result is not None:
+            warnings.warn(
+                f"plugin {name!r} returned {type(result).__name__} from "
+                "nastrain_prepare_model, not a name -> count mapping or None; not logged",
+                PluginWarning,
+                stacklevel=3,
+            )
     return done

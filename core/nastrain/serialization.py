@@ -41,8 +41,8 @@ def _strict(kind: type, accepted: tuple[type, ...]) -> Any:
     return structure_value
 
 
-for _kind, _accepted in ((int, (int,)), (float, (int, float)), (str, (str,)), (bool, (bool,))):
-    converter.register_structure_hook(_kind, _strict(_kind, _accepted))
+for _scalar, _accepted in ((int, (int,)), (float, (int, float)), (str, (str,)), (bool, (bool,))):
+    converter.register_structure_hook(_scalar, _strict(_scalar, _accepted))
 
 
 def structure(data: Any, cls: type[T], *, what: str | None = None) -> T:

@@ -232,7 +232,7 @@ class TrainerSpec:
         return cls(model, **self.kwargs)
 
 
-def _record_arguments(cls: type, name: str) -> None:
+def _record_arguments(cls: type[BaseTrainer], name: str) -> None:
     original = cls.__init__
     signature = inspect.signature(original)
     params = list(signature.parameters.values())[1:]  # drop self
@@ -273,7 +273,9 @@ def _record_arguments(cls: type, name: str) -> None:
             self.__dict__["_nastrain_spec"] = TrainerSpec(name=name, kwargs=recorded)
         original(self, *args, **kwargs)
 
-    cls.__init__ = __init__  # type: ignore[method-assign]
+    # Replacing a class's __init__ is what this decorator is for; mypy refuses any such
+    # assignment (and types the wrapper's signature apart from the original's).
+    cls.__init__ = __init__  # type: ignore[method-assign, assignment]
 
 
 plugins.declare_registry_base(

@@ -33,6 +33,7 @@ __all__ = [
 #: The attribute :func:`allow_rewrite` sets on a module.
 REWRITE_MARK = "_nastrain_allow_rewrite"
 _M = TypeVar("_M", bound=nn.Module)
+_C = TypeVar("_C", bound=Mutable)
 
 
 def allow_rewrite(module: _M) -> _M:
@@ -50,8 +51,8 @@ Replaced = list[tuple[str, nn.Module]]
 
 def _replace(
     model: nn.Module,
-    kind: type[Mutable],
-    init_fn: Callable[[nn.Module], nn.Module] | None,
+    kind: type[_C],
+    init_fn: Callable[[_C], nn.Module | None] | None,
     modules: Replaced | None,
     trainer: BaseTrainer | None,
 ) -> Replaced:
@@ -110,7 +111,7 @@ def replace_layer_choice(
     choices are replaced too. ``trainer`` defaults to the one-shot trainer
     whose ``__init__`` is running.
     """
-    return _replace(model, LayerChoice, init_fn, modules, trainer)  # type: ignore[arg-type]
+    return _replace(model, LayerChoice, init_fn, modules, trainer)
 
 
 def replace_input_choice(
@@ -121,7 +122,7 @@ def replace_input_choice(
     trainer: BaseTrainer | None = None,
 ) -> Replaced:
     """Replace every ``InputChoice`` in ``model``, in place; see :func:`replace_layer_choice`."""
-    return _replace(model, InputChoice, init_fn, modules, trainer)  # type: ignore[arg-type]
+    return _replace(model, InputChoice, init_fn, modules, trainer)
 
 
 def replace_choices(

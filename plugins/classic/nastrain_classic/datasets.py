@@ -285,7 +285,7 @@ def _check_cifar10_md5(folder: Path) -> None:
         path = folder / name
         digest = hashlib.md5(usedforsecurity=False)
         with path.open("rb") as handle:
-            for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+            for block in iter(functools.partial(handle.read, 1 << 20), b""):
                 digest.update(block)
         if digest.hexdigest() != md5:
             raise ValueError(
