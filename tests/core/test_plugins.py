@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pluggy
 import pytest
+import torch
+from torch import nn
 
 import nastrain
 from nastrain import hookspecs, plugins
@@ -113,3 +115,23 @@ def test_empty_nastrain_plugins_loads_only_the_core(monkeypatch, nastrain_reload
     pm = nastrain_reload()
     assert plugins.loaded_plugins() == [] and plugins.failed_plugins() == []
     assert pm.has_plugin("nastrain.builtin")
+
+
+def test_a_prepare_model_answer_that_is_not_a_mapping_is_warned_about(nastrain_plugin) -> None:
+    class Listing:
+        @nastrain.hookimpl
+        def nastrain_prepare_model(self, trainer, model, device, modules):
+            return [("widgets", 2)]
+
+    class Counting:
+        @nastrain.hookimpl
+        def nastrain_prepare_model(self, trainer, model, device, modules):
+            return {"gadgets": 1}
+
+    nastrain_plugin(Listing(), name="listing")
+    nastrain_plugin(Counting(), name="counting")
+    model = nn.Linear(2, 2)
+    with pytest.warns(plugins.PluginWarning, match=r"'listing' returned list .*mapping"):
+        done = plugins.call_prepare_model(None, model, torch.device("cpu"), [model])
+    assert "listing" not in done
+    assert done["counting"] == {"gadgets": 1}
