@@ -1,17 +1,29 @@
 """Shared mechanics of one-shot trainers: the supernet's data, epoch loop, progress,
-reporting, checkpoints and seeding, written once for every one-shot plugin.
+logging, reporting, checkpoints and seeding, written once for every one-shot plugin.
 
-An algorithm (DARTS, ENAS, SPOS, ...) subclasses :class:`SupernetTrainer` and
-writes only what is its own: ``search_step`` (one step on a batch of the weight
-half and one of the architecture half), ``checkpointables`` (what else to save),
-``epoch_record`` (what to remember per epoch) and ``export``. An algorithm whose
-epoch is not a walk over (weight batch, architecture batch) pairs (ENAS trains the
-weights over the weight half, then its controller over the architecture half)
-overrides ``epoch_steps`` and ``steps_per_epoch`` instead of ``search_step``.
+An algorithm (DARTS, ENAS, SPOS, GDAS, ...) subclasses :class:`SupernetTrainer` and
+writes only what is its own:
+
+- ``search_step(train_batch, valid_batch)``: one step of the search. An epoch is one
+  walk over the weight half, a step per batch, each paired with a batch of the
+  architecture half (``pair_batches = False``: the weight half alone, as single-path
+  training does);
+- optionally ``architecture_step(valid_batch)``: a second phase of each epoch, one step
+  per batch of the architecture half (ENAS trains its controller there);
+- ``arch_parameters()``, ``checkpointables()`` (what else to save),
+  ``epoch_record()`` (what to remember per epoch), ``after_epoch()`` and ``export()``.
+
+The nastrain-only keyword options every such trainer takes (seed, checkpoint folder,
+progress bar, memory format, model rewrites, learning-rate scheduler) are one record,
+:class:`OneShotOptions`; ``docs/writing-a-one-shot-algorithm.md`` builds a complete
+trainer on this class.
 """
 
 from __future__ import annotations
 
+import abc
+import difflib
+import inspect
 import json
 import logging
 import math
@@ -21,12 +33,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
+from torch.utils.data import DataLoader, Dataset, Subset, SubsetRandomSampler
 
 from nastrain import plugins
 from nastrain.mutables import LayerChoice
@@ -37,9 +49,18 @@ from nastrain.space import SearchSpace
 from nastrain.trainer import BaseOneShotTrainer
 from nastrain.utils import REWRITE_MARK
 
-__all__ = ["CheckpointMeta", "SupernetTrainer", "read_checkpoint", "rng_state", "set_rng_state"]
+__all__ = [
+    "CheckpointMeta",
+    "OneShotOptions",
+    "SupernetTrainer",
+    "read_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
 
 logger = logging.getLogger("nastrain")
+#: Where ``log_frequency``'s lines go when logging is configured (see ``SupernetTrainer``).
+step_logger = logging.getLogger("nastrain.steps")
 
 #: Set to ``0`` to keep plugins from rewriting supernets (``nastrain_prepare_model``).
 REWRITE_ENV = "NASTRAIN_REWRITE"
@@ -67,6 +88,136 @@ class CheckpointMeta:
     numpy_rng: list[Any] | None = None
     history: list[dict[str, Any]] = attrs.field(factory=list)
     schema_version: int = SCHEMA_VERSION
+
+
+def _check_optional_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{attribute.name} must be an int or None, got {value!r}")
+
+
+def _check_optional_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be True, False or None, got {value!r}")
+
+
+def _check_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be True or False, got {value!r}")
+
+
+def _to_optional_path(value: Any) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"checkpoint_dir must be a path (str or os.PathLike) or None, got "
+            f"{type(value).__name__}"
+        )
+    return Path(value)
+
+
+def _check_scheduler(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    missing = [
+        m
+        for m in ("step", "state_dict", "load_state_dict")
+        if not callable(getattr(value, m, None))
+    ]
+    if missing:
+        raise TypeError(
+            f"lr_scheduler must be a learning-rate scheduler (torch.optim.lr_scheduler.*), with "
+            f"step(), state_dict() and load_state_dict(); a {type(value).__name__} lacks "
+            f"{', '.join(m + '()' for m in missing)}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class OneShotOptions:
+    """nastrain's own keyword options of every one-shot trainer built on
+    :class:`SupernetTrainer`, beyond the NNI-compatible arguments each trainer declares.
+
+    Give them as keywords (``DartsTrainer(..., seed=0, checkpoint_dir="runs/x")``: the
+    trainer collects them into this record) or as one record
+    (``DartsTrainer(..., options=OneShotOptions(seed=0))``; keywords given beside it
+    replace its fields). A misspelt option is a ``TypeError`` naming the trainer and the
+    key. The trainer keeps the record as ``trainer.options``; change one with
+    ``attrs.evolve``.
+    """
+
+    seed: int | None = attrs.field(default=None, validator=_check_optional_int)
+    """Seeds torch, Python and NumPy when the trainer is built (the architecture parameters'
+    initialisation, the data order, dropout); seed before building the model too for a fully
+    reproducible run. ``None``: torch's global generator is never reseeded and the data
+    order is drawn from it, so the user's own ``torch.manual_seed`` reproduces the search."""
+
+    checkpoint_dir: Path | None = attrs.field(default=None, converter=_to_optional_path)
+    """A folder to write a checkpoint into after every epoch (one file, replaced atomically);
+    ``fit()`` resumes from the checkpoint there. ``None``: no checkpoints. A folder that
+    cannot be written is refused when the trainer is built."""
+
+    progress: bool | None = attrs.field(default=None, validator=_check_optional_bool)
+    """A progress bar per epoch on stderr; ``None``: when stderr is a terminal."""
+
+    channels_last: bool | None = attrs.field(default=None, validator=_check_optional_bool)
+    """The channels-last memory format for inputs and the supernet; ``None``: on a CPU for a
+    model with convolutions, unless a strided 1x1 convolution is left after the rewrites (see
+    :meth:`SupernetTrainer.prepare_model`)."""
+
+    rewrite_model: bool = attrs.field(default=True, validator=_check_bool)
+    """Let plugins rewrite the supernet's candidates before training (the
+    ``nastrain_prepare_model`` hook, e.g. the CPU kernels of ``nastrain-cpu``);
+    ``NASTRAIN_REWRITE=0`` in the environment turns it off too."""
+
+    lr_scheduler: Any = attrs.field(default=None, validator=_check_scheduler)
+    """A scheduler of the weights' optimizer (so pass that optimizer too), stepped once after
+    every epoch and saved in the checkpoints under ``"lr_scheduler"``."""
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The options' names, in declaration order."""
+        return [field.name for field in attrs.fields(cls)]
+
+
+def resolve_options(
+    trainer: type, options: OneShotOptions | None, kwargs: Mapping[str, Any]
+) -> OneShotOptions:
+    """The options of a ``trainer`` built with ``options=`` and/or option keywords
+    ``kwargs``; an unknown keyword is a ``TypeError`` naming the trainer and the key and
+    listing what the trainer takes."""
+    names = OneShotOptions.names()
+    unknown = [key for key in kwargs if key not in names]
+    if unknown:
+        key = unknown[0]
+        own = _own_arguments(trainer)
+        close = difflib.get_close_matches(key, [*own, *names], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(
+            f"{trainer.__qualname__}() got an unexpected keyword argument {key!r}{hint}; it "
+            f"takes {', '.join(own)}, and the one-shot options {', '.join(names)} "
+            "(nastrain.oneshot.OneShotOptions)"
+        )
+    if options is None:
+        return OneShotOptions(**kwargs)
+    if not isinstance(options, OneShotOptions):
+        raise TypeError(
+            f"{trainer.__qualname__}: options must be a nastrain.oneshot.OneShotOptions, got "
+            f"{type(options).__name__}"
+        )
+    return attrs.evolve(options, **kwargs) if kwargs else options
+
+
+def _own_arguments(trainer: type) -> list[str]:
+    """The named arguments of ``trainer``'s constructor after the model."""
+    try:
+        parameters = list(inspect.signature(trainer.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in parameters[1:]
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
 
 
 def _resolve_device(device: Any) -> torch.device:
@@ -184,26 +335,43 @@ class SupernetTrainer(BaseOneShotTrainer):
     It reads the search space off ``model`` (a model without choices is an
     error), splits ``dataset`` into a weight half and an architecture half (as
     in DARTS and ENAS; ``valid_dataset``, when given, is the architecture
-    data instead), runs ``num_epochs`` epochs of :meth:`search_step` over
-    ``zip(weight batches, architecture batches)`` with a progress bar, reports
-    each epoch's mean metrics with ``report_intermediate_result``, keeps them in
-    :attr:`history`, and writes a checkpoint to ``checkpoint_dir`` after every
-    epoch (one file, replaced atomically: see :meth:`save_checkpoint`). A
-    trainer built with a ``checkpoint_dir`` that holds a checkpoint resumes from
-    it in :meth:`fit`: same seed, same result as a run that was never
-    interrupted. ``seed=None`` leaves torch's global generator as the user
-    seeded it (the data order is drawn from it); a ``device`` this machine lacks
-    and a ``checkpoint_dir`` that cannot be written are refused when the trainer
-    is built.
+    data instead; both are :attr:`train_data` and :attr:`valid_data`), and runs
+    ``num_epochs`` epochs. An epoch is :meth:`search_step` on each batch of the
+    weight half, paired with a batch of the architecture half (``pair_batches =
+    False``: ``valid_batch`` is ``None`` and only the weight half is walked), then,
+    for a trainer that defines it, :meth:`architecture_step` on each batch of the
+    architecture half. Each epoch's mean step metrics are reported with
+    ``report_intermediate_result`` and kept in :attr:`history`, with a progress bar
+    (``progress``) and, every ``log_frequency`` steps, a line of the running means
+    (through the ``nastrain.steps`` logger when logging is configured, else printed to
+    stderr). After every epoch a checkpoint is written to ``checkpoint_dir`` (one
+    file, replaced atomically: see :meth:`save_checkpoint`); a trainer built with a
+    ``checkpoint_dir`` that holds one resumes from it in :meth:`fit`, ending where an
+    uninterrupted run ends.
 
-    Subclasses call ``super().__init__`` first, then replace the choices,
-    build their optimizers, and implement :meth:`search_step` (or, for an epoch
-    of another shape, :meth:`epoch_steps` and :meth:`steps_per_epoch`),
-    :meth:`checkpointables` and ``export``.
+    The arguments are the NNI-compatible ones (``loss``, ``metrics``, ``num_epochs``,
+    ``dataset``, ``batch_size``, ``workers``, ``device``, ``log_frequency``) and
+    ``valid_dataset``; every other keyword is one of the :class:`OneShotOptions`
+    (``seed``, ``checkpoint_dir``, ``progress``, ``channels_last``, ``rewrite_model``,
+    ``lr_scheduler``), or ``options=`` gives them as one record. A subclass takes
+    ``**options`` and passes them on. A ``device`` this machine lacks and a
+    ``checkpoint_dir`` that cannot be written are refused when the trainer is built.
+
+    A subclass calls ``super().__init__`` first, then replaces the choices
+    (:func:`nastrain.utils.replace_choices` or ``replace_layer_choice``), calls
+    :meth:`prepare_model`, builds its optimizers, and implements
+    :meth:`search_step` and ``export``; :meth:`arch_parameters`,
+    :meth:`checkpointables`, :meth:`epoch_record` and :meth:`after_epoch` as it needs.
     """
 
     #: The registered name, recorded in checkpoints.
     name = "supernet"
+
+    #: Whether each :meth:`search_step` gets a batch of the architecture half beside its
+    #: batch of the weight half (DARTS-style alternation). ``False``: the steps walk the
+    #: weight half alone and ``valid_batch`` is ``None`` (single-path training, which
+    #: leaves the architecture half to :meth:`architecture_step` or ``export()``).
+    pair_batches: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -218,25 +386,26 @@ class SupernetTrainer(BaseOneShotTrainer):
         workers: int = 0,
         device: Any = None,
         log_frequency: int | None = None,
-        seed: int | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        progress: bool | None = None,
-        channels_last: bool | None = None,
-        rewrite_model: bool = True,
+        options: OneShotOptions | None = None,
+        **kwargs: Any,
     ) -> None:
-        cls = type(self)
-        if (
-            cls.search_step is SupernetTrainer.search_step
-            and cls.epoch_steps is SupernetTrainer.epoch_steps
-        ):
-            raise TypeError(
-                f"{cls.__qualname__} cannot be instantiated: it implements neither search_step() "
-                "nor epoch_steps(), one of which a SupernetTrainer requires"
-            )
+        #: The :class:`OneShotOptions` this trainer was built with.
+        self.options = resolve_options(type(self), options, kwargs)
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+        if log_frequency is not None and (
+            isinstance(log_frequency, bool)
+            or not isinstance(log_frequency, int)
+            or log_frequency < 1
+        ):
+            raise ValueError(
+                f"log_frequency must be an int >= 1 (a line every that many steps) or None, "
+                f"got {log_frequency!r}"
+            )
         self.space = SearchSpace.from_model(model)
         if not self.space.choices:
             raise ValueError(
@@ -244,10 +413,9 @@ class SupernetTrainer(BaseOneShotTrainer):
                 "is nothing to search; train it with a classic trainer instead"
             )
         self.device = _resolve_device(device)
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if self.checkpoint_dir is not None:
             _check_checkpoint_dir(self.checkpoint_dir)
-        self.seed = seed
+        seed = self.seed
         if seed is not None:
             seed_everything(seed)
         self.model = model
@@ -257,17 +425,9 @@ class SupernetTrainer(BaseOneShotTrainer):
         self.batch_size = batch_size
         self.workers = workers
         self.log_frequency = log_frequency
-        self.progress = progress
-        if channels_last not in (None, True, False):
-            raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
-        #: What the user asked for (``None``: chosen in :meth:`prepare_model`).
-        self.channels_last_requested = channels_last
         #: Whether inputs and the model are in the channels-last memory format (set by
         #: :meth:`prepare_model`).
-        self.channels_last = bool(channels_last)
-        #: Whether :meth:`prepare_model` lets plugins rewrite the supernet
-        #: (``nastrain_prepare_model``); ``NASTRAIN_REWRITE=0`` turns it off too.
-        self.rewrite_model = rewrite_model
+        self.channels_last = bool(self.options.channels_last)
         #: The modules plugins may rewrite: the candidates of every ``LayerChoice``, plus the
         #: modules their owner marked with :func:`nastrain.utils.allow_rewrite`.
         self.rewritable_modules: list[nn.Module] = _rewritable_modules(model)
@@ -280,73 +440,84 @@ class SupernetTrainer(BaseOneShotTrainer):
             seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
         self.data_generator = torch.Generator()
         self.data_generator.manual_seed(seed)
+        self._valid_name = "dataset" if valid_dataset is None else "valid_dataset"
+        #: The weight half and the architecture half of the data, as datasets (halves of
+        #: ``dataset``, or ``dataset`` and ``valid_dataset``); :attr:`train_loader` and
+        #: :attr:`valid_loader` walk them in a fresh random order each epoch.
+        self.train_data, self.valid_data = self._halves(dataset, valid_dataset)
         self.train_loader, self.valid_loader = self._loaders(dataset, valid_dataset)
 
-    # --- data ---------------------------------------------------------------------------
+    # --- the options, as attributes ----------------------------------------------------------
 
-    def _loaders(
-        self, dataset: Dataset, valid_dataset: Dataset | None
-    ) -> tuple[DataLoader, DataLoader]:
-        for what, data in (("dataset", dataset), ("valid_dataset", valid_dataset)):
-            if data is not None and not hasattr(data, "__getitem__"):
-                raise TypeError(f"{what} must be a torch Dataset, got {type(data).__name__}")
-        common = {
-            "batch_size": self.batch_size,
-            "num_workers": self.workers,
-            "generator": self.data_generator,
-            "persistent_workers": self.workers > 0,
-            "pin_memory": self.device.type == "cuda",
-        }
-        self._valid_name = "dataset" if valid_dataset is None else "valid_dataset"
-        if valid_dataset is None:
-            n = len(dataset)  # type: ignore[arg-type]
-            if n < 2:
-                raise ValueError(f"dataset has {n} item(s); it is split in halves, so it needs 2+")
-            split = n // 2
-            train = DataLoader(
-                dataset, sampler=SubsetRandomSampler(range(split), self.data_generator), **common
-            )
-            valid = DataLoader(
-                dataset,
-                sampler=SubsetRandomSampler(range(split, n), self.data_generator),
-                **common,
-            )
-        else:
-            train = DataLoader(dataset, shuffle=True, **common)
-            valid = DataLoader(valid_dataset, shuffle=True, **common)
-        return train, valid
+    @property
+    def seed(self) -> int | None:
+        """``options.seed``."""
+        return self.options.seed
 
-    def batches(self, half: Literal["train", "valid"]) -> Iterator[Any]:
-        """The batches of one half of the data for one pass (``"train"``: the weight half,
-        ``"valid"``: the architecture half), each checked to be an (input, target) pair and
-        moved to :attr:`device`.
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """``options.checkpoint_dir``."""
+        return self.options.checkpoint_dir
 
-        The loader's iterator is created at once, as ``zip`` over the loaders would.
-        """
-        if half == "train":
-            return self._checked(iter(self.train_loader), "dataset")
-        if half == "valid":
-            return self._checked(iter(self.valid_loader), self._valid_name)
-        raise ValueError(f"half must be 'train' or 'valid', got {half!r}")
+    @property
+    def progress(self) -> bool | None:
+        """``options.progress``."""
+        return self.options.progress
 
-    def _checked(self, batches: Iterator[Any], what: str) -> Iterator[Any]:
-        for i, batch in enumerate(batches):
-            if i == 0:
-                _check_batch(batch, what)
-            yield self.to_device(batch)
+    @property
+    def channels_last_requested(self) -> bool | None:
+        """``options.channels_last``: what the user asked for (``None``: chosen in
+        :meth:`prepare_model`, whose choice is :attr:`channels_last`)."""
+        return self.options.channels_last
 
-    def to_device(self, batch: Any) -> Any:
-        """Move a batch (tensors, or tuples/lists/dicts of them) to :attr:`device`."""
-        if isinstance(batch, torch.Tensor):
-            batch = batch.to(self.device, non_blocking=True)
-            if self.channels_last and batch.dim() == 4:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            return batch
-        if isinstance(batch, (tuple, list)):
-            return type(batch)(self.to_device(item) for item in batch)
-        if isinstance(batch, dict):
-            return {key: self.to_device(value) for key, value in batch.items()}
-        return batch
+    @property
+    def rewrite_model(self) -> bool:
+        """``options.rewrite_model``."""
+        return self.options.rewrite_model
+
+    @property
+    def lr_scheduler(self) -> Any:
+        """``options.lr_scheduler``."""
+        return self.options.lr_scheduler
+
+    # --- what an algorithm writes -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
+        """One step of the search on a batch of the weight half and one of the architecture
+        half (``None`` when :attr:`pair_batches` is ``False``), each an ``(input, target)``
+        pair already on :attr:`device`, the model in training mode. Returns the step's
+        metrics, at least ``"loss"`` (checked to be finite); they are averaged over the
+        epoch, logged and reported."""
+
+    def architecture_step(self, valid_batch: Any) -> dict[str, float]:
+        """One step of an epoch's second phase, for algorithms that have one: after the
+        search steps, this runs on every batch of the architecture half, the model in
+        evaluation mode (ENAS trains its controller here). Returns metrics, as
+        :meth:`search_step` does. Without an override an epoch has no second phase."""
+        raise NotImplementedError  # never called: the loop runs only an override
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters the search learns (DARTS' alphas, a controller's
+        weights), outside ``model.parameters()``; empty for an algorithm that learns none
+        (uniform sampling)."""
+        return []
+
+    def checkpointables(self) -> dict[str, Any]:
+        """Objects with ``state_dict``/``load_state_dict`` to checkpoint beyond the model
+        (optimizers, architecture parameters, controllers), by a key of their own; the
+        ``lr_scheduler`` option is saved under ``"lr_scheduler"`` without being listed."""
+        return {}
+
+    def epoch_record(self) -> dict[str, Any]:
+        """JSON-ready extras for this epoch's :attr:`history` record."""
+        return {}
+
+    def after_epoch(self) -> None:
+        """Runs after each epoch's steps, before the ``lr_scheduler`` steps and the epoch's
+        record and checkpoint are written (e.g. a temperature schedule)."""
+
+    # --- what an algorithm calls -------------------------------------------------------------
 
     def prepare_model(self) -> None:
         """Move the (relaxed) model to :attr:`device`, let plugins rewrite it
@@ -389,6 +560,19 @@ class SupernetTrainer(BaseOneShotTrainer):
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
+    def to_device(self, batch: Any) -> Any:
+        """Move a batch (tensors, or tuples/lists/dicts of them) to :attr:`device`."""
+        if isinstance(batch, torch.Tensor):
+            batch = batch.to(self.device, non_blocking=True)
+            if self.channels_last and batch.dim() == 4:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            return batch
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(self.to_device(item) for item in batch)
+        if isinstance(batch, dict):
+            return {key: self.to_device(value) for key, value in batch.items()}
+        return batch
+
     def compute_metrics(self, logits: Any, target: Any) -> dict[str, float]:
         """The user's ``metrics(logits, target)`` as a dict of floats (empty without one)."""
         if self.metrics is None:
@@ -398,40 +582,88 @@ class SupernetTrainer(BaseOneShotTrainer):
             result = {"metric": result}
         return {key: float(value) for key, value in result.items()}
 
-    # --- what an algorithm writes -----------------------------------------------------------
-
-    def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
-        """One search step on a batch of each half; returns metrics, at least ``"loss"``
-        (checked to be finite). What the default :meth:`epoch_steps` runs."""
-        raise TypeError(
-            f"{type(self).__qualname__} overrides epoch_steps(), which does not call search_step()"
-        )
-
-    def epoch_steps(self) -> Iterator[dict[str, float]]:
-        """Run one epoch's steps, yielding each step's metrics (a ``"loss"`` among them is
-        checked to be finite; metrics are averaged over the steps that report them).
-
-        The default is :meth:`search_step` over ``zip(weight batches, architecture
-        batches)``. An algorithm with an epoch of another shape overrides this and
-        :meth:`steps_per_epoch`, and draws its batches from :meth:`batches`.
-        """
-        for train_batch, valid_batch in zip(self.batches("train"), self.batches("valid")):
-            yield self.search_step(train_batch, valid_batch)
-
     def steps_per_epoch(self) -> int:
-        """How many steps :meth:`epoch_steps` yields per epoch (the progress bar's total)."""
-        return min(len(self.train_loader), len(self.valid_loader))
+        """How many steps an epoch has: search steps, plus the architecture phase's (the
+        progress bar's total)."""
+        train, valid = len(self.train_loader), len(self.valid_loader)
+        steps = min(train, valid) if self.pair_batches else train
+        return steps + (valid if self._has_architecture_phase() else 0)
 
-    def checkpointables(self) -> dict[str, Any]:
-        """Objects with ``state_dict``/``load_state_dict`` to checkpoint beyond the model
-        (optimizers, schedulers, architecture parameters, controllers)."""
-        return {}
+    # --- data ---------------------------------------------------------------------------
 
-    def epoch_record(self) -> dict[str, Any]:
-        """JSON-ready extras for this epoch's :attr:`history` record."""
-        return {}
+    @staticmethod
+    def _halves(dataset: Dataset, valid_dataset: Dataset | None) -> tuple[Dataset, Dataset]:
+        for what, data in (("dataset", dataset), ("valid_dataset", valid_dataset)):
+            if data is not None and not hasattr(data, "__getitem__"):
+                raise TypeError(f"{what} must be a torch Dataset, got {type(data).__name__}")
+        if valid_dataset is not None:
+            return dataset, valid_dataset
+        n = len(dataset)  # type: ignore[arg-type]
+        if n < 2:
+            raise ValueError(f"dataset has {n} item(s); it is split in halves, so it needs 2+")
+        split = n // 2
+        return Subset(dataset, range(split)), Subset(dataset, range(split, n))
+
+    def _loaders(
+        self, dataset: Dataset, valid_dataset: Dataset | None
+    ) -> tuple[DataLoader, DataLoader]:
+        common = {
+            "batch_size": self.batch_size,
+            "num_workers": self.workers,
+            "generator": self.data_generator,
+            "persistent_workers": self.workers > 0,
+            "pin_memory": self.device.type == "cuda",
+        }
+        if valid_dataset is None:
+            # Samplers over the whole dataset (not loaders over the Subsets), so that the data
+            # order, and with it every result and checkpoint, stays what it was.
+            n = len(dataset)  # type: ignore[arg-type]
+            split = n // 2
+            train = DataLoader(
+                dataset, sampler=SubsetRandomSampler(range(split), self.data_generator), **common
+            )
+            valid = DataLoader(
+                dataset,
+                sampler=SubsetRandomSampler(range(split, n), self.data_generator),
+                **common,
+            )
+        else:
+            train = DataLoader(dataset, shuffle=True, **common)
+            valid = DataLoader(valid_dataset, shuffle=True, **common)
+        return train, valid
+
+    def _batches(self, half: Literal["train", "valid"]) -> Iterator[Any]:
+        """The batches of one half for one pass, each checked to be an (input, target) pair
+        and moved to :attr:`device`. The loader's iterator is created at once, as ``zip``
+        over the loaders would."""
+        if half == "train":
+            return self._checked(iter(self.train_loader), "dataset")
+        return self._checked(iter(self.valid_loader), self._valid_name)
+
+    def _checked(self, batches: Iterator[Any], what: str) -> Iterator[Any]:
+        for i, batch in enumerate(batches):
+            if i == 0:
+                _check_batch(batch, what)
+            yield self.to_device(batch)
 
     # --- the loop ----------------------------------------------------------------------------
+
+    def _has_architecture_phase(self) -> bool:
+        return type(self).architecture_step is not SupernetTrainer.architecture_step
+
+    def _epoch_steps(self) -> Iterator[dict[str, float]]:
+        """Run one epoch's steps, yielding each step's metrics."""
+        self.model.train()
+        if self.pair_batches:
+            for train_batch, valid_batch in zip(self._batches("train"), self._batches("valid")):
+                yield self.search_step(train_batch, valid_batch)
+        else:
+            for train_batch in self._batches("train"):
+                yield self.search_step(train_batch, None)
+        if self._has_architecture_phase():
+            self.model.eval()
+            for valid_batch in self._batches("valid"):
+                yield self.architecture_step(valid_batch)
 
     def _progress_enabled(self) -> bool:
         if self.progress is not None:
@@ -481,8 +713,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         task = None
         if progress is not None:
             task = progress.add_task(f"epoch {epoch + 1}/{self.num_epochs}", total=steps, status="")
-        self.model.train()
-        for step, metrics in enumerate(self.epoch_steps()):
+        for step, metrics in enumerate(self._epoch_steps()):
             loss = metrics.get("loss")
             if loss is not None and not math.isfinite(loss):
                 kept = ""
@@ -497,15 +728,10 @@ class SupernetTrainer(BaseOneShotTrainer):
             if task is not None:
                 progress.update(task, advance=1, status=status)
             if self.log_frequency and (step + 1) % self.log_frequency == 0:
-                logger.info(
-                    "epoch %d/%d step %d/%d: %s",
-                    epoch + 1,
-                    self.num_epochs,
-                    step + 1,
-                    steps,
-                    status,
-                )
+                self._log_step(progress, epoch + 1, step + 1, steps, status)
         self.after_epoch()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         means = meter.means()
         record = {"epoch": epoch + 1, "metrics": means, **self.epoch_record()}
         self.history.append(record)
@@ -516,10 +742,35 @@ class SupernetTrainer(BaseOneShotTrainer):
         if self.checkpoint_dir is not None:
             self.save_checkpoint(self.checkpoint_dir)
 
-    def after_epoch(self) -> None:
-        """Runs after each epoch's steps, before its record and checkpoint (e.g. schedulers)."""
+    def _log_step(self, progress: Any, epoch: int, step: int, steps: int, status: str) -> None:
+        """The ``log_frequency`` line: through the ``nastrain.steps`` logger when logging is
+        configured (a handler on it or an ancestor: the user's levels and format apply), else
+        printed to stderr, as NNI users expect to see it, above the progress bar if one runs.
+        Decided per line, so a user who configures logging later is never printed to twice."""
+        if step_logger.hasHandlers():
+            step_logger.info(
+                "%s: epoch %d/%d step %d/%d: %s",
+                self.name,
+                epoch,
+                self.num_epochs,
+                step,
+                steps,
+                status,
+            )
+            return
+        line = f"{self.name}: epoch {epoch}/{self.num_epochs} step {step}/{steps}: {status}"
+        if progress is not None:
+            progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     # --- checkpoints -------------------------------------------------------------------------
+
+    def _checkpointables(self) -> dict[str, Any]:
+        items = dict(self.checkpointables())
+        if self.lr_scheduler is not None:
+            items["lr_scheduler"] = self.lr_scheduler
+        return items
 
     @staticmethod
     def _prepare_checkpoint_dir(directory: Path) -> None:
@@ -594,7 +845,7 @@ class SupernetTrainer(BaseOneShotTrainer):
             "epoch": self.epoch,
             "meta": dumps(meta),
             "model": self.model.state_dict(),
-            "extra": {key: obj.state_dict() for key, obj in self.checkpointables().items()},
+            "extra": {key: obj.state_dict() for key, obj in self._checkpointables().items()},
             "rng": {**torch_rng, "data": self.data_generator.get_state()},
         }
         tmp = directory / CHECKPOINT_TMP
@@ -628,7 +879,7 @@ class SupernetTrainer(BaseOneShotTrainer):
                 f"{path}: its tensors are from epoch {state['epoch']} but its metadata from "
                 f"epoch {meta.epoch}; the file is not one checkpoint"
             )
-        checkpointables = self.checkpointables()
+        checkpointables = self._checkpointables()
         missing = sorted(set(checkpointables) - set(state["extra"]))
         if missing:
             raise ValueError(

@@ -1,26 +1,27 @@
 """DARTS: Differentiable Architecture Search (Liu, Simonyan & Yang, ICLR 2019).
 
 Every choice is relaxed into a softmax-weighted mixture of its candidates
-(``DartsLayerChoice``, ``DartsInputChoice``), except, in the paper's formulation
-(the default), an input choice that names the edges feeding it: that node is the
-plain sum of its mixed edges. The mixture weights, the
-architecture parameters alpha, are trained by gradient descent on the
-architecture half of the data while the supernet's weights w are trained on
-the other half (the paper's eq. 3-4, alternating). ``unrolled=True`` is the
-paper's second-order approximation (eq. 6-8): the architecture gradient is
-taken at the weights after one virtual SGD step, with the Hessian-vector
-product replaced by a finite difference.
+(section 2.2; ``DartsLayerChoice``, ``DartsInputChoice``), except, in the paper's
+formulation (the default), an input choice that names the edges feeding it: that node
+is the plain sum of its mixed edges. The mixture weights, the architecture parameters
+alpha, are trained by gradient descent on the architecture half of the data while the
+supernet's weights w are trained on the other half (section 2.3, eq. 3-4, alternating:
+:meth:`DartsTrainer.search_step`). ``unrolled=True`` is the paper's second-order
+approximation (eq. 6-8): the architecture gradient is taken at the weights after one
+virtual SGD step, with the Hessian-vector product replaced by a finite difference.
+``export()`` derives the discrete architecture (section 2.4).
 
-The data, epoch loop, progress, reporting and checkpoints are the core's
-:class:`nastrain.oneshot.SupernetTrainer`; this file is the algorithm.
+The file reads in that order: the trainer and its step, the second-order gradient, the
+derivation, then the relaxed modules. The data, epoch loop, progress, reporting and
+checkpoints are the core's :class:`nastrain.oneshot.SupernetTrainer`; what makes the
+steps fast and lean (the mixed sum as one autograd node, the virtual step's storage,
+replayed dropout masks) is :mod:`nastrain_darts._fast`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,109 +33,332 @@ from nastrain.mutables import reduce_tensors
 from nastrain.oneshot import SupernetTrainer, json_floats
 from nastrain.reporting import current_trainer
 from nastrain.utils import replace_choices
+from nastrain_darts._fast import (
+    UnrolledScratch,
+    WeightedSum,
+    frozen,
+    plain_sum,
+    replayed_rng,
+    rng_state,
+    take_virtual_step,
+    virtual_groups,
+)
 
-__all__ = ["ArchParameters", "DartsInputChoice", "DartsLayerChoice", "DartsTrainer"]
+__all__ = ["ArchParameters", "DartsInputChoice", "DartsLayerChoice", "DartsTrainer", "frozen"]
+
+#: The formulations of the DARTS cell :class:`DartsTrainer` knows (its ``formulation``).
+FORMULATIONS = ("paper", "nni")
 
 
-class ArchParameters:
-    """The architecture parameters alpha, one vector per label (shared labels share it).
+class DartsTrainer(SupernetTrainer):
+    """DARTS, first order or (``unrolled=True``) second order.
 
-    Kept outside ``model.parameters()`` on purpose, so that the weights'
-    optimizer, gradient clipping and the unrolled step's backup never touch
-    alpha. ``state_dict``/``load_state_dict`` make it checkpointable.
+    Takes the arguments of NNI's legacy ``DartsTrainer``, in its order (an NNI user
+    switches by changing the import), plus nastrain's own:
+
+    - ``model``: a model space; its choices are replaced in place.
+    - ``loss(logits, y)``, ``metrics(logits, y) -> dict``.
+    - ``optimizer``: the weights' optimizer (on ``model.parameters()``), or
+      ``None`` for SGD(``learning_rate``, momentum 0.9, weight decay 3e-4).
+    - ``num_epochs``, ``dataset`` (split into a weight half and an architecture
+      half unless ``valid_dataset`` is given), ``batch_size``, ``workers``,
+      ``device``, ``log_frequency`` (a line of running means every that many steps).
+    - ``grad_clip``: the weights' gradient norm is clipped to it.
+    - ``arc_learning_rate``: Adam on alpha, betas (0.5, 0.999), weight decay 1e-3.
+    - ``unrolled``: the second-order approximation. Its virtual step is SGD's, so the
+      weights' optimizer must be a ``torch.optim.SGD`` (another one is refused here).
+    - ``export_exclude``: candidate names ``export`` never picks (the paper excludes
+      ``none``).
+    - ``formulation``: ``"paper"`` (the default): an ``InputChoice`` whose
+      ``edge_labels`` attribute names the LayerChoice feeding each of its inputs, as
+      :class:`~nastrain_darts.DartsSpace`'s nodes do, is the plain sum of those mixed
+      edges and exports the ``n_chosen`` inputs whose edge's strongest operation not in
+      ``export_exclude`` has the largest softmax weight, as Liu et al. derive cells;
+      ``"nni"``: every InputChoice has softmax weights of its own that mix and select its
+      inputs, as in NNI.
+    - ``**options``: the one-shot options of :class:`nastrain.oneshot.OneShotOptions`
+      (``seed``, ``checkpoint_dir``, ``progress``, ``channels_last``, ``rewrite_model``,
+      ``lr_scheduler``) as keywords, or ``options=OneShotOptions(...)``.
+
+    After ``fit``, :attr:`history` holds each epoch's mean metrics and
+    ``alphas`` (softmax weights per label), for plotting.
     """
 
-    def __init__(self, device: torch.device, init_scale: float = 1e-3) -> None:
-        self.device = device
-        self.init_scale = init_scale
-        self.alphas: dict[str, nn.Parameter] = {}
+    name = "darts"
 
-    def get(self, label: str, size: int) -> nn.Parameter:
-        """alpha for ``label``, created (small random values, as in the paper) on first use."""
-        alpha = self.alphas.get(label)
-        if alpha is None:
-            alpha = nn.Parameter(torch.randn(size, device=self.device) * self.init_scale)
-            self.alphas[label] = alpha
-        elif alpha.numel() != size:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[[Any, Any], torch.Tensor],
+        metrics: Callable[[Any, Any], Mapping[str, float]] | None,
+        optimizer: torch.optim.Optimizer | None,
+        num_epochs: int,
+        dataset: Dataset,
+        grad_clip: float = 5.0,
+        learning_rate: float = 2.5e-3,
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Any = None,
+        log_frequency: int | None = None,
+        arc_learning_rate: float = 3.0e-4,
+        unrolled: bool = False,
+        *,
+        valid_dataset: Dataset | None = None,
+        export_exclude: Iterable[str] = ("none",),
+        formulation: str = "paper",
+        **options: Any,
+    ) -> None:
+        if formulation not in FORMULATIONS:
             raise ValueError(
-                f"label {label!r} needs {size} architecture weights, has {alpha.numel()}"
+                f"DartsTrainer: formulation must be one of {list(FORMULATIONS)}, "
+                f"got {formulation!r}"
             )
-        return alpha
-
-    def parameters(self) -> list[nn.Parameter]:
-        """Every alpha, in the order the labels were first seen."""
-        return list(self.alphas.values())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {label: alpha.detach().clone() for label, alpha in self.alphas.items()}
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        missing = sorted(set(self.alphas) - set(state))
-        if missing:
-            raise ValueError(f"architecture parameters for {missing} are missing from the state")
-        with torch.no_grad():
-            for label, alpha in self.alphas.items():
-                alpha.copy_(state[label])
-
-    def softmax(self) -> dict[str, list[float]]:
-        """softmax(alpha) per label, JSON-ready: what a user plots over epochs."""
-        with torch.no_grad():
-            return {
-                label: json_floats(F.softmax(a, -1).tolist()) for label, a in self.alphas.items()
-            }
-
-
-class _WeightedSum(torch.autograd.Function):
-    """sum_k weights[indices[k]] * outputs[k], as one autograd node.
-
-    The mixed operation's sum: one node per edge instead of a product per
-    candidate. The candidates' outputs are kept for the backward pass only when
-    the weights need a gradient (an architecture pass); each weight's gradient is
-    then one inner product. Its backward pass is differentiable again.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, weights: torch.Tensor, indices: list[int], *outputs: torch.Tensor
-    ) -> torch.Tensor:
-        ctx.indices = indices
-        if weights.requires_grad:
-            ctx.save_for_backward(weights, *outputs)
-        else:
-            ctx.save_for_backward(weights)
-        out = outputs[0] * weights[indices[0]]
-        for i, output in zip(indices[1:], outputs[1:]):
-            out.addcmul_(output, weights[i])  # in place on the sum: no product temporaries
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        weights, *outputs = ctx.saved_tensors
-        indices = ctx.indices
-        grad_weights = None
-        if ctx.needs_input_grad[0]:
-            flat_grad, order = _flatten(grad)
-            inner = [torch.dot(flat_grad, _flatten(o, order)[0].to(grad.dtype)) for o in outputs]
-            at = torch.tensor(indices, device=weights.device)
-            grad_weights = torch.zeros_like(weights).index_put(
-                (at,), torch.stack(inner).to(weights.dtype)
+        if unrolled and optimizer is not None and not isinstance(optimizer, torch.optim.SGD):
+            raise ValueError(
+                f"DartsTrainer: unrolled=True takes its virtual step (eq. 6) as "
+                f"torch.optim.SGD would, but the weights' optimizer is "
+                f"{type(optimizer).__name__}; use SGD, or unrolled=False"
             )
-        grad_outputs = [
-            grad * weights[i] if needed else None
-            for i, needed in zip(indices, ctx.needs_input_grad[2:])
+        super().__init__(
+            model,
+            loss=loss,
+            metrics=metrics,
+            num_epochs=num_epochs,
+            dataset=dataset,
+            valid_dataset=valid_dataset,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            log_frequency=log_frequency,
+            **options,
+        )
+        self.grad_clip = grad_clip
+        self.unrolled = unrolled
+        self.export_exclude = tuple(export_exclude)
+        self.formulation = formulation
+        # The continuous relaxation (section 2.2): every choice a softmax-weighted mixture.
+        self.arch = ArchParameters(self.device)
+        self.nas_modules = replace_choices(
+            self.model, trainer=self, init_fn=lambda choice: relax(choice, self)
+        )
+        self._check_edges()
+        self.prepare_model()
+        # A relaxation may register its alpha as a module attribute (a plugin's may): alpha
+        # is still not a weight.
+        arch_ids = {id(alpha) for alpha in self.arch.parameters()}
+        self.weights = [
+            p for p in self.model.parameters() if p.requires_grad and id(p) not in arch_ids
         ]
-        return (grad_weights, None, *grad_outputs)
+        self.optimizer = optimizer or torch.optim.SGD(
+            self.weights, lr=learning_rate, momentum=0.9, weight_decay=3e-4
+        )
+        self.arch_optimizer = torch.optim.Adam(
+            self.arch.parameters(), lr=arc_learning_rate, betas=(0.5, 0.999), weight_decay=1e-3
+        )
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """alpha, one vector per label (not among ``model.parameters()``)."""
+        return self.arch.parameters()
+
+    # --- one step (section 2.3): eq. (3)/(6) for alpha, then an ordinary step for w ---------
+
+    def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
+        trn_x, trn_y = train_batch
+        val_x, val_y = valid_batch
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        if self.unrolled and self.weights:  # without weights, w' = w: the first order
+            self._unrolled_arch_gradient(trn_x, trn_y, val_x, val_y)
+        else:
+            # First order: d L_val(w, alpha) / d alpha; nothing recorded for the weights.
+            self._alpha_grad(val_x, val_y, accumulate=True)
+        self.arch_optimizer.step()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with frozen(self.arch.parameters()):  # the weights' step: alpha is a constant here
+            logits = self.model(trn_x)
+            loss = self.loss(logits, trn_y)
+            if self.weights:  # a space of parameter-free candidates has none
+                loss.backward(inputs=self.weights)
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            return {"loss": loss.item(), **self.compute_metrics(logits.detach(), trn_y)}
+
+    def _alpha_grad(self, x: Any, y: Any, accumulate: bool = False) -> list[torch.Tensor]:
+        """dL(w, alpha)/dalpha on one batch, the weights held constant (not recorded).
+
+        Returned, or with ``accumulate`` added to each alpha's ``.grad``.
+        """
+        alphas = self.arch.parameters()
+        with frozen(self.weights):
+            loss = self.loss(self.model(x), y)
+            if accumulate:
+                loss.backward(inputs=alphas)
+                return []
+            found = torch.autograd.grad(loss, alphas, allow_unused=True)
+        return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, found)]
+
+    # --- the second-order approximation (section 2.3, eq. 6-8) -------------------------------
+
+    def _unrolled_arch_gradient(self, trn_x: Any, trn_y: Any, val_x: Any, val_y: Any) -> None:
+        """Set alpha.grad to the second-order DARTS gradient (eq. 7-8).
+
+        The virtual step is the one the weights' SGD would take now, per parameter group
+        (lr, momentum with the optimizer's momentum buffers, dampening, nesterov, weight
+        decay, maximize): w' = w - lr * c * dL_train(w, alpha)/dw - (terms constant in
+        alpha), where c is the factor SGD's update gives the gradient (1 without momentum;
+        1 - dampening with a momentum buffer, 1 + momentum * (1 - dampening) with nesterov;
+        1, or 1 + momentum with nesterov, before the first step). Then, with
+        v = dL_val(w', alpha)/dw' and u = lr * c * v per weight,
+
+            grad = dL_val(w', alpha)/dalpha - (dL_train(w+, alpha)/dalpha -
+                   dL_train(w-, alpha)/dalpha) / (2 eps),  w+- = w +- eps * u,
+
+        eps = 0.01 / ||u||: with one learning rate xi and plain SGD this is the paper's
+        eq. 8 (the same w+- and the factor xi). The passes on the training batch (the
+        virtual step's, at w+ and at w-) run with torch's generators (CPU and the device's)
+        at one state, so dropout or drop-path draws the same masks in all three; without
+        that the finite difference measures mask noise. The weights, the model's buffers
+        (e.g. BatchNorm statistics) and the optimizer's state are as before afterwards;
+        torch's generators are where the virtual step and the validation pass left them.
+        """
+        weights, alphas = self.weights, self.arch.parameters()
+        groups = virtual_groups(self.optimizer, weights)
+        buffers = list(self.model.buffers())
+        scratch = self._scratch(buffers)
+        backup, grads, dw = scratch.backup, scratch.grads, scratch.dw
+        with torch.no_grad():
+            torch._foreach_copy_(backup.views, weights)
+            if buffers:
+                torch._foreach_copy_(scratch.buffers, buffers)
+        train_rng = rng_state(self.device)
+
+        # w' = w - lr * (SGD's update direction) (eq. 6). The gradients accumulate into
+        # preallocated storage (weights with none get zeros).
+        grads.attach_as_grad(weights)
+        with frozen(alphas):
+            self.loss(self.model(trn_x), trn_y).backward(inputs=weights)
+        take_virtual_step(groups, weights, grads.views, backup.views)
+
+        # dL_val(w', alpha) with respect to w' and alpha.
+        dw.attach_as_grad(weights)
+        for a in alphas:
+            a.grad = None
+        self.loss(self.model(val_x), val_y).backward(inputs=[*weights, *alphas])
+        dalpha = [torch.zeros_like(a) if a.grad is None else a.grad for a in alphas]
+
+        # u = lr * c * v per group: the direction w' moves in as alpha changes.
+        with torch.no_grad():
+            for g in groups:
+                torch._foreach_mul_([dw.views[i] for i in g.indices], g.factor)
+        # Finite-difference Hessian-vector product at the original w, with the virtual
+        # step's dropout masks.
+        eps = float(0.01 / dw.norm().clamp_min(1e-12))
+        with torch.no_grad():
+            torch._foreach_copy_(weights, backup.views)
+            torch._foreach_add_(weights, dw.views, alpha=eps)
+        with replayed_rng(self.device, train_rng):
+            d_pos = self._alpha_grad(trn_x, trn_y)
+        with torch.no_grad():
+            torch._foreach_copy_(weights, backup.views)
+            torch._foreach_sub_(weights, dw.views, alpha=eps)
+        with replayed_rng(self.device, train_rng):
+            d_neg = self._alpha_grad(trn_x, trn_y)
+
+        with torch.no_grad():
+            torch._foreach_copy_(weights, backup.views)
+            if buffers:
+                torch._foreach_copy_(buffers, scratch.buffers)
+            for w in weights:
+                w.grad = None
+            for a, g, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
+                a.grad = g - (gp - gn) / (2 * eps)
+
+    # --- deriving the architecture (section 2.4) ---------------------------------------------
+
+    @torch.no_grad()
+    def export(self) -> dict[str, Any]:
+        """The strongest candidate per LayerChoice (never one of ``export_exclude``) and the
+        ``n_chosen`` strongest inputs per InputChoice, in the CONTRACT format: in the paper's
+        formulation the inputs whose edges have the largest :meth:`edge_strength`, else those
+        of largest alpha."""
+        result: dict[str, Any] = {}
+        for label, module in self.nas_modules:
+            if label in result:
+                continue
+            if isinstance(module, DartsLayerChoice):
+                result[label] = module.export(self.export_exclude)
+            elif isinstance(module, DartsInputChoice) and module.edge_labels is not None:
+                # The paper's derivation: the inputs whose edges are strongest.
+                strengths = [self.edge_strength(edge) for edge in module.edge_labels]
+                result[label] = module.export(strengths)
+            else:  # DartsInputChoice, or a relaxation a third-party plugin supplied
+                result[label] = module.export()
+        return result
+
+    def edge_strength(self, label: str) -> float:
+        """The paper's strength of the edge ``label``: the largest softmax weight among its
+        operations not in ``export_exclude`` (among all of them if every one is excluded)."""
+        edge = self._layer_choices()[label]
+        weights = F.softmax(edge.alpha.detach(), -1).tolist()
+        kept = [w for w, name in zip(weights, edge.names) if name not in self.export_exclude]
+        return max(kept or weights)
+
+    # --- bookkeeping: records, checkpoints, the relaxed modules -------------------------------
+
+    def epoch_record(self) -> dict[str, Any]:
+        return {"alphas": self.arch.softmax()}
+
+    @property
+    def alpha_history(self) -> list[dict[str, list[float]]]:
+        """softmax(alpha) per label after each epoch: ``alpha_history[epoch][label]``."""
+        return [record["alphas"] for record in self.history]
+
+    def checkpointables(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "optimizer": self.optimizer,
+            "arch_optimizer": self.arch_optimizer,
+        }
+
+    def _scratch(self, buffers: list[torch.Tensor]) -> UnrolledScratch:
+        """The unrolled step's storage, allocated once (see :class:`UnrolledScratch`)."""
+        scratch = getattr(self, "_unrolled_scratch", None)
+        if scratch is None or not scratch.fits(self.weights, buffers):
+            scratch = UnrolledScratch(self.weights, buffers)
+            self._unrolled_scratch = scratch
+        return scratch
+
+    def _layer_choices(self) -> dict[str, DartsLayerChoice]:
+        """The first relaxed LayerChoice of each label."""
+        found: dict[str, DartsLayerChoice] = {}
+        for label, module in self.nas_modules:
+            if isinstance(module, DartsLayerChoice):
+                found.setdefault(label, module)
+        return found
+
+    def _check_edges(self) -> None:
+        """Every input choice of the paper's formulation names one edge per input, and each
+        edge is a LayerChoice of the model."""
+        layers = self._layer_choices()
+        for _, module in self.nas_modules:
+            if not isinstance(module, DartsInputChoice) or module.edge_labels is None:
+                continue
+            if len(module.edge_labels) != module.n_candidates:
+                raise ValueError(
+                    f"InputChoice {module.label!r}: edge_labels names "
+                    f"{len(module.edge_labels)} edges for {module.n_candidates} inputs"
+                )
+            missing = [label for label in module.edge_labels if label not in layers]
+            if missing:
+                raise ValueError(
+                    f"InputChoice {module.label!r}: its edge_labels {missing} are not "
+                    "LayerChoices of the model"
+                )
 
 
-def _flatten(t: torch.Tensor, order: tuple[int, ...] | None = None) -> tuple[torch.Tensor, Any]:
-    """``t`` as a vector, its elements in ``order`` of dimensions (by default the order they
-    have in memory for a channels-last tensor, else the logical one): a view, no copy, when
-    the layout allows. Two tensors flattened in one order pair up element by element."""
-    if order is None:
-        channels_last = t.dim() == 4 and not t.is_contiguous()
-        channels_last = channels_last and t.is_contiguous(memory_format=torch.channels_last)
-        order = (0, 2, 3, 1) if channels_last else tuple(range(t.dim()))
-    return t.permute(order).reshape(-1), order
+# --- the continuous relaxation (section 2.2) ---------------------------------------------------
 
 
 class DartsLayerChoice(nn.Module):
@@ -164,7 +388,7 @@ class DartsLayerChoice(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         outputs = [self.ops[i](*args, **kwargs) for i in self.computed]
-        return _WeightedSum.apply(F.softmax(self.alpha, -1), self.computed, *outputs)
+        return WeightedSum.apply(F.softmax(self.alpha, -1), self.computed, *outputs)
 
     def export(self, exclude: Iterable[str] = ()) -> str:
         """The name of the strongest candidate not in ``exclude``."""
@@ -230,8 +454,8 @@ class DartsInputChoice(nn.Module):
         if self.reduction not in ("sum", "mean"):  # every input chosen: nothing to mix
             return reduce_tensors(list(inputs), self.reduction)
         if self.alpha is None:  # the paper's node: the plain sum of its mixed edges
-            return _plain_sum(inputs, mean=self.reduction == "mean")
-        return _WeightedSum.apply(F.softmax(self.alpha, -1), self.indices, *inputs)
+            return plain_sum(inputs, mean=self.reduction == "mean")
+        return WeightedSum.apply(F.softmax(self.alpha, -1), self.indices, *inputs)
 
     def export(self, strengths: Sequence[float] | None = None) -> list[int]:
         """The sorted indices of the ``n_chosen`` strongest inputs.
@@ -256,147 +480,52 @@ class DartsInputChoice(nn.Module):
         return sorted(order[: self.n_chosen])
 
 
-def _plain_sum(inputs: Sequence[torch.Tensor], mean: bool = False) -> torch.Tensor:
-    """The sum (or mean) of ``inputs``, in the inputs' memory layout; the added tensors
-    are not kept for the backward pass."""
-    if len(inputs) == 1:
-        return inputs[0]
-    out = inputs[0] + inputs[1]
-    for t in inputs[2:]:
-        out.add_(t)  # in place on a fresh sum: addition's backward does not need its output
-    return out / len(inputs) if mean else out
+class ArchParameters:
+    """The architecture parameters alpha, one vector per label (shared labels share it).
 
-
-@contextmanager
-def frozen(tensors: Iterable[torch.Tensor]) -> Iterator[None]:
-    """Turn ``requires_grad`` off for ``tensors`` during the block (and back on after).
-
-    A forward pass that will not be differentiated with respect to some leaves
-    should not record them: autograd then saves less for the backward pass
-    (a convolution whose weight needs no gradient does not keep its input; a
-    mixed op whose alpha needs none does not keep its candidates' outputs) and
-    computes less in it.
-    """
-    tensors = [t for t in tensors if t.requires_grad]
-    for t in tensors:
-        t.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for t in tensors:
-            t.requires_grad_(True)
-
-
-class _FlatTensors:
-    """A tensor of each given shape, dtype and layout (``views``), allocated once, in one
-    flat block where they share a dtype and device."""
-
-    def __init__(self, like: list[torch.Tensor]) -> None:
-        kinds = {(t.dtype, t.device) for t in like}
-        #: The one block behind the views (None when their dtypes or devices differ).
-        self.flat: torch.Tensor | None = None
-        if len(kinds) != 1:
-            self.views = [torch.zeros_like(t) for t in like]
-            return
-        (dtype, device), offset = kinds.pop(), 0
-        flat = self.flat = torch.zeros(sum(t.numel() for t in like), dtype=dtype, device=device)
-        self.views = []
-        for t in like:
-            # The tensor's own strides (channels-last weights stay channels-last), so that
-            # autograd accumulates a gradient into the view in place.
-            view = flat[offset : offset + t.numel()].as_strided(t.shape, t.stride())
-            self.views.append(view)
-            offset += t.numel()
-
-    def attach_as_grad(self, tensors: list[torch.Tensor]) -> None:
-        """Zero the views and make them the ``.grad`` of ``tensors``."""
-        if self.flat is not None:
-            self.flat.zero_()  # each view covers its own span of the block exactly
-        else:
-            torch._foreach_zero_(self.views)
-        for t, view in zip(tensors, self.views):
-            t.grad = view
-
-    def norm(self) -> torch.Tensor:
-        """The 2-norm of all views together."""
-        if self.flat is not None:
-            return self.flat.norm()
-        return torch.stack(torch._foreach_norm(self.views)).norm()
-
-
-class _VirtualGroup(NamedTuple):
-    """Weights (indices into ``DartsTrainer.weights``) that SGD steps alike, and how."""
-
-    indices: list[int]
-    lr: float
-    momentum: float
-    dampening: float
-    nesterov: bool
-    weight_decay: float
-    maximize: bool
-    #: The optimizer's momentum buffers of these weights, or None before SGD's first step.
-    buffers: list[torch.Tensor] | None
-
-    @property
-    def factor(self) -> float:
-        """lr times the factor SGD's update gives the gradient now: w' = w - factor *
-        dL_train/dw - (terms that do not depend on alpha)."""
-        c = 1.0
-        if self.momentum:
-            if self.buffers is not None:
-                c = (1 - self.dampening) * (self.momentum if self.nesterov else 1.0)
-                c += 1.0 if self.nesterov else 0.0
-            elif self.nesterov:
-                c = 1.0 + self.momentum
-        return self.lr * c * (-1.0 if self.maximize else 1.0)
-
-
-def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The state of torch's CPU generator and of ``device``'s (None on a CPU)."""
-    cpu = torch.get_rng_state()
-    if device.type == "cpu":
-        return cpu, None
-    return cpu, torch.get_device_module(device.type).get_rng_state(device)
-
-
-@contextmanager
-def _replayed_rng(
-    device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]
-) -> Iterator[None]:
-    """Run the block with torch's generators at ``state`` (from :func:`_rng_state`), and put
-    them back where they were after it: the block draws the random numbers (dropout
-    masks) that a block started at ``state`` drew."""
-    current = _rng_state(device)
-    cpu, on_device = state
-    torch.set_rng_state(cpu)
-    if on_device is not None:
-        torch.get_device_module(device.type).set_rng_state(on_device, device)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(current[0])
-        if current[1] is not None:
-            torch.get_device_module(device.type).set_rng_state(current[1], device)
-
-
-class _UnrolledScratch:
-    """Storage for the unrolled step, allocated once for a search.
-
-    The step keeps a copy of the weights and two weight-sized gradients alive
-    across its passes; allocated afresh each step, their many small pieces land
-    between the activations of the passes and fragment the heap, so that each
-    pass needs new memory (measured: 35% more peak memory).
+    Kept outside ``model.parameters()`` on purpose, so that the weights'
+    optimizer, gradient clipping and the unrolled step's backup never touch
+    alpha. ``state_dict``/``load_state_dict`` make it checkpointable.
     """
 
-    def __init__(self, weights: list[torch.Tensor], buffers: list[torch.Tensor]) -> None:
-        self.backup = _FlatTensors(weights)
-        self.grads = _FlatTensors(weights)
-        self.dw = _FlatTensors(weights)
-        self.buffers = [b.detach().clone() for b in buffers]
-        self._shapes = [(t.shape, t.stride(), t.dtype) for t in (*weights, *buffers)]
+    def __init__(self, device: torch.device, init_scale: float = 1e-3) -> None:
+        self.device = device
+        self.init_scale = init_scale
+        self.alphas: dict[str, nn.Parameter] = {}
 
-    def fits(self, weights: list[torch.Tensor], buffers: list[torch.Tensor]) -> bool:
-        return self._shapes == [(t.shape, t.stride(), t.dtype) for t in (*weights, *buffers)]
+    def get(self, label: str, size: int) -> nn.Parameter:
+        """alpha for ``label``, created (small random values, as in the paper) on first use."""
+        alpha = self.alphas.get(label)
+        if alpha is None:
+            alpha = nn.Parameter(torch.randn(size, device=self.device) * self.init_scale)
+            self.alphas[label] = alpha
+        elif alpha.numel() != size:
+            raise ValueError(
+                f"label {label!r} needs {size} architecture weights, has {alpha.numel()}"
+            )
+        return alpha
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every alpha, in the order the labels were first seen."""
+        return list(self.alphas.values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {label: alpha.detach().clone() for label, alpha in self.alphas.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.alphas) - set(state))
+        if missing:
+            raise ValueError(f"architecture parameters for {missing} are missing from the state")
+        with torch.no_grad():
+            for label, alpha in self.alphas.items():
+                alpha.copy_(state[label])
+
+    def softmax(self) -> dict[str, list[float]]:
+        """softmax(alpha) per label, JSON-ready: what a user plots over epochs."""
+        with torch.no_grad():
+            return {
+                label: json_floats(F.softmax(a, -1).tolist()) for label, a in self.alphas.items()
+            }
 
 
 def relax(module: nn.Module, trainer: DartsTrainer) -> nn.Module | None:
@@ -409,387 +538,6 @@ def relax(module: nn.Module, trainer: DartsTrainer) -> nn.Module | None:
             return DartsInputChoice(module, None, edges)
         return DartsInputChoice(module, trainer.arch.get(module.label, module.n_candidates))
     return None
-
-
-#: The formulations of the DARTS cell :class:`DartsTrainer` knows (its ``formulation``).
-FORMULATIONS = ("paper", "nni")
-
-
-class DartsTrainer(SupernetTrainer):
-    """DARTS, first order or (``unrolled=True``) second order.
-
-    Takes the arguments of NNI's legacy ``DartsTrainer`` (an NNI user switches
-    by changing the import) plus nastrain's own:
-
-    - ``model``: a model space; its choices are replaced in place.
-    - ``loss(logits, y)``, ``metrics(logits, y) -> dict``.
-    - ``optimizer``: the weights' optimizer (on ``model.parameters()``), or
-      ``None`` for SGD(``learning_rate``, momentum 0.9, weight decay 3e-4).
-    - ``num_epochs``, ``dataset`` (split into a weight half and an architecture
-      half unless ``valid_dataset`` is given), ``batch_size``, ``workers``,
-      ``device``, ``log_frequency``.
-    - ``grad_clip``: the weights' gradient norm is clipped to it.
-    - ``arc_learning_rate``: Adam on alpha, betas (0.5, 0.999), weight decay 1e-3.
-    - ``unrolled``: the second-order approximation. Its virtual step is SGD's, so the
-      weights' optimizer must be a ``torch.optim.SGD`` (another one is refused here).
-    - ``seed`` (seeds torch, Python and NumPy when the trainer is built: alpha's
-      initialisation, the data order, dropout; seed before building the model
-      too for a fully reproducible run), ``checkpoint_dir`` (a checkpoint per
-      epoch; ``fit`` resumes from one), ``progress`` (a progress bar; default:
-      when stderr is a terminal), ``lr_scheduler`` (stepped once per epoch and checkpointed),
-      ``export_exclude`` (candidate names ``export`` never picks; the paper
-      excludes ``none``), ``channels_last`` (the channels-last memory format and, on a
-      CPU, the faster layers of :mod:`nastrain.kernels`; default: on for a CPU and a
-      model with convolutions), ``formulation`` (``"paper"``, the default:
-      an ``InputChoice`` whose ``edge_labels`` attribute names the LayerChoice feeding
-      each of its inputs, as :class:`~nastrain_darts.DartsSpace`'s nodes do, is the plain
-      sum of those mixed edges and exports the ``n_chosen`` inputs whose edge's strongest
-      operation not in ``export_exclude`` has the largest softmax weight, as Liu et al.
-      derive cells; ``"nni"``: every InputChoice has softmax weights of its own that mix
-      and select its inputs, as in NNI).
-
-    After ``fit``, :attr:`history` holds each epoch's mean metrics and
-    ``alphas`` (softmax weights per label), for plotting.
-    """
-
-    name = "darts"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loss: Callable[[Any, Any], torch.Tensor],
-        metrics: Callable[[Any, Any], Mapping[str, float]] | None,
-        optimizer: torch.optim.Optimizer | None,
-        num_epochs: int,
-        dataset: Dataset,
-        grad_clip: float = 5.0,
-        learning_rate: float = 2.5e-3,
-        batch_size: int = 64,
-        workers: int = 0,
-        device: Any = None,
-        log_frequency: int | None = None,
-        arc_learning_rate: float = 3.0e-4,
-        unrolled: bool = False,
-        *,
-        valid_dataset: Dataset | None = None,
-        seed: int | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        progress: bool | None = None,
-        lr_scheduler: Any = None,
-        export_exclude: Iterable[str] = ("none",),
-        channels_last: bool | None = None,
-        formulation: str = "paper",
-    ) -> None:
-        if formulation not in FORMULATIONS:
-            raise ValueError(
-                f"DartsTrainer: formulation must be one of {list(FORMULATIONS)}, "
-                f"got {formulation!r}"
-            )
-        if unrolled and optimizer is not None and not isinstance(optimizer, torch.optim.SGD):
-            raise ValueError(
-                f"DartsTrainer: unrolled=True takes its virtual step (eq. 6) as "
-                f"torch.optim.SGD would, but the weights' optimizer is "
-                f"{type(optimizer).__name__}; use SGD, or unrolled=False"
-            )
-        super().__init__(
-            model,
-            loss=loss,
-            metrics=metrics,
-            num_epochs=num_epochs,
-            dataset=dataset,
-            valid_dataset=valid_dataset,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            log_frequency=log_frequency,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-            channels_last=channels_last,
-        )
-        self.grad_clip = grad_clip
-        self.unrolled = unrolled
-        self.export_exclude = tuple(export_exclude)
-        self.formulation = formulation
-        self.arch = ArchParameters(self.device)
-        self.nas_modules = replace_choices(
-            self.model, trainer=self, init_fn=lambda choice: relax(choice, self)
-        )
-        self._check_edges()
-        self.prepare_model()
-        # A relaxation may register its alpha as a module attribute (a plugin's may): alpha
-        # is still not a weight.
-        arch_ids = {id(alpha) for alpha in self.arch.parameters()}
-        self.weights = [
-            p for p in self.model.parameters() if p.requires_grad and id(p) not in arch_ids
-        ]
-        self.optimizer = optimizer or torch.optim.SGD(
-            self.weights, lr=learning_rate, momentum=0.9, weight_decay=3e-4
-        )
-        self.lr_scheduler = lr_scheduler
-        self.arch_optimizer = torch.optim.Adam(
-            self.arch.parameters(), lr=arc_learning_rate, betas=(0.5, 0.999), weight_decay=1e-3
-        )
-
-    def _layer_choices(self) -> dict[str, DartsLayerChoice]:
-        """The first relaxed LayerChoice of each label."""
-        found: dict[str, DartsLayerChoice] = {}
-        for label, module in self.nas_modules:
-            if isinstance(module, DartsLayerChoice):
-                found.setdefault(label, module)
-        return found
-
-    def _check_edges(self) -> None:
-        """Every input choice of the paper's formulation names one edge per input, and each
-        edge is a LayerChoice of the model."""
-        layers = self._layer_choices()
-        for _, module in self.nas_modules:
-            if not isinstance(module, DartsInputChoice) or module.edge_labels is None:
-                continue
-            if len(module.edge_labels) != module.n_candidates:
-                raise ValueError(
-                    f"InputChoice {module.label!r}: edge_labels names "
-                    f"{len(module.edge_labels)} edges for {module.n_candidates} inputs"
-                )
-            missing = [label for label in module.edge_labels if label not in layers]
-            if missing:
-                raise ValueError(
-                    f"InputChoice {module.label!r}: its edge_labels {missing} are not "
-                    "LayerChoices of the model"
-                )
-
-    def edge_strength(self, label: str) -> float:
-        """The paper's strength of the edge ``label``: the largest softmax weight among its
-        operations not in ``export_exclude`` (among all of them if every one is excluded)."""
-        edge = self._layer_choices()[label]
-        weights = F.softmax(edge.alpha.detach(), -1).tolist()
-        kept = [w for w, name in zip(weights, edge.names) if name not in self.export_exclude]
-        return max(kept or weights)
-
-    # --- one step: eq. (3)/(6) for alpha, then an ordinary step for w ----------------------
-
-    def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
-        trn_x, trn_y = train_batch
-        val_x, val_y = valid_batch
-        self.arch_optimizer.zero_grad(set_to_none=True)
-        if self.unrolled and self.weights:  # without weights, w' = w: the first order
-            self._unrolled_arch_gradient(trn_x, trn_y, val_x, val_y)
-        else:
-            # First order: d L_val(w, alpha) / d alpha; nothing recorded for the weights.
-            self._alpha_grad(val_x, val_y, accumulate=True)
-        self.arch_optimizer.step()
-
-        self.optimizer.zero_grad(set_to_none=True)
-        with frozen(self.arch.parameters()):  # the weights' step: alpha is a constant here
-            logits = self.model(trn_x)
-            loss = self.loss(logits, trn_y)
-            if self.weights:  # a space of parameter-free candidates has none
-                loss.backward(inputs=self.weights)
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
-        self.optimizer.step()
-        with torch.no_grad():
-            return {"loss": loss.item(), **self.compute_metrics(logits.detach(), trn_y)}
-
-    def _virtual_groups(self) -> list[_VirtualGroup]:
-        """The weights by how SGD steps them now: each parameter group's hyperparameters,
-        split by whether a weight has a momentum buffer yet (a weight in no group: lr 0)."""
-        index = {id(w): i for i, w in enumerate(self.weights)}
-        placed: set[int] = set()
-        groups: list[_VirtualGroup] = []
-        state = self.optimizer.state
-        for group in self.optimizer.param_groups:
-            momentum = float(group.get("momentum", 0.0))
-            with_buffer: list[int] = []
-            without: list[int] = []
-            for p in group["params"]:
-                i = index.get(id(p))
-                if i is None or i in placed:
-                    continue
-                placed.add(i)
-                has_buffer = momentum and state.get(p, {}).get("momentum_buffer") is not None
-                (with_buffer if has_buffer else without).append(i)
-            for indices, has_buffer in ((with_buffer, True), (without, False)):
-                if indices:
-                    groups.append(
-                        _VirtualGroup(
-                            indices=indices,
-                            lr=float(group["lr"]),
-                            momentum=momentum,
-                            dampening=float(group.get("dampening", 0.0)),
-                            nesterov=bool(group.get("nesterov", False)),
-                            weight_decay=float(group.get("weight_decay", 0.0)),
-                            maximize=bool(group.get("maximize", False)),
-                            buffers=[state[self.weights[i]]["momentum_buffer"] for i in indices]
-                            if has_buffer
-                            else None,
-                        )
-                    )
-        rest = [i for i in range(len(self.weights)) if i not in placed]
-        if rest:  # not optimised: the virtual step leaves them where they are
-            groups.append(_VirtualGroup(rest, 0.0, 0.0, 0.0, False, 0.0, False, None))
-        return groups
-
-    def _unrolled_arch_gradient(self, trn_x: Any, trn_y: Any, val_x: Any, val_y: Any) -> None:
-        """Set alpha.grad to the second-order DARTS gradient (eq. 7-8).
-
-        The virtual step is the one the weights' SGD would take now, per parameter group
-        (lr, momentum with the optimizer's momentum buffers, dampening, nesterov, weight
-        decay, maximize): w' = w - lr * c * dL_train(w, alpha)/dw - (terms constant in
-        alpha), where c is the factor SGD's update gives the gradient (1 without momentum;
-        1 - dampening with a momentum buffer, 1 + momentum * (1 - dampening) with nesterov;
-        1, or 1 + momentum with nesterov, before the first step). Then, with
-        v = dL_val(w', alpha)/dw' and u = lr * c * v per weight,
-
-            grad = dL_val(w', alpha)/dalpha - (dL_train(w+, alpha)/dalpha -
-                   dL_train(w-, alpha)/dalpha) / (2 eps),  w+- = w +- eps * u,
-
-        eps = 0.01 / ||u||: with one learning rate xi and plain SGD this is the paper's
-        eq. 8 (the same w+- and the factor xi). The passes on the training batch (the
-        virtual step's, at w+ and at w-) run with torch's generators (CPU and the device's)
-        at one state, so dropout or drop-path draws the same masks in all three; without
-        that the finite difference measures mask noise. The weights, the model's buffers
-        (e.g. BatchNorm statistics) and the optimizer's state are as before afterwards;
-        torch's generators are where the virtual step and the validation pass left them.
-        """
-        weights, alphas = self.weights, self.arch.parameters()
-        groups = self._virtual_groups()
-        buffers = list(self.model.buffers())
-        scratch = self._scratch(buffers)
-        backup, grads, dw = scratch.backup, scratch.grads, scratch.dw
-        with torch.no_grad():
-            torch._foreach_copy_(backup.views, weights)
-            if buffers:
-                torch._foreach_copy_(scratch.buffers, buffers)
-        train_rng = _rng_state(self.device)
-
-        # w' = w - lr * (SGD's update direction), in place, per group. The gradients
-        # accumulate into preallocated storage (weights with none get zeros).
-        grads.attach_as_grad(weights)
-        with frozen(alphas):
-            self.loss(self.model(trn_x), trn_y).backward(inputs=weights)
-        with torch.no_grad():
-            for g in groups:
-                steps = [grads.views[i] for i in g.indices]
-                if g.maximize:
-                    torch._foreach_neg_(steps)
-                if g.weight_decay:
-                    decayed = [backup.views[i] for i in g.indices]
-                    torch._foreach_add_(steps, decayed, alpha=g.weight_decay)
-                if g.momentum:
-                    # buf' = momentum * buf + (1 - dampening) * d (buf' = d on the first
-                    # step); the update is buf', or d + momentum * buf' with nesterov.
-                    if g.buffers is not None:
-                        scale = (1 - g.dampening) * (g.momentum if g.nesterov else 1.0)
-                        scale += 1.0 if g.nesterov else 0.0
-                        if scale != 1.0:
-                            torch._foreach_mul_(steps, scale)
-                        momentum = g.momentum * (g.momentum if g.nesterov else 1.0)
-                        torch._foreach_add_(steps, g.buffers, alpha=momentum)
-                    elif g.nesterov:
-                        torch._foreach_mul_(steps, 1.0 + g.momentum)
-                if g.lr:
-                    torch._foreach_sub_([weights[i] for i in g.indices], steps, alpha=g.lr)
-
-        # dL_val(w', alpha) with respect to w' and alpha.
-        dw.attach_as_grad(weights)
-        for a in alphas:
-            a.grad = None
-        self.loss(self.model(val_x), val_y).backward(inputs=[*weights, *alphas])
-        dalpha = [torch.zeros_like(a) if a.grad is None else a.grad for a in alphas]
-
-        # u = lr * c * v per group: the direction w' moves in as alpha changes.
-        with torch.no_grad():
-            for g in groups:
-                torch._foreach_mul_([dw.views[i] for i in g.indices], g.factor)
-        # Finite-difference Hessian-vector product at the original w, with the virtual
-        # step's dropout masks.
-        eps = float(0.01 / dw.norm().clamp_min(1e-12))
-        with torch.no_grad():
-            torch._foreach_copy_(weights, backup.views)
-            torch._foreach_add_(weights, dw.views, alpha=eps)
-        with _replayed_rng(self.device, train_rng):
-            d_pos = self._alpha_grad(trn_x, trn_y)
-        with torch.no_grad():
-            torch._foreach_copy_(weights, backup.views)
-            torch._foreach_sub_(weights, dw.views, alpha=eps)
-        with _replayed_rng(self.device, train_rng):
-            d_neg = self._alpha_grad(trn_x, trn_y)
-
-        with torch.no_grad():
-            torch._foreach_copy_(weights, backup.views)
-            if buffers:
-                torch._foreach_copy_(buffers, scratch.buffers)
-            for w in weights:
-                w.grad = None
-            for a, g, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
-                a.grad = g - (gp - gn) / (2 * eps)
-
-    def _scratch(self, buffers: list[torch.Tensor]) -> _UnrolledScratch:
-        """The unrolled step's storage, allocated once (see :class:`_UnrolledScratch`)."""
-        scratch = getattr(self, "_unrolled_scratch", None)
-        if scratch is None or not scratch.fits(self.weights, buffers):
-            scratch = _UnrolledScratch(self.weights, buffers)
-            self._unrolled_scratch = scratch
-        return scratch
-
-    def _alpha_grad(self, x: Any, y: Any, accumulate: bool = False) -> list[torch.Tensor]:
-        """dL(w, alpha)/dalpha on one batch, the weights held constant (not recorded).
-
-        Returned, or with ``accumulate`` added to each alpha's ``.grad``.
-        """
-        alphas = self.arch.parameters()
-        with frozen(self.weights):
-            loss = self.loss(self.model(x), y)
-            if accumulate:
-                loss.backward(inputs=alphas)
-                return []
-            found = torch.autograd.grad(loss, alphas, allow_unused=True)
-        return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, found)]
-
-    # --- epochs, checkpoints, export ---------------------------------------------------------
-
-    def after_epoch(self) -> None:
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-
-    def epoch_record(self) -> dict[str, Any]:
-        return {"alphas": self.arch.softmax()}
-
-    @property
-    def alpha_history(self) -> list[dict[str, list[float]]]:
-        """softmax(alpha) per label after each epoch: ``alpha_history[epoch][label]``."""
-        return [record["alphas"] for record in self.history]
-
-    def checkpointables(self) -> dict[str, Any]:
-        items: dict[str, Any] = {
-            "arch": self.arch,
-            "optimizer": self.optimizer,
-            "arch_optimizer": self.arch_optimizer,
-        }
-        if self.lr_scheduler is not None:
-            items["lr_scheduler"] = self.lr_scheduler
-        return items
-
-    @torch.no_grad()
-    def export(self) -> dict[str, Any]:
-        """The strongest candidate per LayerChoice (never one of ``export_exclude``) and the
-        ``n_chosen`` strongest inputs per InputChoice, in the CONTRACT format: in the paper's
-        formulation the inputs whose edges have the largest :meth:`edge_strength`, else those
-        of largest alpha."""
-        result: dict[str, Any] = {}
-        for label, module in self.nas_modules:
-            if label in result:
-                continue
-            if isinstance(module, DartsLayerChoice):
-                result[label] = module.export(self.export_exclude)
-            elif isinstance(module, DartsInputChoice) and module.edge_labels is not None:
-                # The paper's derivation: the inputs whose edges are strongest.
-                strengths = [self.edge_strength(edge) for edge in module.edge_labels]
-                result[label] = module.export(strengths)
-            else:  # DartsInputChoice, or a relaxation a third-party plugin supplied
-                result[label] = module.export()
-        return result
 
 
 def replace_for_darts(module: nn.Module, trainer: Any) -> nn.Module | None:

@@ -95,7 +95,7 @@ def test_the_mixed_sum_has_the_gradients_of_the_plain_weighted_sum(layouts) -> N
     """The relaxed choice's sum (one autograd node) against sum_i w_i * o_i written out: outputs,
     gradients for the weights and every output (in any memory layout), and second derivatives
     (the exact second-order test differentiates through it)."""
-    from nastrain_darts.trainer import _WeightedSum
+    from nastrain_darts._fast import WeightedSum as _WeightedSum
 
     def layout(t, name):
         return t.contiguous(memory_format=torch.channels_last) if name == "cl" else t

@@ -22,9 +22,8 @@ from __future__ import annotations
 import abc
 import math
 import numbers
-import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -142,11 +141,18 @@ class SamplingTrainer(SupernetTrainer):
     """Base of the single-path trainers: replaces the choices with sampling modules and
     trains the weights one sampled architecture per batch of the weight half.
 
-    A subclass says how an architecture is sampled (:meth:`sample_arch`) and what an
-    epoch is (:meth:`epoch_steps`, built from :meth:`weight_step`). A replacement that
+    Its :meth:`search_step` is the weight step: one batch of the weight half, the path
+    :meth:`sample_arch` draws (a subclass says how), the weights' optimizer on it. A
+    subclass that learns from the architecture half does so in
+    :meth:`~nastrain.oneshot.SupernetTrainer.architecture_step` (ENAS's controller). The
+    one-shot options (``seed``, ``checkpoint_dir``, ``lr_scheduler``, ...) are passed on
+    as ``**options``. A replacement that
     a third-party plugin supplies for a new kind of choice must take the sampled
     value through a ``sampled`` attribute, as :class:`SampledLayerChoice` does.
     """
+
+    #: Single-path training walks the weight half alone: ``valid_batch`` is ``None``.
+    pair_batches: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -163,11 +169,7 @@ class SamplingTrainer(SupernetTrainer):
         grad_clip: float = 5.0,
         *,
         valid_dataset: Dataset | None = None,
-        seed: int | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        progress: bool | None = None,
-        lr_scheduler: Any = None,
-        channels_last: bool | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(
             model,
@@ -180,10 +182,7 @@ class SamplingTrainer(SupernetTrainer):
             workers=workers,
             device=device,
             log_frequency=log_frequency,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-            channels_last=channels_last,
+            **options,
         )
         if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) or grad_clip < 0:
             raise ValueError(f"grad_clip must be a number >= 0 (0: no clipping), got {grad_clip!r}")
@@ -201,7 +200,6 @@ class SamplingTrainer(SupernetTrainer):
             optimizer = torch.optim.SGD(self.weights, lr=0.05, momentum=0.9, weight_decay=1e-4)
         #: The weights' optimizer (``None`` for a space without weights).
         self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
         #: The architecture the model runs now.
         self.current_arch: Architecture = {}
         #: Batches of the weight half each architecture's BatchNorm statistics are
@@ -220,9 +218,11 @@ class SamplingTrainer(SupernetTrainer):
                 module.sampled = value
         self.current_arch = dict(arch)
 
-    def weight_step(self, batch: Any) -> dict[str, float]:
-        """One step of the shared weights on a sampled architecture."""
-        x, y = batch
+    def search_step(self, train_batch: Any, valid_batch: None) -> dict[str, float]:
+        """One step of the shared weights on a sampled architecture (a batch of the weight
+        half; single-path training takes no architecture batch: :attr:`pair_batches` is
+        ``False``)."""
+        x, y = train_batch
         self.set_arch(self.sample_arch())
         optimizer = self.optimizer
         if optimizer is not None:
@@ -238,16 +238,6 @@ class SamplingTrainer(SupernetTrainer):
         with torch.no_grad():
             return {"loss": loss.item(), **self.compute_metrics(logits.detach(), y)}
 
-    def weight_phase(self) -> Iterator[dict[str, float]]:
-        """:meth:`weight_step` over the weight half, in train mode."""
-        self.model.train()
-        for batch in self.batches("train"):
-            yield self.weight_step(batch)
-
-    def after_epoch(self) -> None:
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-
     # --- scoring architectures with the shared weights ---------------------------------------
 
     def fixed_loader(self, half: Literal["train", "valid"], num_batches: int | None) -> DataLoader:
@@ -256,19 +246,18 @@ class SamplingTrainer(SupernetTrainer):
         same batches; only ``num_batches`` batches of it, drawn once (seeded by ``seed``,
         else 0, on a generator of its own: the training data order is untouched), when
         that is set."""
-        loader = self.train_loader if half == "train" else self.valid_loader
-        # The half's indices when the dataset was split, else the whole dataset.
-        indices = list(getattr(loader.sampler, "indices", range(len(loader.dataset))))
-        if num_batches is not None and num_batches * self.batch_size < len(indices):
+        data = self.train_data if half == "train" else self.valid_data
+        size = len(data)  # type: ignore[arg-type]
+        if num_batches is not None and num_batches * self.batch_size < size:
             offset = 0 if half == "valid" else 1  # not the same draw for both halves
             generator = torch.Generator().manual_seed(
                 (self.seed if self.seed is not None else 0) + offset
             )
-            kept = torch.randperm(len(indices), generator=generator)
+            kept = torch.randperm(size, generator=generator)
             kept = kept[: num_batches * self.batch_size].sort().values
-            indices = [indices[i] for i in kept.tolist()]
+            data = Subset(data, kept.tolist())
         return DataLoader(
-            Subset(loader.dataset, indices),
+            data,
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.workers,
@@ -318,12 +307,7 @@ class SamplingTrainer(SupernetTrainer):
         return total / max(count, 1.0)
 
     def checkpointables(self) -> dict[str, Any]:
-        items: dict[str, Any] = {}
-        if self.optimizer is not None:
-            items["optimizer"] = self.optimizer
-        if self.lr_scheduler is not None:
-            items["lr_scheduler"] = self.lr_scheduler
-        return items
+        return {"optimizer": self.optimizer} if self.optimizer is not None else {}
 
 
 def real_number(value: Any) -> float | None:

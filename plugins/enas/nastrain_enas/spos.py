@@ -18,9 +18,8 @@ The data, epoch loop, progress, reporting and checkpoints are the core's
 from __future__ import annotations
 
 import json
-import os
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -40,8 +39,9 @@ class RandomOneShotTrainer(SamplingTrainer):
     Takes the one-shot trainers' common arguments (``model, loss, metrics,
     optimizer, num_epochs, dataset, batch_size, workers, device, log_frequency,
     grad_clip``; ``optimizer=None`` is SGD(lr 0.05, momentum 0.9, weight decay
-    1e-4)) and ``valid_dataset``, ``seed``, ``checkpoint_dir``, ``progress``,
-    ``lr_scheduler``, ``channels_last`` as ``DartsTrainer`` does, plus:
+    1e-4)), ``valid_dataset`` and the one-shot options (``**options``: ``seed``,
+    ``checkpoint_dir``, ``progress``, ``lr_scheduler``, ... of
+    :class:`nastrain.oneshot.OneShotOptions`) as ``DartsTrainer`` does, plus:
 
     - ``export_budget``: how many architectures ``export()`` evaluates at most.
     - ``export_batches``: how many batches of the architecture half each
@@ -85,15 +85,11 @@ class RandomOneShotTrainer(SamplingTrainer):
         grad_clip: float = 5.0,
         *,
         valid_dataset: Dataset | None = None,
-        seed: int | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        progress: bool | None = None,
-        lr_scheduler: Any = None,
-        channels_last: bool | None = None,
         export_budget: int = 100,
         export_batches: int | None = None,
         score_function: Callable[[Any, Any], Any] | None = None,
         bn_batches: int = 10,
+        **options: Any,
     ) -> None:
         check_bn_batches(bn_batches)
         for name, value, allow_none in (
@@ -122,11 +118,7 @@ class RandomOneShotTrainer(SamplingTrainer):
             log_frequency,
             grad_clip,
             valid_dataset=valid_dataset,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-            lr_scheduler=lr_scheduler,
-            channels_last=channels_last,
+            **options,
         )
         self.export_budget = export_budget
         self.export_batches = export_batches
@@ -138,12 +130,7 @@ class RandomOneShotTrainer(SamplingTrainer):
         self.best_score: float | None = None
 
     # --- training: one uniformly sampled path per batch of the weight half ------------------
-
-    def steps_per_epoch(self) -> int:
-        return len(self.train_loader)
-
-    def epoch_steps(self) -> Iterator[dict[str, float]]:
-        yield from self.weight_phase()
+    # (the step is SamplingTrainer.search_step: the weights on the path sample_arch draws)
 
     def sample_arch(self) -> Architecture:
         """A uniformly random architecture (from Python's global ``random``)."""
@@ -156,6 +143,11 @@ class RandomOneShotTrainer(SamplingTrainer):
                     random.sample(range(choice.n_candidates), choice.n_chosen)
                 )
         return arch
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Empty: uniform sampling learns no architecture parameters (the search is
+        ``export()``'s evaluation), so this is an empty list."""
+        return []
 
     # --- export: evaluate architectures with the shared weights -----------------------------
 

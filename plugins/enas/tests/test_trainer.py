@@ -145,11 +145,12 @@ def test_enas_epochs_train_weights_then_controller_and_record_its_choice() -> No
     trainer = enas(num_epochs=3)
     assert trainer.steps_per_epoch() == 4  # 2 weight batches, then 2 controller batches
     phases = []
-    original = (trainer.weight_step, trainer.controller_step)
-    trainer.weight_step = lambda batch: phases.append("w") or original[0](batch)
-    trainer.controller_step = lambda batch: phases.append("c") or original[1](batch)
+    original = (trainer.search_step, trainer.architecture_step)
+    trainer.search_step = lambda batch, none: phases.append(("w", none)) or original[0](batch, none)
+    trainer.architecture_step = lambda batch: phases.append(("c", None)) or original[1](batch)
     trainer.fit()
-    assert "".join(phases) == "wwcc" * 3
+    assert "".join(kind for kind, _ in phases) == "wwcc" * 3
+    assert all(valid is None for _, valid in phases)  # weight steps take no architecture batch
     assert [r["epoch"] for r in trainer.history] == [1, 2, 3]
     record = trainer.history[-1]
     assert record["arch"] == trainer.greedy_arch()[0] and 0 < record["arch_prob"] <= 1
@@ -209,7 +210,7 @@ def test_enas_rewards_use_the_batchs_own_batchnorm_statistics_and_leave_the_supe
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     x, y = trainer.to_device(data()[32:48])
     seen.clear()
-    trainer.controller_step((x, y))
+    trainer.architecture_step((x, y))
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     model = copy.deepcopy(trainer.model)  # running the architecture the step sampled
     with torch.no_grad():
