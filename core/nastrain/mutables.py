@@ -261,12 +261,13 @@ def _legacy_options(kind: str, label: str | None, options: dict[str, Any]) -> st
     return label
 
 
-def _check_prior(
-    prior: Any, n_candidates: int, n_chosen: int, label: str, kind: str
-) -> tuple[float, ...] | None:
+def _check_prior(prior: Any, n_candidates: int, label: str, kind: str) -> tuple[float, ...] | None:
     """``prior`` as a tuple of floats, or a clear error: one probability per candidate,
-    finite and non-negative, summing to 1, and enough of them positive for the choice to
-    keep more than one possible value."""
+    each finite and positive, summing to 1.
+
+    NNI also takes zeros; here every candidate must stay reachable, or the samplers that
+    draw distinct architectures (the ``random`` strategy, random one-shot's ``export``)
+    could look forever for ones the prior never gives."""
     if prior is None:
         return None
     if isinstance(prior, (str, bytes, Mapping)) or not isinstance(prior, Iterable):
@@ -280,9 +281,10 @@ def _check_prior(
             raise TypeError(
                 f"{kind} {label!r}: prior[{i}] is a {type(p).__name__} ({p!r}), not a number"
             )
-        if not math.isfinite(p) or p < 0:
+        if not math.isfinite(p) or p <= 0:
             raise ValueError(
-                f"{kind} {label!r}: prior[{i}] is {p!r}; a probability is finite and >= 0"
+                f"{kind} {label!r}: prior[{i}] is {p!r}; each candidate needs a finite "
+                "probability > 0 (leave out a candidate that should never be picked)"
             )
         values.append(float(p))
     if len(values) != n_candidates:
@@ -293,14 +295,6 @@ def _check_prior(
     total = math.fsum(values)
     if abs(total - 1.0) > _PRIOR_TOLERANCE:
         raise ValueError(f"{kind} {label!r}: prior sums to {total:g}, not 1")
-    positive = sum(p > 0 for p in values)
-    needed = min(n_chosen + 1, n_candidates)
-    if positive < needed:
-        raise ValueError(
-            f"{kind} {label!r}: prior gives {positive} candidate(s) a positive probability; "
-            f"it needs at least {needed}, or the choice has only one possible value (to fix "
-            "a choice, leave out its other candidates)"
-        )
     return tuple(values)
 
 
@@ -375,7 +369,7 @@ class LayerChoice(Mutable):
         label = _legacy_options("LayerChoice", label, legacy)
         resolved = _derive_label(label, "layerchoice")
         named = _named_candidates(candidates, resolved)
-        checked_prior = _check_prior(prior, len(named), 1, resolved, "LayerChoice")
+        checked_prior = _check_prior(prior, len(named), resolved, "LayerChoice")
         found, value = _fixed_value(
             resolved, lambda: ("candidates", tuple(named), "prior", checked_prior)
         )
@@ -551,7 +545,7 @@ class InputChoice(Mutable):
         if n_chosen is None:
             return _input_switches(n_candidates, reduction, prior, resolved)
         _check_input_choice(n_candidates, n_chosen, reduction, resolved)
-        checked_prior = _check_prior(prior, n_candidates, n_chosen, resolved, "InputChoice")
+        checked_prior = _check_prior(prior, n_candidates, resolved, "InputChoice")
         found, value = _fixed_value(
             resolved,
             lambda: ("n_candidates", n_candidates, "n_chosen", n_chosen, "prior", checked_prior),
@@ -638,9 +632,9 @@ class ChosenInputs(nn.Module):
         self, chosen: Sequence[int] | int, *, reduction: str = "sum", n_candidates: int
     ) -> None:
         super().__init__()
-        chosen = [chosen] if isinstance(chosen, int) and not isinstance(chosen, bool) else chosen
-        _check_input_choice(n_candidates, max(len(chosen), 1), reduction, "ChosenInputs")
-        self.chosen = _check_indices(list(chosen), n_candidates, len(chosen), "ChosenInputs")
+        indices = [chosen] if isinstance(chosen, int) else list(chosen)  # NNI's single index
+        _check_input_choice(n_candidates, max(len(indices), 1), reduction, "ChosenInputs")
+        self.chosen = _check_indices(indices, n_candidates, len(indices), "ChosenInputs")
         self.reduction = reduction
         self.n_candidates = n_candidates
 
@@ -681,6 +675,7 @@ class InputSwitches(nn.Module):
 
     def __init__(self, n_candidates: int, *, label: str, chosen: Sequence[int] | None = None):
         super().__init__()
+        _check_input_choice(n_candidates, 1, "sum", label)
         self.label = label
         self.n_candidates = n_candidates
         switches: list[nn.Module]
@@ -700,10 +695,9 @@ class InputSwitches(nn.Module):
             raise ValueError(
                 f"InputChoice {self.label!r} expects {self.n_candidates} inputs, got {len(inputs)}"
             )
-        out = None
-        for switch, x in zip(self.switches, inputs):
-            y = switch(x)
-            out = y if out is None else out + y
+        out = self.switches[0](inputs[0])
+        for switch, x in zip(self.switches[1:], inputs[1:]):
+            out = out + switch(x)
         return out
 
     def extra_repr(self) -> str:

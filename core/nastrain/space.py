@@ -52,7 +52,7 @@ class Choice:
 
     def __attrs_post_init__(self) -> None:
         if self.prior is not None:
-            _check_prior(self.prior, self.n_candidates, self.n_chosen, self.label, "choice")
+            _check_prior(self.prior, self.n_candidates, self.label, "choice")
 
     @property
     def size(self) -> int:

@@ -256,14 +256,15 @@ def test_prior_is_kept_on_the_choice_and_in_the_space() -> None:
 
 
 def test_sampling_follows_the_prior() -> None:
-    op = LayerChoice({"a": nn.Identity(), "b": nn.ReLU(), "c": nn.Tanh()}, prior=[0, 0.2, 0.8])
-    skip = InputChoice(4, 2, prior=[0.0, 0.1, 0.1, 0.8], label="skip")
+    op = LayerChoice({"a": nn.Identity(), "b": nn.ReLU(), "c": nn.Tanh()}, prior=[0.02, 0.18, 0.8])
+    skip = InputChoice(4, 2, prior=[0.01, 0.09, 0.1, 0.8], label="skip")
     space = SearchSpace.from_model(nn.ModuleList([op, skip]))
     draws = [space.sample(seed) for seed in range(2000)]
     ops = Counter(d[op.label] for d in draws)
-    assert ops["a"] == 0 and 0.75 < ops["c"] / 2000 < 0.85
-    assert all(0 not in d["skip"] and len(set(d["skip"])) == 2 for d in draws)
+    assert ops["a"] < 100 and 0.75 < ops["c"] / 2000 < 0.85
+    assert all(len(set(d["skip"])) == 2 for d in draws)
     assert sum(3 in d["skip"] for d in draws) / 2000 > 0.9
+    assert sum(0 in d["skip"] for d in draws) < 160  # about 5%; uniform draws give 50%
 
 
 def test_without_a_prior_sampling_is_the_uniform_draw_it_always_was() -> None:
@@ -277,11 +278,11 @@ def test_without_a_prior_sampling_is_the_uniform_draw_it_always_was() -> None:
 @pytest.mark.parametrize(
     ("prior", "error", "match"),
     [
-        ([0.5, 0.5, 0.0], ValueError, "3 probabilities for 2 candidates"),
+        ([0.4, 0.3, 0.3], ValueError, "3 probabilities for 2 candidates"),
         ([1.5, -0.5], ValueError, r"prior\[1\] is -0.5"),
         ([math.nan, 1.0], ValueError, r"prior\[0\] is nan"),
         ([0.4, 0.4], ValueError, "sums to 0.8, not 1"),
-        ([1.0, 0.0], ValueError, "positive probability; it needs at least 2"),
+        ([1.0, 0.0], ValueError, r"prior\[1\] is 0.0; each candidate needs.*> 0"),
         (["0.5", "0.5"], TypeError, r"prior\[0\] is a str"),
         ([True, False], TypeError, r"prior\[0\] is a bool"),
         ("uniform", TypeError, "list of probabilities"),
@@ -293,10 +294,11 @@ def test_a_bad_prior_names_the_choice_and_what_is_wrong(prior, error, match) -> 
         LayerChoice([nn.Identity(), nn.ReLU()], prior=prior, label="op")
 
 
-def test_an_input_prior_must_leave_more_than_one_selection() -> None:
-    with pytest.raises(ValueError, match=r"InputChoice 'skip'.*at least 3"):
-        InputChoice(4, 2, prior=[0.5, 0.5, 0.0, 0.0], label="skip")
-    assert InputChoice(4, 2, prior=[0.4, 0.3, 0.3, 0.0], label="ok").prior[3] == 0.0
+def test_an_input_prior_gives_every_input_a_chance() -> None:
+    # NNI takes zeros; here a candidate no draw can reach would make the samplers that
+    # look for distinct architectures look forever.
+    with pytest.raises(ValueError, match=r"InputChoice 'skip': prior\[3\] is 0.0.*leave out"):
+        InputChoice(4, 2, prior=[0.4, 0.3, 0.3, 0.0], label="skip")
     assert InputChoice(2, 2, prior=[0.5, 0.5], label="all").prior == (0.5, 0.5)
 
 
