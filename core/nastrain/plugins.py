@@ -116,10 +116,6 @@ class Provider:
         return f"{getattr(self.cls, '__module__', '?')}.{name} (from {self.provider})"
 
 
-#: The name this record had when only trainers were registered.
-TrainerProvider = Provider
-
-
 #: kind word -> (base class, how error messages name it), declared by the base's module.
 _BASES: dict[str, tuple[type, str]] = {}
 
@@ -237,10 +233,6 @@ def default_name(obj: Any) -> str:
     base)."""
     own = getattr(obj, "__dict__", {}).get("name")
     return own if isinstance(own, str) and own else getattr(obj, "__name__", repr(obj))
-
-
-#: The name this function had when only trainers were registered.
-default_trainer_name = default_name
 
 
 def _registration_hooks(pm: pluggy.PluginManager, plugin: object, hook: str) -> list[Any]:
