@@ -5,12 +5,14 @@ nastrain-cpu is installed (tox env `all`), and is skipped beside the core alone 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from nastrain.oneshot import strided_pointwise_convolutions
 from nastrain_darts import DartsTrainer
 from nastrain_darts.spaces import DartsSpace
 from nastrain_darts.trainer import frozen
@@ -19,7 +21,9 @@ kernels = pytest.importorskip("nastrain_cpu.kernels")
 SharedPoolNorm, StridedPointwiseConv = kernels.SharedPoolNorm, kernels.StridedPointwiseConv
 
 
-def trainer(model: nn.Module, channels_last: bool, data: TensorDataset) -> DartsTrainer:
+def trainer(
+    model: nn.Module, channels_last: bool | None, data: TensorDataset, **kwargs: Any
+) -> DartsTrainer:
     optimizer = torch.optim.SGD(model.parameters(), 0.025)
     return DartsTrainer(
         model,
@@ -32,6 +36,7 @@ def trainer(model: nn.Module, channels_last: bool, data: TensorDataset) -> Darts
         seed=0,
         progress=False,
         channels_last=channels_last,
+        **kwargs,
     )
 
 
@@ -71,3 +76,46 @@ def test_kernels_compute_the_plain_search_gradients_and_statistics(size) -> None
         torch.testing.assert_close(w_fast[name], grad, rtol=1e-9, atol=1e-12, msg=name)
     for name, buffer in buf_plain.items():
         torch.testing.assert_close(buf_fast[name], buffer, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_the_shipped_space_is_rewritten_and_trained_channels_last_by_default() -> None:
+    """On a CPU, with channels_last left to the trainer: the plugin rewrites the candidates and
+    the space's own preprocessing and stem (marked rewritable), leaves no strided 1x1
+    convolution behind, and channels-last is chosen; the classifier stays the user's."""
+    data = TensorDataset(torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,)))
+    fast = trainer(DartsSpace(C=4, layers=5), None, data)
+    assert fast.channels_last and not strided_pointwise_convolutions(fast.model)
+    rewritten = {
+        name
+        for name, m in fast.model.named_modules()
+        if type(m).__module__ == "nastrain_cpu.kernels"
+    }
+    assert "stem.1" in rewritten and "cells.0.preprocess1.2" in rewritten
+    assert "cells.2.preprocess0.conv_1" in rewritten  # FactorizedReduce after a reduction
+    assert type(fast.model.classifier) is nn.Linear
+
+
+def test_the_unrolled_architecture_gradient_is_the_plain_one() -> None:
+    """DARTS' second order takes first-order gradients only (a finite difference of them at
+    w+ and w-), so it runs through the kernels, whose lean BatchNorms refuse a double
+    backward, and gives the plain search's gradient."""
+    torch.manual_seed(0)
+    space = DartsSpace(C=4, layers=3).double()
+    x = torch.randn(8, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (8,))
+    data = TensorDataset(x, y)
+    twin = copy.deepcopy(space)
+    plain = trainer(space, False, data, unrolled=True)
+    fast = trainer(twin, True, data, unrolled=True)
+    assert any(isinstance(m, SharedPoolNorm) for m in fast.model.modules())
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for a, b in zip(plain.arch.parameters(), fast.arch.parameters(), strict=True):
+            a.copy_(torch.randn(a.shape, generator=generator, dtype=a.dtype))
+            b.copy_(a)
+    grads = []
+    for t, batch in ((plain, x), (fast, x.contiguous(memory_format=torch.channels_last))):
+        t._unrolled_arch_gradient(batch[:4], y[:4], batch[4:], y[4:])
+        grads.append([a.grad.clone() for a in t.arch.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-10)
