@@ -431,7 +431,6 @@ def check_trainer_plugin(
     *,
     plugin: object | None = None,
     space: Callable[[], nn.Module] | None = None,
-    dataset: Any = None,
     resume: bool = True,
     **kwargs: Any,
 ) -> CheckReport:
@@ -443,9 +442,9 @@ def check_trainer_plugin(
     ``optimizer`` (SGD over the model's parameters), ``num_epochs``/``epochs``,
     ``dataset``, ``batch_size``, ``seed``, ``device`` (``"cpu"``), ``progress`` and
     ``checkpoint_dir``; an argument given as :func:`from_model` is computed from each
-    model. ``space`` makes a fresh model space (default :class:`TinyCell` for one-shot
-    trainers, :class:`PlantedOp` for classic ones) and ``dataset`` is a one-shot
-    trainer's data (default :func:`tiny_data`).
+    model; a one-shot trainer's ``dataset`` defaults to :func:`tiny_data`, a classic
+    one's to :data:`TINY_DATASET`. ``space`` makes a fresh model space (default
+    :class:`TinyCell` for one-shot trainers, :class:`PlantedOp` for classic ones).
 
     A one-shot trainer is built and fitted for 2 epochs; its ``export()`` must be a
     JSON-ready architecture that validates against the space, in canonical form. With
@@ -469,9 +468,7 @@ def check_trainer_plugin(
 
         stack.enter_context(_one_thread())
         if issubclass(cls, BaseOneShotTrainer):
-            return _check_one_shot(
-                name, cls, space or TinyCell, dataset, resume, kwargs, stack, plugin
-            )
+            return _check_one_shot(name, cls, space or TinyCell, resume, kwargs, stack)
         return _check_classic(name, cls, space or PlantedOp, kwargs, plugin)
 
 
@@ -515,8 +512,8 @@ class _Stopped(Exception):
 
 
 def _tensors(trainer: Any) -> dict[str, torch.Tensor]:
-    """The trainer's model weights and buffers, and its ``arch_parameters()``."""
-    found = {f"model.{k}": v.detach() for k, v in trainer.model.state_dict().items()}
+    """The trainer's ``arch_parameters()``, and its model's weights and buffers."""
+    found = {}
     arch_parameters = getattr(trainer, "arch_parameters", None)
     if callable(arch_parameters):
         params = arch_parameters()
@@ -524,6 +521,7 @@ def _tensors(trainer: Any) -> dict[str, torch.Tensor]:
             params = params.parameters()
         for i, p in enumerate(params):
             found[f"arch_parameters()[{i}]"] = p.detach()
+    found.update((f"model.{k}", v.detach()) for k, v in trainer.model.state_dict().items())
     return found
 
 
@@ -550,16 +548,14 @@ def _check_one_shot(
     name: str,
     cls: type,
     space: Callable[[], nn.Module],
-    data: Any,
     resume: bool,
     overrides: Mapping[str, Any],
     stack: contextlib.ExitStack,
-    plugin: object | None,
 ) -> CheckReport:
     from nastrain.space import SearchSpace
 
     who = f"trainer {name!r} ({_describe(cls)})"
-    data = data if data is not None else tiny_data()
+    data = tiny_data()
     record = SearchSpace.from_model(space())
     params, var_kw = _parameters(cls)
     if resume and "checkpoint_dir" not in params and not var_kw:
@@ -676,10 +672,13 @@ _FRESH_PROCESS = textwrap.dedent(
         if spec.name not in nastrain.trainer_names():
             try:
                 importlib.import_module(job["module"])
+                problem = "did not register it"
             except Exception as exc:
+                problem = f"failed: {type(exc).__name__}: {exc}"
+            if spec.name not in nastrain.trainer_names():
                 sys.exit(f"trainer {spec.name!r} is not registered in a fresh process "
                          f"(known: {nastrain.trainer_names()}), and importing its module "
-                         f"{job['module']} failed: {type(exc).__name__}: {exc}")
+                         f"{job['module']} {problem}; install the plugin that registers it")
         if job["space"]:
             model = nastrain.apply_arch(load(job["space"])(), job["arch"])
         else:
