@@ -245,7 +245,7 @@ def _legacy_options(kind: str, label: str | None, options: dict[str, Any]) -> st
                 "of label, give only label="
             )
         label = key
-    if options.get("return_mask", False) is not False:
+    if options.get("return_mask"):
         raise ValueError(
             f"{kind} {label!r}: return_mask={options['return_mask']!r} is not supported: "
             "nastrain's choices (like NNI 2.x's) return their output only, never a mask; "
