@@ -189,3 +189,195 @@ def test_channels_last_is_not_chosen_for_a_strided_1x1_convolution_left_after_th
     assert trainer.model[0].weight.is_contiguous()
     with pytest.raises(ValueError, match=r"\['0'\] are strided 1x1 .*channels_last=False"):
         SeenTrainer(strided_shortcut_space(), data, device="cpu", channels_last=True)
+
+
+# --- the options record -------------------------------------------------------------------
+
+
+def test_options_are_keywords_or_one_record_and_become_trainer_options(tmp_path) -> None:
+    from nastrain.oneshot import OneShotOptions
+
+    by_keyword = SeenTrainer(space(), indexed(16), seed=3, checkpoint_dir=str(tmp_path))
+    assert by_keyword.options == OneShotOptions(seed=3, checkpoint_dir=tmp_path, progress=False)
+    assert by_keyword.seed == 3 and by_keyword.checkpoint_dir == tmp_path
+    record = OneShotOptions(seed=3, checkpoint_dir=tmp_path)
+    by_record = SeenTrainer(space(), indexed(16), options=record)
+    assert by_record.options == by_keyword.options
+    both = SeenTrainer(space(), indexed(16), options=record, seed=4)  # keywords win
+    assert both.options.seed == 4 and both.options.checkpoint_dir == tmp_path
+    assert OneShotOptions.names() == [
+        "seed",
+        "checkpoint_dir",
+        "progress",
+        "channels_last",
+        "rewrite_model",
+        "lr_scheduler",
+    ]
+
+
+def test_a_misspelt_option_names_the_trainer_the_key_and_what_it_takes() -> None:
+    with pytest.raises(TypeError) as error:
+        SeenTrainer(space(), indexed(16), sed=0)
+    message = str(error.value)
+    assert message.startswith(
+        "SeenTrainer() got an unexpected keyword argument 'sed' (did you mean 'seed'?)"
+    )
+    assert "dataset" in message  # the trainer's own arguments
+    assert "seed, checkpoint_dir, progress, channels_last, rewrite_model, lr_scheduler" in message
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"seed": "0"}, "seed must be an int or None, got '0'"),
+        ({"seed": True}, "seed must be an int or None"),
+        ({"checkpoint_dir": 3}, "checkpoint_dir must be a path"),
+        ({"channels_last": "yes"}, "channels_last must be True, False or None"),
+        ({"rewrite_model": None}, "rewrite_model must be True or False"),
+        ({"lr_scheduler": object()}, r"lr_scheduler must be a learning-rate scheduler.*step\(\)"),
+        ({"options": {"seed": 0}}, "options must be a nastrain.oneshot.OneShotOptions, got dict"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_option(options, match) -> None:
+    with pytest.raises(TypeError, match=match):
+        SeenTrainer(space(), indexed(16), **options)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [({"log_frequency": 0}, "log_frequency must be an int >= 1"), ({"workers": -1}, "workers")],
+)
+def test_bad_loop_arguments_are_refused(arguments, match) -> None:
+    class Configurable(SeenTrainer):
+        def __init__(self, model, dataset, **kwargs):
+            SupernetTrainer.__init__(
+                self, model, loss=None, metrics=None, num_epochs=1, dataset=dataset, **kwargs
+            )
+
+        def search_step(self, train_batch, valid_batch):
+            return {}
+
+    with pytest.raises(ValueError, match=match):
+        Configurable(space(), indexed(16), **arguments)
+
+
+def test_the_lr_scheduler_option_steps_once_per_epoch_and_is_checkpointed(tmp_path) -> None:
+    model = space()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    trainer = SeenTrainer(model, indexed(16), lr_scheduler=scheduler, checkpoint_dir=tmp_path)
+    trainer.optimizer = optimizer  # the scheduler's
+    trainer.fit()
+    assert optimizer.param_groups[0]["lr"] == 0.25
+    assert scheduler.last_epoch == 2
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["extra"]["lr_scheduler"]["last_epoch"] == 2
+    assert set(state["extra"]) == {"optimizer", "lr_scheduler"}
+
+
+# --- the data halves, the epoch's shape, arch_parameters -----------------------------------
+
+
+def test_the_data_halves_are_public_datasets() -> None:
+    data = indexed(10)
+    trainer = SeenTrainer(space(), data)
+    assert [int(y) for _, y in trainer.train_data] == list(range(5))
+    assert [int(y) for _, y in trainer.valid_data] == list(range(5, 10))
+    other = indexed(4)
+    given = SeenTrainer(space(), data, valid_dataset=other)
+    assert given.train_data is data and given.valid_data is other
+
+
+def test_an_architecture_phase_follows_the_steps_in_eval_mode() -> None:
+    """pair_batches = False walks the weight half alone; architecture_step then walks the
+    architecture half, the model in evaluation mode."""
+
+    class Phased(SeenTrainer):
+        pair_batches = False
+
+        def search_step(self, train_batch, valid_batch):
+            assert valid_batch is None and self.model.training
+            self.calls.append(("search", train_batch[1][:, 0].long().tolist()))
+            return {"loss": 1.0}
+
+        def architecture_step(self, valid_batch):
+            assert not self.model.training
+            self.calls.append(("arch", valid_batch[1][:, 0].long().tolist()))
+            return {"reward": 2.0}
+
+    trainer = Phased(space(), indexed(16), seed=0)
+    trainer.calls = []
+    assert trainer.steps_per_epoch() == 4  # 2 weight batches, then 2 architecture batches
+    trainer.fit()
+    kinds = [kind for kind, _ in trainer.calls]
+    assert kinds == ["search", "search", "arch", "arch"] * 2
+    first_epoch = trainer.calls[:4]
+    assert sorted(i for kind, ys in first_epoch if kind == "search" for i in ys) == list(range(8))
+    assert sorted(i for kind, ys in first_epoch if kind == "arch" for i in ys) == list(range(8, 16))
+    assert trainer.history[0]["metrics"] == {"loss": 1.0, "reward": 2.0}
+
+
+def test_arch_parameters_default_to_none_learned() -> None:
+    assert SeenTrainer(space(), indexed(16)).arch_parameters() == []
+
+
+# --- log_frequency ----------------------------------------------------------------------------
+
+
+def test_log_frequency_goes_through_logging_when_it_is_configured(caplog, capsys) -> None:
+    """Under pytest logging is configured (its capture handler): the lines go to the
+    ``nastrain.steps`` logger and are not printed as well."""
+    with caplog.at_level("INFO", logger="nastrain.steps"):
+        SeenTrainer(space(), indexed(32), log_frequency=2, seed=0).fit()
+    lines = [r.getMessage() for r in caplog.records if r.name == "nastrain.steps"]
+    assert lines[0].startswith("seen: epoch 1/2 step 2/4: loss ")
+    assert len(lines) == 4  # 4 steps per epoch, every 2nd, 2 epochs
+    assert "epoch 1/2 step 2/4" not in capsys.readouterr().err
+
+
+def test_log_frequency_prints_when_logging_is_unconfigured(monkeypatch, capsys) -> None:
+    from nastrain import oneshot
+
+    monkeypatch.setattr(oneshot.step_logger, "hasHandlers", lambda: False)
+    SeenTrainer(space(), indexed(32), log_frequency=3, seed=0).fit()
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1] for line in err] == [" epoch 1/2 step 3/4", " epoch 2/2 step 3/4"]
+    assert all(line.startswith("seen: ") and "loss " in line for line in err)
+
+
+def test_an_nni_user_sees_log_frequency_lines_without_configuring_logging() -> None:
+    """In a fresh interpreter, as an NNI script runs: no logging configured at all."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import torch
+        from torch import nn
+        from torch.utils.data import TensorDataset
+        import nastrain
+        from nastrain.oneshot import SupernetTrainer
+
+        class Trainer(SupernetTrainer):
+            name = "t"
+            def __init__(self, model, dataset, **options):
+                super().__init__(model, loss=None, metrics=None, num_epochs=1,
+                                 dataset=dataset, batch_size=2, log_frequency=2, **options)
+            def search_step(self, train_batch, valid_batch):
+                return {"loss": 0.5}
+            def export(self):
+                return {}
+
+        model = nn.Sequential(nastrain.LayerChoice([nn.Identity()], label="op"))
+        Trainer(model, TensorDataset(torch.zeros(16, 1), torch.zeros(16, 1)), seed=0).fit()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stderr.splitlines() == [
+        "t: epoch 1/1 step 2/4: loss 0.5",
+        "t: epoch 1/1 step 4/4: loss 0.5",
+    ]
+    assert result.stdout == ""

@@ -275,3 +275,26 @@ def test_a_space_of_parameter_free_candidates_is_searched(unrolled) -> None:
     assert trainer.weights == []
     trainer.fit()
     assert trainer.export() == {"act": "tanh"}
+
+
+def test_the_one_shot_options_go_to_the_record_and_a_misspelt_one_names_darts(tmp_path) -> None:
+    from nastrain.oneshot import OneShotOptions
+
+    trainer = make(options=OneShotOptions(seed=1, checkpoint_dir=tmp_path), progress=None)
+    # make()'s seed=0 keyword replaces the record's seed; the rest is the record's.
+    assert trainer.options == OneShotOptions(seed=0, checkpoint_dir=tmp_path)
+    with pytest.raises(
+        TypeError,
+        match=r"DartsTrainer\(\) got an unexpected keyword argument "
+        r"'checkpoint_dri' \(did you mean 'checkpoint_dir'\?\).*unrolled",
+    ):
+        make(checkpoint_dri=tmp_path)
+
+
+def test_arch_parameters_are_the_alphas_one_per_label_not_weights() -> None:
+    trainer = make()
+    alphas = trainer.arch_parameters()
+    assert [a.numel() for a in alphas] == [3, 2]  # "op" (shared by two choices), "pick"
+    assert alphas == trainer.arch.parameters()
+    weights = {id(p) for p in trainer.model.parameters()}
+    assert not any(id(a) in weights for a in alphas)

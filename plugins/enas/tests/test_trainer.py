@@ -352,3 +352,17 @@ def test_works_imported_directly_with_its_plugin_left_out(monkeypatch, nastrain_
     )
     trainer.fit()
     assert trainer.export()["op"] in ("a", "b")
+
+
+def test_arch_parameters_are_the_controller_s_for_enas_and_none_for_random() -> None:
+    trainer = enas()
+    assert trainer.arch_parameters() == list(trainer.controller.parameters())
+    assert trainer.arch_parameters()
+    assert spos().arch_parameters() == []
+
+
+@pytest.mark.parametrize("make", [enas, spos], ids=["enas", "random"])
+def test_a_misspelt_option_names_the_trainer(make) -> None:
+    name = "EnasTrainer" if make is enas else "RandomOneShotTrainer"
+    with pytest.raises(TypeError, match=rf"{name}\(\) got an unexpected keyword argument 'sede'"):
+        make(sede=0)
