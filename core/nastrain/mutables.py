@@ -724,7 +724,14 @@ def _input_switches(n_candidates: Any, reduction: Any, prior: Any, label: str) -
     if state is None or label not in state.arch:
         return InputSwitches(n_candidates, label=label)
     state.check_shared(label, ("switches", n_candidates))
-    value = state.arch[label]
+    chosen = _check_subset(state.arch[label], n_candidates, label, "fixed_arch: ")
+    state.used.add(label)
+    return InputSwitches(n_candidates, label=label, chosen=chosen)
+
+
+def _check_subset(value: Any, n_candidates: int, label: str, prefix: str = "") -> list[int]:
+    """NNI's value of an ``n_chosen=None`` choice (any distinct input indices, or one
+    index) as a sorted list, or a ``ValueError`` naming the label."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if (
@@ -734,8 +741,7 @@ def _input_switches(n_candidates: Any, reduction: Any, prior: Any, label: str) -
         or any(not 0 <= i < n_candidates for i in value)
     ):
         raise ValueError(
-            f"fixed_arch: choice {label!r} (n_chosen=None) takes a list of distinct input "
+            f"{prefix}choice {label!r} (n_chosen=None) takes a list of distinct input "
             f"indices in 0..{n_candidates - 1}, got {value!r}"
         )
-    state.used.add(label)
-    return InputSwitches(n_candidates, label=label, chosen=sorted(value))
+    return sorted(value)

@@ -18,11 +18,14 @@ import attrs
 from torch import nn
 
 from nastrain.mutables import (
+    SWITCH_NAMES,
     InputChoice,
+    InputSwitches,
     LayerChoice,
     Mutable,
     _check_indices,
     _check_prior,
+    _check_subset,
     _layer_value_error,
 )
 from nastrain.serialization import SCHEMA_VERSION, dumps, loads
@@ -260,11 +263,16 @@ def _summary(choice: Choice) -> str:
 
 
 def apply_arch(model: nn.Module, arch: Mapping[str, Any]) -> nn.Module:
-    """A copy of ``model`` with every choice fixed to ``arch``; ``model`` is left as it was."""
+    """A copy of ``model`` with every choice fixed to ``arch``; ``model`` is left as it was.
+
+    As in :func:`~nastrain.fixed_arch`, an ``InputChoice(n, n_chosen=None)`` also takes
+    NNI's form, its label and the chosen indices (``{"skip": [0, 2]}``), for its switches
+    ``skip/0``, ``skip/1``, ...
+    """
     space = SearchSpace.from_model(model)
     if not space.choices:
         raise ValueError("apply_arch: the model has no LayerChoice or InputChoice to fix")
-    fixed = space.validate(arch)
+    fixed = space.validate(_expand_switches(model, space, arch))
     copied = copy.deepcopy(model)
 
     def fix(module: nn.Module) -> nn.Module:
@@ -276,3 +284,30 @@ def apply_arch(model: nn.Module, arch: Mapping[str, Any]) -> nn.Module:
         return module
 
     return fix(copied)
+
+
+def _expand_switches(model: nn.Module, space: SearchSpace, arch: Any) -> Any:
+    """``arch`` with NNI's value of an ``InputChoice(n, n_chosen=None)`` (its own label ->
+    chosen indices) written as the values of its switches (``label/j`` -> on or off)."""
+    if not isinstance(arch, Mapping):
+        return arch  # validate says what is wrong
+    switches = {m.label: m.n_candidates for m in model.modules() if isinstance(m, InputSwitches)}
+    if not any(label in switches and label not in space.labels for label in arch):
+        return arch
+    expanded = {}
+    for label, value in arch.items():
+        if label not in switches or label in space.labels:
+            expanded[label] = value
+            continue
+        n = switches[label]
+        both = [f"{label}/{j}" for j in range(n) if f"{label}/{j}" in arch]
+        if both:
+            raise ValueError(
+                f"architecture gives choice {label!r} (n_chosen=None) twice: as {label!r} "
+                f"and as its switch(es) {both}; give one form"
+            )
+        chosen = _check_subset(value, n, label)
+        off, on = SWITCH_NAMES
+        for j in range(n):
+            expanded[f"{label}/{j}"] = on if j in chosen else off
+    return expanded

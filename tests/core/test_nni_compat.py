@@ -201,6 +201,20 @@ def test_n_chosen_none_sums_the_inputs_switched_on(chosen: list[int]) -> None:
     assert not any(isinstance(m, nastrain.Mutable) for m in nni_form.modules())
 
 
+@pytest.mark.parametrize("value", [[0, 2], (2, 0), 1, []])
+def test_apply_arch_takes_nni_s_form_of_n_chosen_none_too(value) -> None:
+    chosen = [value] if isinstance(value, int) else list(value)
+    expected = sum(2**j for j in chosen)
+    assert apply_arch(Macro(), {"skip": value})(inputs(3)).eq(expected).all()
+
+
+def test_apply_arch_refuses_both_forms_of_n_chosen_none_at_once() -> None:
+    with pytest.raises(ValueError, match=r"'skip' \(n_chosen=None\) twice.*\['skip/1'\]"):
+        apply_arch(Macro(), {"skip": [0], "skip/1": "on"})
+    with pytest.raises(ValueError, match=r"'skip' \(n_chosen=None\).*0\.\.2, got \[5\]"):
+        apply_arch(Macro(), {"skip": [5]})
+
+
 def test_n_chosen_none_under_fixed_arch_takes_nni_s_bare_index() -> None:
     with fixed_arch({"skip": 1}):
         model = Macro()
@@ -393,3 +407,58 @@ def test_an_input_choice_without_n_candidates_says_so() -> None:
         InputChoice(n_chosen=1)
     with pytest.raises(TypeError, match="needs n_candidates"):
         InputChoice()
+
+
+# --- the first-party one-shot trainers search these spaces (when installed) -----------------
+
+
+class Ported(nn.Module):
+    """Everything above at once: a prior, a positional reduction, n_chosen=None, key=."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.ModuleList(nn.Linear(8 if i == 0 else 16, 16) for i in range(3))
+        self.act = LayerChoice([nn.ReLU(), nn.Tanh()], prior=[0.3, 0.7], key="act")
+        self.read = InputChoice(2, 1, "sum", label="read")
+        self.skip = InputChoice(2, None, label="skip")
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h0 = self.act(self.fc[0](x))
+        h1 = self.fc[1](h0)
+        h2 = self.fc[2](h1)
+        return self.head(self.read([h1, h2]) + self.skip([h0, h1]))
+
+
+@pytest.mark.parametrize("kind", ["darts", "enas", "random"])
+def test_one_shot_trainers_search_a_ported_space(kind: str) -> None:
+    from torch.utils.data import TensorDataset
+
+    def accuracy(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return {"acc": (logits.argmax(1) == y).float().mean().item()}
+
+    torch.manual_seed(0)
+    x = torch.randn(128, 8)
+    common = dict(
+        num_epochs=1, dataset=TensorDataset(x, (x[:, 0] > 0).long()), batch_size=32, seed=0
+    )
+    loss = nn.CrossEntropyLoss()
+    if kind == "darts":
+        darts = pytest.importorskip("nastrain_darts")
+        trainer = darts.DartsTrainer(Ported(), loss, accuracy, None, **common)
+    elif kind == "enas":
+        enas = pytest.importorskip("nastrain_enas")
+        trainer = enas.EnasTrainer(
+            Ported(), loss, accuracy, lambda o, y: accuracy(o, y)["acc"], None, **common
+        )
+    else:
+        enas = pytest.importorskip("nastrain_enas")
+        trainer = enas.RandomOneShotTrainer(Ported(), loss, accuracy, None, **common)
+    trainer.fit()
+    arch = trainer.export()
+    assert set(arch) == {"act", "read", "skip/0", "skip/1"}
+    assert SearchSpace.from_model(Ported()).validate(arch) == arch
+    with fixed_arch(arch):
+        model = Ported()
+    assert not any(isinstance(m, nastrain.Mutable) for m in model.modules())
+    assert model(x[:4]).shape == (4, 2)
