@@ -596,5 +596,7 @@ def test_the_rendered_template_passes_its_own_tox_run(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert "3 passed" in output, output[-3000:]
-    # The plugin ran from its wheel, not from the folder: tox installed a .whl into the env.
-    assert "nastrain_kit_template-0.1.0-py3-none-any.whl" in output or names.module in output
+    # The plugin ran from its wheel (not an editable install), nastrain from the wheels folder.
+    installs = [line for line in output.splitlines() if "install_package>" in line]
+    assert any(f"{names.module}-0.1.0-py3-none-any.whl" in line for line in installs), installs
+    assert f"--find-links {wheels}" in output
