@@ -39,7 +39,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,7 @@ class _Subsample(torch.autograd.Function):
     builds them in the contiguous layout and converts)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
         ctx.shape, ctx.stride = x.shape, stride
         ctx.memory_format = (
             torch.channels_last
@@ -121,7 +121,7 @@ class _Subsample(torch.autograd.Function):
         return x[:, :, :: stride[0], :: stride[1]].contiguous(memory_format=torch.channels_last)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         grad_x = torch.empty(
             ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.memory_format
         ).zero_()
@@ -199,7 +199,7 @@ class _DepthwisePlan(NamedTuple):
     @classmethod
     def of(cls, conv: nn.Conv2d) -> _DepthwisePlan:
         stride: tuple[int, int] = tuple(conv.stride)  # type: ignore[assignment]
-        padding: tuple[int, int] = tuple(conv.padding)  # type: ignore[assignment,arg-type]
+        padding: tuple[int, int] = tuple(conv.padding)  # type: ignore[assignment]
         dilation: tuple[int, int] = tuple(conv.dilation)  # type: ignore[assignment]
         kernel = conv.kernel_size
         d = dilation[0]
@@ -308,7 +308,7 @@ def depthwise_weight_grad(
 
 class _DepthwiseConvFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -326,7 +326,7 @@ class _DepthwiseConvFunction(torch.autograd.Function):
         return F.conv2d(x, weight, bias, plan.stride, plan.padding, plan.dilation, plan.groups)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         x, weight = ctx.saved_tensors
         plan, relu_first = ctx.plan, ctx.relu_first
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -536,9 +536,12 @@ def _share_relus(model: nn.Module, scope: _Scope) -> dict[str, int]:
                 module._modules[relu_name] = scope.add(SharedReLU(_pass_cache(model)))
                 counts["shared"] += 1
             elif not getattr(conv, "relu_first", False):
-                if not isinstance(conv, DepthwiseConv):
-                    conv = module._modules[conv_name] = scope.add(DepthwiseConv(conv))
-                conv.relu_first = True
+                if isinstance(conv, DepthwiseConv):
+                    fused = conv
+                else:  # an exact depthwise nn.Conv2d (_is_depthwise)
+                    fused = scope.add(DepthwiseConv(cast(nn.Conv2d, conv)))
+                    module._modules[conv_name] = fused
+                fused.relu_first = True
                 module._modules[relu_name] = scope.add(nn.Identity())
                 counts["folded"] += 1
     return counts
@@ -574,7 +577,7 @@ class _LeanBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         running_mean: torch.Tensor | None,
@@ -599,9 +602,7 @@ class _LeanBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, grad: torch.Tensor, *unused: Any
-    ) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad: torch.Tensor, *unused: Any) -> tuple[Any, ...]:
         out, invstd = ctx.saved_tensors
         if ctx.small:
             # invstd * (g - mean(g) - x_hat * mean(g * x_hat)), per channel, on the
