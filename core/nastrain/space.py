@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import attrs
+from cattrs.gen import make_dict_unstructure_fn, override
 from torch import nn
 
 from nastrain.mutables import (
@@ -28,7 +29,7 @@ from nastrain.mutables import (
     _check_subset,
     _layer_value_error,
 )
-from nastrain.serialization import SCHEMA_VERSION, dumps, loads
+from nastrain.serialization import SCHEMA_VERSION, converter, dumps, loads
 
 __all__ = ["Architecture", "Choice", "SearchSpace", "apply_arch", "iter_mutables"]
 
@@ -105,6 +106,14 @@ class Choice:
             other.n_chosen,
             other.prior,
         )
+
+
+# A choice without a prior is written without the key, as before priors existed, so that
+# such documents (spaces in stores and checkpoints) stay readable by earlier releases.
+converter.register_unstructure_hook(
+    Choice,
+    make_dict_unstructure_fn(Choice, converter, prior=override(omit_if_default=True)),
+)
 
 
 def describe(module: Mutable) -> Choice:

@@ -24,6 +24,7 @@ from torch import nn
 import nastrain
 from nastrain import InputChoice, LayerChoice, SearchSpace, apply_arch, fixed_arch
 from nastrain.mutables import ChosenInputs, InputSwitches, ZeroInput, load_arch
+from nastrain.serialization import dumps, loads
 from nastrain.space import Choice
 
 
@@ -334,13 +335,16 @@ def test_a_space_document_with_a_bad_prior_names_it() -> None:
         SearchSpace.from_json(json.dumps(data))
 
 
-def test_a_space_document_without_prior_still_loads() -> None:
-    # Stores and checkpoints written before prior existed record no such key.
+def test_a_space_without_priors_is_written_as_before_priors_existed() -> None:
+    # Stores and checkpoints written before prior existed record no such key, and a space
+    # without priors writes none, so earlier releases still read it.
     space = SearchSpace.from_model(Cell())
     data = json.loads(space.to_json())
-    for choice in data["choices"]:
-        del choice["prior"]
+    assert all("prior" not in choice for choice in data["choices"])
     assert SearchSpace.from_json(json.dumps(data)) == space
+    weighed = Choice(label="c", kind="layer", names=("x", "y"), n_candidates=2, prior=(0.2, 0.8))
+    assert json.loads(dumps(weighed))["prior"] == [0.2, 0.8]
+    assert loads(dumps(weighed), Choice) == weighed
 
 
 def test_a_plugin_choice_without_prior_is_uniform() -> None:
