@@ -5,7 +5,7 @@ Every choice is relaxed into a softmax-weighted mixture of its candidates
 formulation (the default), an input choice that names the edges feeding it: that node
 is the plain sum of its mixed edges. The mixture weights, the architecture parameters
 alpha, are trained by gradient descent on the architecture half of the data while the
-supernet's weights w are trained on the other half (section 2.3, eq. 3-4, alternating:
+supernet's weights w are trained on the other half (section 2.2, eq. 3-4, alternating:
 :meth:`DartsTrainer.search_step`). ``unrolled=True`` is the paper's second-order
 approximation (eq. 6-8): the architecture gradient is taken at the weights after one
 virtual SGD step, with the Hessian-vector product replaced by a finite difference.
@@ -160,9 +160,11 @@ class DartsTrainer(SupernetTrainer):
         """alpha, one vector per label (not among ``model.parameters()``)."""
         return self.arch.parameters()
 
-    # --- one step (section 2.3): eq. (3)/(6) for alpha, then an ordinary step for w ---------
+    # --- one step (section 2.2): eq. (3)/(6) for alpha, then an ordinary step for w ---------
 
     def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
+        """alpha steps on the architecture batch (dL_val/dalpha at w, or at the virtual step's
+        w' with ``unrolled``), then w on the weight batch (dL_train/dw, alpha held fixed)."""
         trn_x, trn_y = train_batch
         val_x, val_y = valid_batch
         self.arch_optimizer.zero_grad(set_to_none=True)
