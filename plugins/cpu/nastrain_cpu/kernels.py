@@ -360,7 +360,9 @@ class DepthwiseConv(nn.Module):
     ``relu_first``, it computes ``conv(relu(x))`` and keeps ``x`` instead of
     ``relu(x)`` for the backward pass: in a NAS cell the same ``x`` feeds several
     such operations and is kept once, where each separate ReLU would keep an output
-    of its own. Shares ``weight`` and ``bias`` with the convolution it replaces.
+    of its own. Shares ``weight`` and ``bias`` with the convolution it replaces. Under
+    ``torch.autocast`` it computes in the autocast dtype, as the convolution would.
+    Its backward pass is differentiable (second derivatives are correct).
     """
 
     def __init__(self, conv: nn.Conv2d, relu_first: bool = False) -> None:
@@ -696,7 +698,9 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
     sums on its (pixels, channels) matrix in training mode, on the contiguous
     layout in evaluation mode (both faster), and handed on channels-last.
     Otherwise it is ``nn.BatchNorm2d``. Built by :meth:`like`, it shares the
-    original's buffers and parameters.
+    original's buffers and parameters. A bfloat16 or float16 input (under autocast, say)
+    is normalised with float32 statistics, as the library does. In the lean path a double
+    backward raises (see :class:`_LeanBatchNormFunction`).
     """
 
     @classmethod

@@ -27,6 +27,7 @@ from nastrain_cpu.kernels import (
     SharedPoolNorm,
     SharedReLU,
     StridedPointwiseConv,
+    optimize_for_cpu,
 )
 
 
@@ -233,3 +234,10 @@ def test_no_rewrite_off_the_cpu_nor_without_modules() -> None:
     counts = plugin.nastrain_prepare_model(trainer, model, torch.device("cpu"), candidates)
     assert counts is not None and sum(counts.values()) > 0
     assert {n.split(".")[0] for n in from_kernels(model)} == {"a"}
+
+
+def test_modules_that_are_not_modules_are_refused_by_name() -> None:
+    model = Space()
+    with pytest.raises(TypeError, match="must be nn.Module instances, got str"):
+        optimize_for_cpu(model, [model.a, "stem"])  # type: ignore[list-item]
+    assert from_kernels(model) == []
