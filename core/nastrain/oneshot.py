@@ -207,9 +207,10 @@ def resolve_options(
     return attrs.evolve(options, **kwargs) if kwargs else options
 
 
-def _own_arguments(trainer: type) -> list[str]:
+def _own_arguments(trainer: type[Any]) -> list[str]:
     """The named arguments of ``trainer``'s constructor after the model."""
     try:
+        # __init__'s, not the class's: on Python 3.10 that is BaseTrainer.__new__'s (*args).
         parameters = list(inspect.signature(trainer.__init__).parameters.values())[1:]
     except (TypeError, ValueError):
         return []
@@ -607,7 +608,7 @@ class SupernetTrainer(BaseOneShotTrainer):
     def _loaders(
         self, dataset: Dataset, valid_dataset: Dataset | None
     ) -> tuple[DataLoader, DataLoader]:
-        common = {
+        common: dict[str, Any] = {
             "batch_size": self.batch_size,
             "num_workers": self.workers,
             "generator": self.data_generator,

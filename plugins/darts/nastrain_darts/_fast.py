@@ -42,7 +42,7 @@ class WeightedSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, weights: torch.Tensor, indices: list[int], *outputs: torch.Tensor
     ) -> torch.Tensor:
         ctx.indices = indices
@@ -56,7 +56,7 @@ class WeightedSum(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         weights, *outputs = ctx.saved_tensors
         indices = ctx.indices
         grad_weights = None

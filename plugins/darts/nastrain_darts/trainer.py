@@ -21,7 +21,7 @@ replayed dropout masks) is :mod:`nastrain_darts._fast`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +146,7 @@ class DartsTrainer(SupernetTrainer):
         # A relaxation may register its alpha as a module attribute (a plugin's may): alpha
         # is still not a weight.
         arch_ids = {id(alpha) for alpha in self.arch.parameters()}
-        self.weights = [
+        self.weights: list[torch.Tensor] = [
             p for p in self.model.parameters() if p.requires_grad and id(p) not in arch_ids
         ]
         self.optimizer = optimizer or torch.optim.SGD(
@@ -274,8 +274,8 @@ class DartsTrainer(SupernetTrainer):
                 torch._foreach_copy_(buffers, scratch.buffers)
             for w in weights:
                 w.grad = None
-            for a, g, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
-                a.grad = g - (gp - gn) / (2 * eps)
+            for a, d_val, gp, gn in zip(alphas, dalpha, d_pos, d_neg):
+                a.grad = d_val - (gp - gn) / (2 * eps)
 
     # --- deriving the architecture (section 2.4) ---------------------------------------------
 
@@ -296,7 +296,7 @@ class DartsTrainer(SupernetTrainer):
                 strengths = [self.edge_strength(edge) for edge in module.edge_labels]
                 result[label] = module.export(strengths)
             else:  # DartsInputChoice, or a relaxation a third-party plugin supplied
-                result[label] = module.export()
+                result[label] = cast(Any, module).export()
         return result
 
     def edge_strength(self, label: str) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import torch
@@ -53,6 +53,8 @@ class _Decision:
         self.choice = choice
         self.label = choice.label
         self.subsets: list[tuple[int, ...]] | None = None
+        #: A value's row: by candidate name, or by the tuple of chosen input indices.
+        self.index: dict[Any, int]
         if choice.kind == "layer":
             self.n_logits = len(choice.names)
             self.values: list[Any] = list(choice.names)
@@ -108,6 +110,9 @@ class Controller(nn.Module):
     in [-0.1, 0.1], as in the ENAS authors' code.
     """
 
+    #: Where the rows of :meth:`sample`'s padded logits are padding (a buffer).
+    _padding: torch.Tensor
+
     def __init__(
         self,
         choices: Sequence[Choice],
@@ -122,9 +127,9 @@ class Controller(nn.Module):
         for name, value in (("lstm_size", lstm_size), ("lstm_num_layers", lstm_num_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"controller {name} must be an int >= 1, got {value!r}")
-        for name, value in (("tanh_constant", tanh_constant), ("temperature", temperature)):
-            if value is not None and (not isinstance(value, (int, float)) or not value > 0):
-                raise ValueError(f"controller {name} must be a number > 0 or None, got {value!r}")
+        for name, number in (("tanh_constant", tanh_constant), ("temperature", temperature)):
+            if number is not None and (not isinstance(number, (int, float)) or not number > 0):
+                raise ValueError(f"controller {name} must be a number > 0 or None, got {number!r}")
         if not isinstance(skip_target, (int, float)) or not 0 < skip_target < 1:
             raise ValueError(f"controller skip_target must be in (0, 1), got {skip_target!r}")
         self.choices = tuple(choices)
@@ -255,7 +260,7 @@ class Controller(nn.Module):
                 .exponential_(generator=generator)
                 .log_()
             )
-        x = self.g_emb
+        x: torch.Tensor = self.g_emb
         states: list[torch.Tensor] = []  # the last hidden state at each decision
         all_logits: list[torch.Tensor] = []
         picks: list[torch.Tensor] = []
@@ -283,10 +288,11 @@ class Controller(nn.Module):
             elif greedy:
                 pick = logits.detach().argmax()
             else:
+                assert noise is not None
                 pick = (logits.detach() - noise[i, : decision.n_values]).argmax()
             picks.append(pick)
             if anchors is None:
-                x = self.embedding[key].weight[pick].view(1, -1)
+                x = cast(nn.Embedding, self.embedding[key]).weight[pick].view(1, -1)
             elif decision.subsets is None:
                 x = anchors[pick].view(1, -1)
             else:  # the mean of the chosen inputs' anchors

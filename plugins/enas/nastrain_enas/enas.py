@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -185,13 +185,13 @@ class EnasTrainer(SamplingTrainer):
                 f"ctrl_steps_aggregate must be an int >= 1 (samples per controller update), "
                 f"got {ctrl_steps_aggregate!r}"
             )
-        for name, value in (
+        for name, number in (
             ("entropy_weight", entropy_weight),
             ("skip_weight", skip_weight),
             ("ctrl_lr", ctrl_lr),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not number >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {number!r}")
         if not isinstance(baseline_decay, (int, float)) or not 0 <= baseline_decay < 1:
             raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay!r}")
         ctrl_kwargs = dict(ctrl_kwargs or {})
@@ -226,7 +226,7 @@ class EnasTrainer(SamplingTrainer):
         self.ranking: list[tuple[Architecture, float]] = []
         #: The score of the architecture ``export()`` returned (``None`` when greedy).
         self.best_score: float | None = None
-        self._norms: list[nn.Module] | None = None  # the supernet's BatchNorms, once listed
+        self._norms: Sequence[nn.Module] | None = None  # the supernet's BatchNorms, once listed
         self.entropy_weight = float(entropy_weight)
         self.skip_weight = float(skip_weight)
         self.baseline_decay = float(baseline_decay)

@@ -186,13 +186,14 @@ class RandomOneShotTrainer(SamplingTrainer):
         recalibrated on ``calibration`` (default: :meth:`calibration_batches`, ``bn_batches``
         batches of the weight half); the supernet's statistics are restored afterwards."""
         arch = self.space.validate(arch)
+        score: Callable[[Any, Any], Any]
         if self.score_function is None:
             loss = self.loss
 
-            def score(logits: Any, y: Any) -> float:
+            def minus_loss(logits: Any, y: Any) -> float:
                 return -as_number(loss(logits, y), "loss", arch)
 
-            what = "loss"
+            score, what = minus_loss, "loss"
         else:
             score = self.score_function
             what = f"score_function {getattr(self.score_function, '__qualname__', '?')}"
