@@ -39,7 +39,7 @@ _NONE = object()
 
 def batchnorms(model: nn.Module) -> list[_BatchNorm]:
     """The BatchNorm modules of ``model`` (any ``_BatchNorm``: 1d, 2d, 3d, sync, and the
-    kernels' ``LeanBatchNorm2d``) that keep running statistics."""
+    ``LeanBatchNorm2d`` of the ``nastrain-cpu`` plugin) that keep running statistics."""
     return [
         m
         for m in model.modules()
