@@ -375,7 +375,8 @@ def _one_thread() -> Iterator[None]:
 
 
 def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
-    params = dict(list(inspect.signature(cls.__init__).parameters.items())[2:])  # self, model
+    init = cls.__init__  # type: ignore[misc]  # the class's own, as the check builds it
+    params = dict(list(inspect.signature(init).parameters.items())[2:])  # self, model
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     return params, var_kw
 
