@@ -137,6 +137,24 @@ def test_new_plugin_refuses_an_unknown_kind(capsys: pytest.CaptureFixture[str]) 
     assert "invalid choice: 'bayesian'" in capsys.readouterr().err
     with pytest.raises(kit.NewPluginError, match="unknown kind 'bayesian'"):
         kit.plugin_names("nastrain-x", "bayesian")
+    # The command line offers exactly the kit's kinds (it names them without importing it).
+    with pytest.raises(SystemExit):
+        main(["new-plugin", "--help"])
+    assert "{" + ",".join(kit.KINDS) + "}" in capsys.readouterr().out
+
+
+def test_the_kit_writes_a_plugin_without_importing_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys\nfrom nastrain import kit\n"
+        f"kit.new_plugin('nastrain-quick', kind='classic', directory={str(tmp_path / 'q')!r})\n"
+        "print(sorted(m for m in ('torch', 'nastrain.plugins') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]"]
+    assert (tmp_path / "q" / "nastrain_quick" / "plugin.py").is_file()
 
 
 @pytest.mark.parametrize("kind", kit.KINDS)
