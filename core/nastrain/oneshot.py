@@ -54,8 +54,6 @@ __all__ = [
     "OneShotOptions",
     "SupernetTrainer",
     "read_checkpoint",
-    "rng_state",
-    "set_rng_state",
 ]
 
 logger = logging.getLogger("nastrain")

@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import nastrain
-from nastrain.oneshot import SupernetTrainer, rng_state, set_rng_state
+from nastrain.oneshot import SupernetTrainer
+from nastrain.seeding import rng_state, set_rng_state
 from nastrain.utils import replace_layer_choice
 
 

@@ -44,7 +44,7 @@ from nastrain_darts._fast import (
     virtual_groups,
 )
 
-__all__ = ["ArchParameters", "DartsInputChoice", "DartsLayerChoice", "DartsTrainer", "frozen"]
+__all__ = ["ArchParameters", "DartsInputChoice", "DartsLayerChoice", "DartsTrainer"]
 
 #: The formulations of the DARTS cell :class:`DartsTrainer` knows (its ``formulation``).
 FORMULATIONS = ("paper", "nni")

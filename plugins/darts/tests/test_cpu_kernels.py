@@ -14,8 +14,8 @@ from torch.utils.data import TensorDataset
 
 from nastrain.oneshot import strided_pointwise_convolutions
 from nastrain_darts import DartsTrainer
+from nastrain_darts._fast import frozen
 from nastrain_darts.spaces import DartsSpace
-from nastrain_darts.trainer import frozen
 
 kernels = pytest.importorskip("nastrain_cpu.kernels")
 SharedPoolNorm, StridedPointwiseConv = kernels.SharedPoolNorm, kernels.StridedPointwiseConv

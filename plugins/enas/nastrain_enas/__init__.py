@@ -6,7 +6,8 @@ the plugin registers it as ``enas``, and ``RandomOneShotTrainer`` as ``random``
 (alias ``spos``), through its entry point.
 """
 
-from nastrain_enas.enas import Controller, ControllerSample, EnasTrainer
+from nastrain_enas.controller import Controller, ControllerSample
+from nastrain_enas.enas import EnasTrainer
 from nastrain_enas.sampling import SampledInputChoice, SampledLayerChoice, SamplingTrainer
 from nastrain_enas.spos import RandomOneShotTrainer
 

@@ -68,10 +68,10 @@ from torch.utils.data import Dataset
 from nastrain.calibration import batch_statistics, batchnorms
 from nastrain.oneshot import json_floats
 from nastrain.space import Architecture
-from nastrain_enas.controller import CONTROLLER_KWARGS, Controller, ControllerSample
+from nastrain_enas.controller import CONTROLLER_KWARGS, Controller
 from nastrain_enas.sampling import SamplingTrainer, check_bn_batches, real_number
 
-__all__ = ["Controller", "ControllerSample", "EnasTrainer"]
+__all__ = ["EnasTrainer"]
 
 
 class EnasTrainer(SamplingTrainer):
