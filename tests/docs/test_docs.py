@@ -8,10 +8,8 @@ reason. A page whose block imports a first-party plugin that is not installed (t
 tox env has none) stops there, skipped, naming the plugin; the env with every plugin runs it
 whole. A page added to ``docs/`` is picked up by itself.
 
-The README is not among the pages yet: two of its blocks are sketches that do not run alone
-(the classic trainer's ``text`` and ``other_model``; the three searches' ``data``, ``Space``
-and ``loss``, whose runnable version is docs/one-shot.md). Marking them ``<!-- not run:
-... -->`` (or completing them) lets ``PAGES`` take it.
+The README is a page too; its one sketch (the three searches, whose runnable version is
+docs/one-shot.md) is marked not to run.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import attrs
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FIRST_PARTY = ("nastrain_darts", "nastrain_enas", "nastrain_classic", "nastrain_cpu")
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 _NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>.+?)\s*-->\s*$")
