@@ -1,23 +1,39 @@
 """The ``nastrain`` command line: what is installed (plugins, trainers, strategies, datasets),
-running an experiment described in a file, and reporting on its store."""
+running an experiment described in a file, and reporting on its store.
+
+Importing this module, building the parser, ``--help`` and ``--version`` import no torch:
+each command imports what it needs when it runs. An error is one line on stderr (exit 1;
+2 for a bad command line), or its full traceback with ``--debug`` or ``NASTRAIN_DEBUG=1``.
+Output cut short by a closed pipe (``nastrain report STORE | head -1``) ends quietly with
+exit status 141, the status of a program that SIGPIPE ended.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import nastrain
-from nastrain import plugins
-from nastrain.experiments.store import printable
-from nastrain.serialization import converter
+import nastrain  # cheap: its names are imported on first use (PEP 562)
+from nastrain.terminal import printable
 
 __all__ = ["main"]
+
+#: Set to ``1`` (or ``true``, ``yes``, ``on``) to show an error's full traceback, as
+#: ``--debug`` does.
+DEBUG_ENV_VAR = "NASTRAIN_DEBUG"
+
+#: The exit status when the reader of stdout has gone: 128 + SIGPIPE, what a shell reports
+#: for ``cat`` or ``git log`` ended the same way, so that ``set -o pipefail`` treats
+#: nastrain as it treats them (and it is not 1, the status of a real error).
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +62,28 @@ def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> Non
     print(f"nastrain: warning: {printable(text)}", file=sys.stderr)
 
 
+def _debug_from_env() -> bool:
+    return os.environ.get(DEBUG_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _plugins() -> Any:
+    """:mod:`nastrain.plugins`, imported when a command runs rather than with this module:
+    its registries load the plugins, which import torch, and ``--help`` must not wait."""
+    from nastrain import plugins  # see the docstring
+
+    return plugins
+
+
+def _converter() -> Any:
+    """nastrain's one cattrs converter, for the commands that print JSON (imported then:
+    cattrs is not needed to parse a command line)."""
+    from nastrain.serialization import converter  # see the docstring
+
+    return converter
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
+    plugins, converter = _plugins(), _converter()
     infos = plugins.loaded_plugins(include_builtin=args.all)
     failures = plugins.failed_plugins()
     if args.json:
@@ -81,7 +118,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_trainers(args: argparse.Namespace) -> int:
-    providers = plugins.trainer_providers()
+    providers = _plugins().trainer_providers()
     if args.json:
         document = {
             name: [
@@ -109,9 +146,12 @@ def _cmd_trainers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry_command(providers: Any, what: str, empty: str) -> Any:
+def _registry_command(providers: str, what: str, empty: str) -> Any:
+    """The command listing a registry; ``providers`` names its function in
+    :mod:`nastrain.plugins`, looked up when the command runs."""
+
     def command(args: argparse.Namespace) -> int:
-        listing = providers()
+        listing = getattr(_plugins(), providers)()
         if args.json:
             document = {
                 name: [
@@ -138,6 +178,7 @@ def _registry_command(providers: Any, what: str, empty: str) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # The experiments package imports torch: only the commands that run or read one load it.
     from nastrain.experiments.experiment import load_config
 
     # Like `python -m` (and uvicorn's --app-dir): the user's own modules are importable.
@@ -160,6 +201,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = experiment.run()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
     print(printable(f"{len(result.trials)} trials ({counts}); store {experiment.store_path}"))
+    if result.stop_reason is not None:
+        print(
+            printable(
+                f"stopped after {len(result.trials)} trials (max_trials is "
+                f"{experiment.max_trials}): {result.stop_reason}"
+            )
+        )
     best = result.best_trial
     if best is None:
         print("no trial succeeded; see the reasons with: nastrain report STORE")
@@ -169,12 +217,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from nastrain.experiments.experiment import ExperimentResult
+    # The experiments package imports torch: only the commands that run or read one load it.
+    from nastrain.experiments.records import ExperimentResult
     from nastrain.experiments.store import Store
 
+    converter = _converter()
     with Store.read(args.store) as store:
         record = store.record
-        trials = store.trials()
+        # A trial left "running" by a process that is gone shows as interrupted.
+        trials = store.observed_trials()
     result = ExperimentResult(trials=tuple(trials), mode=record.mode, store=str(args.store))
     ranked = result.ranked()
     ranks = {t.index: i + 1 for i, t in enumerate(ranked)}
@@ -228,15 +279,26 @@ def _cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``nastrain`` command."""
+    """The argument parser of the ``nastrain`` command (building it imports no plugin)."""
+    debug_help = f"on an error, show its full traceback, not one line (or set {DEBUG_ENV_VAR}=1)"
+    # --debug before or after the command. The command's own copy has no default: argparse
+    # would let a subcommand's default overwrite what the main parser read.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     parser = _Parser(
         prog="nastrain",
         description="Neural architecture search trainers for PyTorch, extended by plugins.",
+        epilog="An error prints one line on stderr and exits 1 (2 for a bad command line); "
+        f"--debug or {DEBUG_ENV_VAR}=1 prints its traceback instead.",
     )
     parser.add_argument("--version", action="version", version=f"nastrain {nastrain.__version__}")
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = commands.add_parser(
+    def add_command(name: str, **options: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **options)
+
+    p = add_command(
         "plugins",
         help="list the loaded plugins and the ones that failed to load",
         description="List each plugin loaded from the 'nastrain' entry point group: entry point "
@@ -249,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="include the core's built-in hook plugins")
     p.set_defaults(func=_cmd_plugins)
 
-    p = commands.add_parser(
+    p = add_command(
         "trainers",
         help="list every registered trainer name and who provides it",
         description="List every trainer name made known by a loaded plugin or by "
@@ -260,15 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_trainers)
 
     for word, plural, providers, empty in (
-        ("strategy", "strategies", plugins.strategy_providers, "no strategies registered"),
+        ("strategy", "strategies", "strategy_providers", "no strategies registered"),
         (
             "dataset",
             "datasets",
-            plugins.dataset_providers,
+            "dataset_providers",
             "no datasets registered (install a plugin such as nastrain-classic)",
         ),
     ):
-        p = commands.add_parser(
+        p = add_command(
             plural,
             help=f"list every registered {word} name and who provides it",
             description=f"List every {word} name made known by a loaded plugin (the core's "
@@ -278,13 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON: name -> providers")
         p.set_defaults(func=_registry_command(providers, word, empty))
 
-    p = commands.add_parser(
+    p = add_command(
         "run",
         help="run (or resume) the experiment a TOML or JSON config describes",
         description="Run a multi-trial experiment described in CONFIG (.toml or .json): "
         "'space' names the model space as module:attr in your code, 'trainer' a registered "
         "trainer (name and kwargs), 'strategy' a registered strategy. Running it again "
-        "resumes from its store (by default CONFIG with the suffix .sqlite).",
+        "resumes from its store (by default CONFIG with the suffix .sqlite): trials "
+        "interrupted (Ctrl-C) run again. A run that ends before max_trials says why.",
     )
     p.add_argument("config", metavar="CONFIG", help="the experiment config (.toml or .json)")
     p.add_argument("--store", help="the experiment's SQLite store (overrides the config)")
@@ -298,19 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress while trials run")
     p.set_defaults(func=_cmd_run)
 
-    p = commands.add_parser(
+    p = add_command(
         "report",
         help="show the trials of an experiment store, best first",
         description="Show every trial recorded in STORE: the succeeded ones ranked by their "
-        "final result, then the others with the reason they failed. Safe while the "
-        "experiment runs.",
+        "final result, then the others with the reason they failed or were interrupted. "
+        "Safe while the experiment runs; trials left running by an experiment process that "
+        "is gone show as interrupted.",
     )
     p.add_argument("store", metavar="STORE", help="an experiment's SQLite store")
     p.add_argument("--json", action="store_true", help="print the experiment and trials as JSON")
     p.add_argument("--top", type=_count(1), help="show only the first TOP trials")
     p.set_defaults(func=_cmd_report)
 
-    p = commands.add_parser(
+    p = add_command(
         "new-plugin",
         help="write a new plugin distribution (a trainer, strategy or dataset) to start from",
         description="Write a plugin distribution NAME into a new folder: pyproject.toml with "
@@ -334,8 +398,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # output still buffered meets a closed pipe here, if not before
+    except BrokenPipeError:
+        # The reader of our output has gone (`nastrain report STORE | head -1`). As Python's
+        # documentation on SIGPIPE advises: stdout becomes devnull, so that the flush at exit
+        # cannot fail again, and the command ends quietly.
+        with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or _debug_from_env()
     if args.command is None:
         parser.print_help()
         return 2
@@ -343,9 +423,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print("nastrain: interrupted", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        again = " (run the same command again to resume)" if args.command == "run" else ""
+        print(f"nastrain: interrupted{again}", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line, not a traceback, for any error
+    except BrokenPipeError:
+        raise  # main() ends quietly
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+            return 1
+        # One line, not a traceback, for any error.
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"nastrain: error: {printable(message)}", file=sys.stderr)
         return 1

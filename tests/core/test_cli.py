@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 
@@ -58,3 +60,134 @@ def test_errors_are_one_line_and_non_zero() -> None:
 def test_no_command_prints_help_and_fails(capsys) -> None:
     assert main([]) == 2
     assert "plugins" in capsys.readouterr().out
+
+
+# --- a command line that feels finished -------------------------------------------------------
+
+# Every --help, and --version, in one fresh process: then which torch modules it imported.
+_NO_TORCH_SCRIPT = """
+import sys
+from nastrain.cli import main
+for argv in ARGVS:
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print([name for name in sys.modules if name == "torch" or name.startswith("torch.")])
+"""
+
+_HELP_ARGVS = [
+    ["--help"],
+    ["--version"],
+    *(
+        [command, "--help"]
+        for command in (
+            "plugins",
+            "trainers",
+            "strategies",
+            "datasets",
+            "run",
+            "report",
+            "new-plugin",
+        )
+    ),
+]
+
+
+def test_help_and_version_import_no_torch() -> None:
+    script = _NO_TORCH_SCRIPT.replace("ARGVS", repr(_HELP_ARGVS))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage: nastrain report" in result.stdout and "nastrain 0." in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    # And as the installed command runs it (python -m nastrain, through __main__).
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "nastrain", "--version"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("nastrain ")
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines()}
+    assert "nastrain.cli" in imported and "torch" not in imported
+
+
+def test_every_command_lists_debug_in_its_help(capsys) -> None:
+    for argv in _HELP_ARGVS[2:]:
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "--debug" in capsys.readouterr().out, argv
+
+
+def _closed_pipe_run(*args: str) -> subprocess.CompletedProcess:
+    """``python -m nastrain ARGS`` writing into a pipe whose reader has gone (as with
+    ``| head -1`` once head has read its line)."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "nastrain", *args], stdout=writer, stderr=subprocess.PIPE
+        )
+    finally:
+        os.close(writer)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(trials, tmp_path) -> None:
+    store = tmp_path / "s.sqlite"
+    nastrain.Experiment(
+        trials.SmallSpace(),
+        trials.ScoreTrainer(None),
+        "grid",
+        max_trials=3,
+        executor="inline",
+        store=store,
+        progress=False,
+    ).run()
+    for args in (["report", str(store)], ["report", str(store), "--json"], ["plugins", "--json"]):
+        result = _closed_pipe_run(*args)
+        # No "[Errno 32] Broken pipe", no "Exception ignored" at exit: 128 + SIGPIPE.
+        assert (result.returncode, result.stderr) == (141, b""), args
+    # argparse's own output (--help, --version) ignores a closed pipe: quiet, and status 0.
+    result = _closed_pipe_run("--version")
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def test_a_real_head_gets_its_line_and_the_pipeline_succeeds(trials, tmp_path) -> None:
+    store = tmp_path / "s.sqlite"
+    nastrain.Experiment(
+        trials.SmallSpace(),
+        trials.ScoreTrainer(None),
+        "grid",
+        max_trials=18,
+        executor="inline",
+        store=store,
+        progress=False,
+    ).run()
+    result = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m nastrain report {shlex.quote(str(store))} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith(f"{store}: 18 trials (18 succeeded)")
+
+
+def test_debug_shows_the_traceback_of_an_error(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("NASTRAIN_DEBUG", raising=False)
+    missing = str(tmp_path / "none.sqlite")
+    assert main(["report", missing]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nastrain: error: no experiment store at ")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    for argv in (["--debug", "report", missing], ["report", missing, "--debug"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback (most recent call last):"), argv
+        assert "nastrain.experiments.store.StoreError: no experiment store at" in err
+        assert 'nastrain/experiments/store.py", line' in err
+    monkeypatch.setenv("NASTRAIN_DEBUG", "1")
+    assert main(["report", missing]) == 1
+    assert "Traceback (most recent call last):" in capsys.readouterr().err
+    monkeypatch.setenv("NASTRAIN_DEBUG", "0")
+    assert main(["report", missing]) == 1
+    assert "Traceback" not in capsys.readouterr().err

@@ -39,6 +39,7 @@ def test_run_a_toml_config_then_report_its_store(trials, tmp_path, capsys) -> No
     assert code == 0, err
     store = tmp_path / "search.sqlite"  # beside the config, named after it
     assert f"6 trials (6 succeeded); store {store}" in out
+    assert "stopped after" not in out  # it ran its max_trials
     assert out.splitlines()[-1].startswith("best: trial ")
     # Progress: a line per finished trial on stderr (it is not a terminal here).
     assert sum(line.startswith("nastrain: trial ") for line in err.splitlines()) == 6
@@ -86,6 +87,11 @@ def test_run_a_json_config_with_its_own_store(trials, tmp_path, capsys) -> None:
     code, out, _ = _run(["run", str(config), "--app-dir", FIXTURE, "--quiet"], capsys)
     assert code == 0
     assert "9 trials (9 succeeded)" in out and (tmp_path / "runs" / "grid.sqlite").exists()
+    # It ended before max_trials, and says why.
+    assert out.splitlines()[1] == (
+        "stopped after 9 trials (max_trials is 20): the search space has only 9 "
+        "architectures (grid exhausted)"
+    )
     assert 'best: trial 8, 4, {"c0": "2", "c1": "2"}' in out
 
 
@@ -169,6 +175,24 @@ def test_bad_configs_and_stores_are_one_line_errors(trials, tmp_path, capsys) ->
     assert code == 1 and "is not an SQLite database" in err
     code, _, err = _run(["report", str(tmp_path / "none.sqlite")], capsys)
     assert code == 1 and "no experiment store at" in err
+
+
+def test_a_misspelt_trainer_argument_names_the_trainer_and_the_key(trials, tmp_path, capsys):
+    log = tmp_path / "fits.log"
+    config = tmp_path / "typo.toml"
+    config.write_text(
+        'space = "nastrain_test_trials:SmallSpace"\nmax_trials = 3\n'
+        f'[trainer]\nname = "test-score"\nkwargs = {{epoch = 3, log = {json.dumps(str(log))}}}\n'
+    )
+    code, out, err = _run(["run", str(config), "--app-dir", FIXTURE], capsys)
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        "nastrain: error: trainer 'test-score' (nastrain_test_trials.ScoreTrainer) got an "
+        "unexpected keyword argument 'epoch' (did you mean 'epochs'?); it takes: epochs, "
+        "sleep, fail, kill, hang, log"
+    ]
+    # Refused before anything ran: no trial trained, no store made.
+    assert not log.exists() and not (tmp_path / "typo.sqlite").exists()
 
 
 def test_strategies_and_datasets_are_listed(capsys) -> None:

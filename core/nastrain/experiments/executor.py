@@ -43,9 +43,11 @@ import traceback
 import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import attrs
+import torch
+from torch import nn
 
 from nastrain import plugins
 from nastrain.reporting import Metric, check_metric, use_reporter
@@ -53,9 +55,6 @@ from nastrain.seeding import seed_everything
 from nastrain.serialization import SCHEMA_VERSION, converter, structure
 from nastrain.space import Architecture, apply_arch
 from nastrain.trainer import BaseTrainer, TrainerSpec
-
-if TYPE_CHECKING:
-    from torch import nn
 
 __all__ = [
     "ExecutorError",
@@ -159,8 +158,6 @@ def _resolve_space(ref: str) -> Any:
 
 def _checked_space(ref: str, kwargs: dict[str, Any] | None) -> Any:
     """What ``module:attr`` names: a ``nn.Module`` (taking no ``kwargs``) or a callable."""
-    from torch import nn
-
     obj = _resolve_space(ref)
     if isinstance(obj, nn.Module):
         if kwargs:
@@ -179,8 +176,6 @@ def load_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     ``attr`` (dotted for nested attributes) is a ``nn.Module`` or a callable
     returning one, called with ``kwargs``.
     """
-    from torch import nn
-
     obj = _checked_space(ref, kwargs)
     if isinstance(obj, nn.Module):
         return obj
@@ -235,8 +230,6 @@ def initialize_from_seed(model: nn.Module, seed: int) -> nn.Module:
     then built again for every trial, :class:`SeededSpace`). Parameters of a module
     without either method keep the values of the space. Returns ``model``.
     """
-    import torch
-
     torch.manual_seed(seed)
     for module in _children_first(model):
         reset = getattr(module, "reset_parameters", None) or getattr(
@@ -253,8 +246,6 @@ def trial_space(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module | S
     every trial under the trial's seed; a model object in the user's module is that object,
     which every trial copies and re-initialises (:func:`initialize_from_seed`). Only
     imports: a function is checked to be callable, not called."""
-    from torch import nn
-
     obj = _checked_space(ref, kwargs)
     if isinstance(obj, nn.Module):
         return obj
@@ -272,8 +263,6 @@ class SeededSpace:
 
     def build(self, seed: int) -> nn.Module:
         """The space as the user's function builds it after ``torch.manual_seed(seed)``."""
-        import torch
-
         torch.manual_seed(seed)
         return load_space(self.ref, self.kwargs)
 
@@ -372,8 +361,6 @@ def _watch_lifeline(lifeline: Connection) -> None:
 
 
 def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module | SeededSpace:
-    import torch
-
     if setup.plugins is None:
         os.environ.pop(plugins.ENV_VAR, None)
     else:

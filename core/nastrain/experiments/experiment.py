@@ -22,21 +22,34 @@ experiment on a store: a second one is refused
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
+import inspect
 import json
 import os
+import sqlite3
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 from torch import nn
 
 from nastrain import plugins
+from nastrain.experiments.executor import (
+    InlineExecutor,
+    LocalExecutor,
+    TrialJob,
+    WorkerSetup,
+    available_cpus,
+    load_space,
+    trial_space,
+)
 from nastrain.experiments.records import (
+    UNFINISHED,
     ExperimentRecord,
     ExperimentResult,
     Mode,
@@ -44,14 +57,13 @@ from nastrain.experiments.records import (
     Trial,
     TrialStatus,
 )
+from nastrain.experiments.store import Store, StoreError
 from nastrain.experiments.strategies import Strategy
 from nastrain.reporting import Metric
 from nastrain.serialization import SCHEMA_VERSION, dumps, structure
 from nastrain.space import Architecture, SearchSpace, apply_arch
+from nastrain.terminal import printable
 from nastrain.trainer import BaseOneShotTrainer, BaseTrainer, TrainerSpec
-
-if TYPE_CHECKING:
-    from nastrain.experiments.store import Store
 
 __all__ = [
     "Experiment",
@@ -161,8 +173,6 @@ class Experiment:
 
         self.space_kwargs = dict(space_kwargs or {})
         if isinstance(space, str):
-            from nastrain.experiments.executor import load_space
-
             self.space_ref: str | None = space
             self.space = load_space(space, self.space_kwargs)
             space_name = space
@@ -185,8 +195,10 @@ class Experiment:
 
         self.trainer_spec, trainer_cls = _trainer_spec(trainer)
         if isinstance(trainer, TrainerSpec):
-            # Built once here, for a sample architecture: a bad argument (an unknown dataset,
-            # a misspelt keyword) fails now, not in every trial.
+            # A misspelt keyword is named with the trainer and its arguments; then the spec
+            # is built once, for a sample architecture, so that a bad value (an unknown
+            # dataset) fails now, not in every trial.
+            _check_trainer_arguments(self.trainer_spec, trainer_cls)
             self.trainer_spec.build(apply_arch(self.space, self.search_space.sample(seed)))
         self.strategy = _strategy(strategy)
         self.record = ExperimentRecord(
@@ -232,9 +244,12 @@ class Experiment:
         The run holds the store's lease while it runs: on a store that another live
         process is running, it raises :class:`nastrain.experiments.store.StoreLockedError` (naming
         that process) at once and changes nothing; a store that cannot be written is a
-        :class:`nastrain.experiments.store.StoreError` naming its folder, before any training."""
-        from nastrain.experiments.store import Store
+        :class:`nastrain.experiments.store.StoreError` naming its folder, before any training.
 
+        A run stopped by Ctrl-C (``KeyboardInterrupt``) or an error records the trials it
+        leaves unfinished as ``interrupted`` before the exception goes on; running again
+        resumes them. A run that ends before ``max_trials`` says why in the result's
+        :attr:`~nastrain.experiments.records.ExperimentResult.stop_reason`."""
         with Store.open(self.store_path, self.record) as store:
             if store.took_over is not None:
                 owner, dead = store.took_over
@@ -251,8 +266,6 @@ class Experiment:
         """The trials recorded so far (read from the store when this process did not run it)."""
         if self._result is not None:
             return self._result
-        from nastrain.experiments.store import Store
-
         if not self.store_path.exists():
             raise FileNotFoundError(
                 f"this experiment has no store yet at {self.store_path}: call run() first"
@@ -260,7 +273,7 @@ class Experiment:
         with Store.read(self.store_path) as store:
             store.check_experiment(self.record)
             return ExperimentResult(
-                trials=tuple(store.trials()), mode=self.mode, store=str(self.store_path)
+                trials=tuple(store.observed_trials()), mode=self.mode, store=str(self.store_path)
             )
 
     def export_top_models(self, k: int = 1) -> list[Architecture]:
@@ -298,6 +311,46 @@ def _trainer_spec(trainer: BaseTrainer | TrainerSpec) -> tuple[TrainerSpec, type
     return spec, cls
 
 
+def _check_trainer_arguments(spec: TrainerSpec, cls: type) -> None:
+    """Refuse, before any trial runs, a spec with a keyword the trainer's ``__init__`` does
+    not take (a misspelt key in a config's ``[trainer] kwargs``) or without one it needs,
+    naming the trainer, the key and the arguments the trainer takes."""
+    try:
+        signature = inspect.signature(cls.__init__)  # @register_trainer keeps __wrapped__
+    except (TypeError, ValueError):
+        return  # no signature to read: building the spec checks what it can
+    # Past self and the model, which the experiment passes.
+    params = list(signature.parameters.values())[2:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return  # it takes any keyword
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in params if p.kind in named]
+    who = f"trainer {spec.name!r} ({cls.__module__}.{cls.__qualname__})"
+    takes = f"it takes: {', '.join(names)}" if names else "it takes no arguments but the model"
+    unknown = [key for key in spec.kwargs if key not in names]
+    if unknown:
+        described = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, names, n=1)
+            described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        several = (
+            "unexpected keyword arguments"
+            if len(unknown) > 1
+            else ("an unexpected keyword argument")
+        )
+        raise TypeError(f"{who} got {several} {', '.join(described)}; {takes}")
+    missing = [
+        p.name
+        for p in params
+        if p.kind in named and p.default is inspect.Parameter.empty and p.name not in spec.kwargs
+    ]
+    if missing:
+        raise TypeError(
+            f"{who} needs the argument{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(map(repr, missing))} in its kwargs; {takes}"
+        )
+
+
 def _strategy(strategy: str | StrategySpec | Strategy) -> Strategy:
     if isinstance(strategy, Strategy):
         return strategy
@@ -323,9 +376,9 @@ class _Run:
         # Trials that were running when the last run died: they run again, unless their
         # final result was stored (the process died after it): those have succeeded.
         for trial in self.trials:
-            if trial.status == "running" and trial.final is not None:
+            if trial.status in UNFINISHED and trial.final is not None:
                 self.trials[trial.index] = store.end_reported_trial(trial)
-        self.interrupted = [t.index for t in self.trials if t.status == "running"]
+        self.interrupted = [t.index for t in self.trials if t.status in UNFINISHED]
         self.exhausted = False
         self.trainer_json = experiment.trainer_spec.to_json()
         self.progress = _Progress(experiment, self.trials)
@@ -335,9 +388,7 @@ class _Run:
             not self.exhausted and len(self.trials) < self.experiment.max_trials
         )
 
-    def next_job(self) -> Any:
-        from nastrain.experiments.executor import TrialJob
-
+    def next_job(self) -> TrialJob | None:
         if self.interrupted:
             trial = self.store.restart_trial(self.trials[self.interrupted.pop(0)])
             self.trials[trial.index] = trial
@@ -392,15 +443,7 @@ class _Run:
             )
         return None
 
-    def _executor(self) -> Any:
-        from nastrain.experiments.executor import (
-            InlineExecutor,
-            LocalExecutor,
-            WorkerSetup,
-            available_cpus,
-            trial_space,
-        )
-
+    def _executor(self) -> InlineExecutor | LocalExecutor:
         experiment = self.experiment
         if experiment.executor == "inline":
             # As each local worker does (a space named as module:function is built again for
@@ -435,31 +478,81 @@ class _Run:
         self.strategy.setup(
             self.experiment.search_space, seed=self.experiment.seed, mode=self.experiment.mode
         )
-        # Ask for the first trial before starting workers: a used-up grid needs none.
-        job = self.next_job() if self.has_more() else None
-        if job is not None:
-            executor = self._executor()
-            self.progress.start()
-            try:
-                executor.start()
-                while True:
-                    while executor.free_slots() > 0:
-                        if job is None and self.has_more():
-                            job = self.next_job()
-                        if job is None:
-                            break
-                        executor.submit(job)
-                        job = None
-                    if executor.running() == 0 and job is None and not self.has_more():
-                        break
-                    executor.poll(None)
-            finally:
-                executor.close()
-                self.progress.stop()
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._interrupted(exc)
+            raise
         return ExperimentResult(
             trials=tuple(self.trials),
             mode=self.experiment.mode,
             store=str(self.experiment.store_path),
+            stop_reason=self._stop_reason(),
+        )
+
+    def _loop(self) -> None:
+        # Ask for the first trial before starting workers: a used-up grid needs none.
+        job = self.next_job() if self.has_more() else None
+        if job is None:
+            return
+        executor = self._executor()
+        self.progress.start()
+        try:
+            executor.start()
+            while True:
+                while executor.free_slots() > 0:
+                    if job is None and self.has_more():
+                        job = self.next_job()
+                    if job is None:
+                        break
+                    executor.submit(job)
+                    job = None
+                if executor.running() == 0 and job is None and not self.has_more():
+                    break
+                executor.poll(None)
+        finally:
+            executor.close()
+            self.progress.stop()
+
+    def _interrupted(self, exc: BaseException) -> None:
+        """Record the trials this run leaves unfinished as interrupted (the run is stopping
+        with ``exc``: Ctrl-C, or an error); a store this process can no longer write is
+        left alone (a reader shows its running trials as interrupted anyway)."""
+        running = [t for t in self.trials if t.status == "running"]
+        if not running:
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            what = "KeyboardInterrupt: Ctrl-C"
+        else:
+            lines = str(exc).splitlines()
+            what = type(exc).__name__ + (f": {lines[0]}" if lines else "")
+        reason = (
+            f"interrupted: the experiment stopped ({what}) before this trial ended; a resumed "
+            "run runs it again"
+        )
+        try:
+            for trial in self.store.interrupt_trials(running, reason):
+                self.trials[trial.index] = trial
+        except (StoreError, sqlite3.Error) as error:
+            warnings.warn(
+                f"nastrain: could not record {len(running)} unfinished trials as interrupted "
+                f"in {self.experiment.store_path} ({error}); a resumed run runs them again",
+                stacklevel=3,
+            )
+
+    def _stop_reason(self) -> str | None:
+        """Why this run ended before ``max_trials`` trials, or ``None`` if it did not."""
+        if not self.exhausted or len(self.trials) >= self.experiment.max_trials:
+            return None
+        space = self.experiment.search_space
+        name = self.strategy.spec.name
+        tried = len({json.dumps(t.arch, sort_keys=True) for t in self.trials})
+        if tried >= space.size:
+            noun = "architecture" if space.size == 1 else "architectures"
+            return f"the search space has only {space.size} {noun} ({name} exhausted)"
+        return (
+            f"strategy {name!r} proposed no more architectures ({tried} of the space's "
+            f"{space.size} tried)"
         )
 
     # --- the executor's handler ---------------------------------------------------------------
@@ -495,7 +588,7 @@ class _Progress:
             style = sys.stderr.isatty()
         self.style = style
         self.total = max(experiment.max_trials, len(trials))
-        self.done = sum(1 for t in trials if t.status != "running")
+        self.done = sum(1 for t in trials if t.status not in UNFINISHED)
         self.mode = experiment.mode
         self.store = experiment.store_path
         self.bar: Any = None
@@ -504,6 +597,7 @@ class _Progress:
 
     def start(self) -> None:
         if self.style is True:
+            # rich is imported only for a progress bar (a terminal), not for lines or none.
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
@@ -537,8 +631,6 @@ class _Progress:
         self._refresh(trials)
         if self.style == "lines":
             value = "" if trial.value is None else f" {trial.value:.6g}"
-            from nastrain.experiments.store import printable
-
             reason = f" ({trial.reason.splitlines()[0]})" if trial.reason else ""
             print(
                 printable(
@@ -626,7 +718,7 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
         raise FileNotFoundError(f"no config file at {path}")
     suffix = path.suffix.lower()
     if suffix == ".toml":
-        try:
+        try:  # the TOML reader only for TOML configs, and tomli where Python is 3.10
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             try:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from nastrain.experiments.strategies import Strategy
 
 __all__ = [
+    "UNFINISHED",
     "ExperimentRecord",
     "ExperimentResult",
     "Mode",
@@ -33,9 +34,16 @@ __all__ = [
 Mode = Literal["max", "min"]
 
 
-#: ``running`` (or interrupted, in a store whose experiment died), ``succeeded``,
-#: ``failed`` (``reason`` says why) or ``early_stopped`` (by the strategy).
-TrialStatus = Literal["running", "succeeded", "failed", "early_stopped"]
+#: ``running``, ``succeeded``, ``failed`` (``reason`` says why), ``early_stopped`` (by the
+#: strategy) or ``interrupted``: its experiment stopped before it ended (Ctrl-C, an error, or
+#: a process that died: a reader shows a trial still marked ``running`` in a store that no
+#: live process writes as interrupted). A resumed run runs interrupted trials again.
+#: Stores written before ``interrupted`` existed have only the other four; the column is
+#: text, so they read as they are (nothing to migrate).
+TrialStatus = Literal["running", "succeeded", "failed", "early_stopped", "interrupted"]
+
+#: The statuses of a trial that has not ended: a resumed run runs it again.
+UNFINISHED: tuple[TrialStatus, ...] = ("running", "interrupted")
 
 
 @attrs.frozen(kw_only=True)
@@ -145,6 +153,10 @@ class ExperimentResult:
     trials: tuple[Trial, ...]
     mode: Mode
     store: str
+    #: Why the run ended before ``max_trials`` trials had ended (the strategy proposed no
+    #: more architectures: e.g. ``"the search space has only 4 architectures (grid
+    #: exhausted)"``), or ``None``: it ran them all (or the result was read from a store).
+    stop_reason: str | None = None
 
     def ranked(self) -> list[Trial]:
         """The succeeded trials with a final result, best first (ties: the earlier trial)."""

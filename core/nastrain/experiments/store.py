@@ -23,6 +23,11 @@ is taken over, and the trials it left running run again. Every write checks
 the lease in its own transaction, so a writer whose lease was taken over (a
 process stopped for longer than :data:`STALE_SECONDS`) fails instead of
 writing. Readers (:meth:`Store.read`, ``nastrain report``) take no lease.
+
+A run stopped by Ctrl-C (or any error) records the trials it left unfinished as
+``interrupted``; a process that died without a word (SIGKILL) leaves them ``running``,
+and a reader shows those as interrupted once no live process holds the lease
+(:meth:`Store.observed_trials`), without writing. Either way a resumed run runs them again.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,7 @@ import attrs
 from nastrain.experiments.records import ExperimentRecord, Trial, TrialStatus
 from nastrain.reporting import Metric, check_metric
 from nastrain.serialization import SCHEMA_VERSION, converter, dumps, loads
+from nastrain.terminal import printable  # re-exported: this module's public name since 0.1
 
 __all__ = [
     "FORMAT",
@@ -154,12 +161,6 @@ class Lease:
             if self.process is not None and _process_identity(self.pid) != self.process:
                 return f"pid {self.pid} is now another process"
         return None
-
-
-def printable(text: object) -> str:
-    """``text`` with every control or invisible character escaped (``\\x1b``, ``\\u202e``),
-    so that text read from a store, a stranger's included, cannot drive the terminal."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -335,6 +336,42 @@ class Store:
             )
         return trials
 
+    def observed_trials(self, stale_after: float = STALE_SECONDS) -> list[Trial]:
+        """:meth:`trials` as a reader should show them: in a store that no live process
+        writes (no lease, or one whose owner is dead or silent for ``stale_after`` seconds),
+        a trial still marked ``running`` was interrupted, its experiment process having died
+        (a SIGKILL, a lost machine) before it could say so; it is shown as ``interrupted``,
+        with the reason. Nothing is written: the next run on the store runs it again."""
+        trials = self.trials()
+        if not any(t.status == "running" for t in trials):
+            return trials
+        gone = self._no_writer_because(stale_after)
+        if gone is None:
+            return trials
+        reason = f"interrupted: {gone}, and this trial had not ended; a resumed run runs it again"
+        return [
+            attrs.evolve(t, status="interrupted", reason=reason) if t.status == "running" else t
+            for t in trials
+        ]
+
+    def live_writer(self, stale_after: float = STALE_SECONDS) -> Lease | None:
+        """The lease of the live process writing this store, or ``None`` when there is none
+        (no lease, or its owner is dead or silent for ``stale_after`` seconds)."""
+        if self._no_writer_because(stale_after) is not None:
+            return None
+        return _read_lease(self.connection)
+
+    def _no_writer_because(self, stale_after: float) -> str | None:
+        """Why no live process writes this store, or ``None`` when one does."""
+        has_lease_table = self.connection.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'lease'"
+        ).fetchone()[0]
+        lease = _read_lease(self.connection) if has_lease_table else None
+        if lease is None:  # a store written before leases has no lease table
+            return "no experiment process holds the store"
+        dead = lease.dead_because(stale_after)
+        return None if dead is None else f"its experiment process is gone ({dead})"
+
     def _metric(self, trial: int, text: str) -> Metric:
         what = f"a result of trial {trial}"
         try:
@@ -365,7 +402,8 @@ class Store:
         return Trial(index=index, arch=arch, status="running", seed=seed, started=now)
 
     def restart_trial(self, trial: Trial) -> Trial:
-        """Run an interrupted trial again: a new attempt, with no results yet."""
+        """Run an interrupted trial (``interrupted``, or left ``running`` by a process that
+        died) again: a new attempt, with no results yet."""
         now = time.time()
         attempts = trial.attempts + 1
         with self._write():
@@ -407,6 +445,25 @@ class Store:
                 (status, reason, now, order, trial.index),
             )
         return attrs.evolve(trial, status=status, reason=reason, ended=now, end_order=order)
+
+    def interrupt_trials(self, trials: Sequence[Trial], reason: str) -> list[Trial]:
+        """Record the running ``trials`` as ``interrupted`` with ``reason``, in one
+        transaction: their experiment stopped before they ended. A resumed run runs them
+        again. Returns them as recorded."""
+        if self.connection.in_transaction:
+            # An interrupt (Ctrl-C) may have come inside another write, after its BEGIN.
+            self.connection.execute("ROLLBACK")
+        now = time.time()
+        with self._write():
+            self.connection.executemany(
+                "UPDATE trials SET status = 'interrupted', reason = ?, ended = ?, "
+                "end_order = NULL WHERE trial = ? AND status = 'running'",
+                [(reason, now, trial.index) for trial in trials],
+            )
+        return [
+            attrs.evolve(trial, status="interrupted", reason=reason, ended=now, end_order=None)
+            for trial in trials
+        ]
 
     def end_reported_trial(self, trial: Trial) -> Trial:
         """Record as succeeded a trial left running whose current attempt already stored its
