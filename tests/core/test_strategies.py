@@ -10,7 +10,8 @@ import pytest
 
 import nastrain
 from nastrain import plugins
-from nastrain.experiments.strategies import RegularizedEvolution, Strategy, StrategySpec, arch_key
+from nastrain.experiments.records import StrategySpec
+from nastrain.experiments.strategies import RegularizedEvolution, Strategy, arch_key
 
 
 def test_grid_visits_every_architecture_once_in_a_stable_order(trials, tmp_path) -> None:

@@ -55,7 +55,6 @@ from nastrain.experiments.records import (
     Mode,
     StrategySpec,
     Trial,
-    TrialStatus,
 )
 from nastrain.experiments.store import Store, StoreError
 from nastrain.experiments.strategies import Strategy
@@ -68,10 +67,6 @@ from nastrain.trainer import BaseOneShotTrainer, BaseTrainer, TrainerSpec
 __all__ = [
     "Experiment",
     "ExperimentConfig",
-    "ExperimentRecord",
-    "ExperimentResult",
-    "Trial",
-    "TrialStatus",
     "load_config",
 ]
 

@@ -35,11 +35,9 @@ from nastrain.experiments.records import Mode, StrategySpec
 __all__ = [
     "GridSearch",
     "MedianStop",
-    "Mode",
     "RandomSearch",
     "RegularizedEvolution",
     "Strategy",
-    "StrategySpec",
     "arch_key",
 ]
 
