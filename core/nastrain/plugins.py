@@ -13,6 +13,7 @@ only through the facade functions at the end of this module (``call_fit``,
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import threading
 import warnings
@@ -366,11 +367,9 @@ def _build() -> _State:
 
 
 def _core_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("nastrain")
-    except PackageNotFoundError:
+        return importlib.metadata.version("nastrain")
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 

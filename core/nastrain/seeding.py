@@ -41,7 +41,7 @@ def set_rng_state(
         torch.cuda.set_rng_state_all(cuda)
     random.setstate((python[0], tuple(python[1]), python[2]))
     if numpy_state is not None:
-        import numpy as np
+        import numpy as np  # not a dependency of nastrain: only a state saved with it has it
 
         name, keys, pos, has_gauss, cached = numpy_state
         np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

@@ -20,6 +20,7 @@ from torch import nn
 
 from nastrain.mutables import (
     SWITCH_NAMES,
+    ChosenInputs,
     InputChoice,
     InputSwitches,
     LayerChoice,
@@ -148,8 +149,6 @@ def resolve(module: Mutable, value: Any) -> nn.Module:
     if isinstance(module, LayerChoice):
         return module[value]
     if isinstance(module, InputChoice):
-        from nastrain.mutables import ChosenInputs
-
         return ChosenInputs(value, reduction=module.reduction, n_candidates=module.n_candidates)
     resolve_fn = getattr(module, "resolve", None)
     if resolve_fn is None:

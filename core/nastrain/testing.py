@@ -40,8 +40,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import nastrain
 from nastrain import plugins
 from nastrain.hookspecs import hookimpl
+from nastrain.space import SearchSpace
+from nastrain.trainer import BaseOneShotTrainer
 
 __all__ = [
     "TINY_CLASSES",
@@ -230,8 +233,6 @@ class PlantedOp(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        import nastrain
-
         self.op = nastrain.LayerChoice(
             {"relu": nn.ReLU(), "neg_relu": _NegativeRelu(), "zero": Zero()}, label="op"
         )
@@ -249,8 +250,6 @@ class PlantedInput(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        import nastrain
-
         self.pick = nastrain.InputChoice(3, 1, label="input")
         self.head = nn.Linear(TINY_FEATURES, TINY_CLASSES)
 
@@ -270,8 +269,6 @@ def _tiny_ops(width: int) -> dict[str, nn.Module]:
 class _Cell(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
-        import nastrain
-
         # Node 1 reads the cell's input through one edge; node 2 reads one of (the input,
         # node 1), each through its own edge; the cell's output is the sum of the nodes.
         self.edge_01 = nastrain.LayerChoice(_tiny_ops(width), label="edge_01")
@@ -465,8 +462,6 @@ def check_trainer_plugin(
         if plugin is not None:
             stack.enter_context(registered(plugin))
         cls = _lookup("trainer", name)
-        from nastrain.trainer import BaseOneShotTrainer
-
         stack.enter_context(_one_thread())
         if issubclass(cls, BaseOneShotTrainer):
             return _check_one_shot(name, cls, space or TinyCell, resume, kwargs, stack)
@@ -553,8 +548,6 @@ def _check_one_shot(
     overrides: Mapping[str, Any],
     stack: contextlib.ExitStack,
 ) -> CheckReport:
-    from nastrain.space import SearchSpace
-
     who = f"trainer {name!r} ({_describe(cls)})"
     data = tiny_data()
     record = SearchSpace.from_model(space())
@@ -698,9 +691,6 @@ def _check_classic(
     overrides: Mapping[str, Any],
     plugin: object | None,
 ) -> CheckReport:
-    import nastrain
-    from nastrain.space import SearchSpace
-
     who = f"trainer {name!r} ({_describe(cls)})"
     template = space()
     arch = SearchSpace.from_model(template).sample(seed=0)
@@ -771,8 +761,6 @@ _SCORE_TRAINER = "nastrain-testing-parameter-count"
 
 
 def _parameter_count_trainer() -> type:
-    import nastrain
-
     class ParameterCountTrainer(nastrain.BaseTrainer):
         """Reports the model's number of parameters as its final result: a known function of
         the architecture, without training."""
@@ -816,9 +804,6 @@ def check_strategy_plugin(
     history cannot rebuild). Raises ``UnknownNameError`` listing the known strategies for
     an unregistered ``name``, and :class:`ContractError` for a broken contract.
     """
-    import nastrain
-    from nastrain.space import SearchSpace
-
     space = space or TinyCell
     with contextlib.ExitStack() as stack:
         if plugin is not None:

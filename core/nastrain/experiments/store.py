@@ -50,7 +50,7 @@ import attrs
 from nastrain.experiments.records import ExperimentRecord, Trial, TrialStatus
 from nastrain.reporting import Metric, check_metric
 from nastrain.serialization import SCHEMA_VERSION, converter, dumps, loads
-from nastrain.terminal import printable  # re-exported: this module's public name since 0.1
+from nastrain.terminal import printable
 
 __all__ = [
     "FORMAT",
@@ -60,7 +60,6 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLockedError",
-    "printable",
 ]
 
 #: What the ``format`` entry of a store's ``meta`` table says.
