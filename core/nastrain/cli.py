@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     debug_help = f"on an error, show its full traceback, not one line (or set {DEBUG_ENV_VAR}=1)"
     # --debug before or after the command. The command's own copy has no default: argparse
     # would let a subcommand's default overwrite what the main parser read.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     parser = _Parser(
         prog="nastrain",

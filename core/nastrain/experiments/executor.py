@@ -31,6 +31,7 @@ trial under the trial's seed (:class:`SeededSpace`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import multiprocessing
@@ -413,14 +414,14 @@ def worker_main(conn: Connection, lifeline: Connection, setup_json: str) -> None
             # Anything but "go" (a "stop", or the experiment shutting down) ends the trial.
             return not final and _receive(conn)["type"] != "go"
 
-        status, reason = _outcome(lambda job=job, report=report: run_trial(space, job, report))
+        status, reason = _outcome(functools.partial(run_trial, space, job, report))
         _send(conn, {"type": "end", "index": job.index, "status": status, "reason": reason})
 
 
 # --- the experiment's side -----------------------------------------------------------------
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         # Imported once, in the fork server, before it forks any worker (ignored once the

@@ -277,7 +277,7 @@ class Experiment:
         return [trial.arch for trial in self.result().top(k)]
 
 
-def _trainer_spec(trainer: BaseTrainer | TrainerSpec) -> tuple[TrainerSpec, type]:
+def _trainer_spec(trainer: BaseTrainer | TrainerSpec) -> tuple[TrainerSpec, type[BaseTrainer]]:
     if isinstance(trainer, TrainerSpec):
         spec = trainer
         cls = plugins.get_trainer(spec.name)
@@ -306,7 +306,7 @@ def _trainer_spec(trainer: BaseTrainer | TrainerSpec) -> tuple[TrainerSpec, type
     return spec, cls
 
 
-def _check_trainer_arguments(spec: TrainerSpec, cls: type) -> None:
+def _check_trainer_arguments(spec: TrainerSpec, cls: type[BaseTrainer]) -> None:
     """Refuse, before any trial runs, a spec with a keyword the trainer's ``__init__`` does
     not take (a misspelt key in a config's ``[trainer] kwargs``) or without one it needs,
     naming the trainer, the key and the arguments the trainer takes."""
@@ -388,9 +388,10 @@ class _Run:
             trial = self.store.restart_trial(self.trials[self.interrupted.pop(0)])
             self.trials[trial.index] = trial
         else:
-            trial = self._new_trial()
-            if trial is None:
+            new = self._new_trial()
+            if new is None:
                 return None
+            trial = new
         self.progress.started(trial)
         return TrialJob(
             index=trial.index,
@@ -713,11 +714,12 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
         raise FileNotFoundError(f"no config file at {path}")
     suffix = path.suffix.lower()
     if suffix == ".toml":
-        try:  # the TOML reader only for TOML configs, and tomli where Python is 3.10
+        # The TOML reader only for TOML configs, and tomli where Python is 3.10.
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ModuleNotFoundError:  # Python 3.10
+        else:  # Python 3.10: tomli, a dependency of nastrain there
             try:
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib
             except ModuleNotFoundError:
                 raise ValueError(
                     f"reading {path} needs Python 3.11 or the tomli package "

@@ -60,6 +60,7 @@ class Strategy(abc.ABC):
     space: SearchSpace
     seed: int
     mode: Mode
+    _spec: StrategySpec  # set by __new__, read through spec
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         if args:
