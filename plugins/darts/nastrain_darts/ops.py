@@ -139,7 +139,7 @@ class _EvenOddPixels(torch.autograd.Function):
     slices and a concatenation, is about 3x slower here)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         ctx.shape = x.shape
         ctx.memory_format = (
             torch.channels_last
@@ -149,7 +149,7 @@ class _EvenOddPixels(torch.autograd.Function):
         return torch.cat([x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]], 1)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         channels = ctx.shape[1]
         grad_x = torch.empty(
             ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.memory_format

@@ -104,7 +104,10 @@ class Node(nn.Module):
         )
         # The edge computing each input: DartsTrainer's paper formulation sums the edges
         # plainly and keeps, when it derives the cell, the inputs of the strongest edges.
-        self.input_choice.edge_labels = [edge_label(cell_type, index, i) for i in range(index)]
+        # (setattr: InputChoice declares no such attribute, DartsTrainer reads it with
+        # getattr, and nn.Module's __setattr__ is typed for tensors and modules only.)
+        edges = [edge_label(cell_type, index, i) for i in range(index)]
+        setattr(self.input_choice, "edge_labels", edges)  # noqa: B010
         if isinstance(self.input_choice, ChosenInputs):
             for source in range(index):
                 if source not in self.input_choice.chosen:
