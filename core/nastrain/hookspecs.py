@@ -99,9 +99,11 @@ def nastrain_prepare_model(
     are not among them. Parameters must keep their identity (optimizers are
     already built on them). Return what was rewritten (a name -> count mapping,
     logged once by the trainer) or ``None``. A plugin whose implementation raises
-    is skipped with a warning naming it, and the search runs without its rewrite;
-    ``rewrite_model=False`` on the trainer, or ``NASTRAIN_REWRITE=0`` in the
-    environment, skips this hook altogether.
+    is skipped with a warning naming it, what it changed in the model's structure is
+    undone, and the search runs without its rewrite. Each implementation is called on
+    its own, so wrappers are not supported here (one is skipped with a warning).
+    ``rewrite_model=False`` on the trainer, or ``NASTRAIN_REWRITE=0`` (``false``,
+    ``no``, ``off``) in the environment, skips this hook altogether.
     """
 
 

@@ -27,6 +27,7 @@ import inspect
 import json
 import logging
 import math
+import numbers
 import os
 import pickle
 import sys
@@ -88,6 +89,14 @@ class CheckpointMeta:
     schema_version: int = SCHEMA_VERSION
 
 
+def _optional_int(value: Any) -> int | None:
+    """``value`` as an int (a NumPy integer included), or ``None``; anything else is refused
+    by the validator below."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
 def _check_optional_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise TypeError(f"{attribute.name} must be an int or None, got {value!r}")
@@ -143,7 +152,9 @@ class OneShotOptions:
     ``attrs.evolve``.
     """
 
-    seed: int | None = attrs.field(default=None, validator=_check_optional_int)
+    seed: int | None = attrs.field(
+        default=None, converter=_optional_int, validator=_check_optional_int
+    )
     """Seeds torch, Python and NumPy when the trainer is built (the architecture parameters'
     initialisation, the data order, dropout); seed before building the model too for a fully
     reproducible run. ``None``: torch's global generator is never reseeded and the data
@@ -260,14 +271,31 @@ def _rewritable_modules(model: nn.Module) -> list[nn.Module]:
 
 def strided_pointwise_convolutions(model: nn.Module) -> list[str]:
     """The names of ``model``'s strided 1x1 ``nn.Conv2d`` modules (unsafe in channels-last on
-    a CPU: see :meth:`SupernetTrainer.prepare_model`)."""
+    a CPU: see :meth:`SupernetTrainer.prepare_model`), but for those whose
+    ``channels_last_safe`` attribute is true: a replacement that never runs the library's
+    strided convolution (``nastrain-cpu``'s), or a weight holder its owner computes with
+    otherwise (the DARTS space's ``FactorizedReduce``)."""
     return [
         name
         for name, module in model.named_modules()
         if isinstance(module, nn.Conv2d)
         and module.kernel_size == (1, 1)
         and module.stride != (1, 1)
+        and not getattr(module, "channels_last_safe", False)
     ]
+
+
+def _rewrites_allowed() -> bool:
+    """Whether ``NASTRAIN_REWRITE`` lets plugins rewrite supernets (unset: yes)."""
+    value = os.environ.get(REWRITE_ENV, "1").strip().lower()
+    if value in ("0", "", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(
+        f"{REWRITE_ENV}={os.environ[REWRITE_ENV]!r}: expected 0/false/no/off to turn the "
+        "supernet rewrites off, or 1/true/yes/on"
+    )
 
 
 def _check_checkpoint_dir(directory: Path) -> None:
@@ -539,7 +567,7 @@ class SupernetTrainer(BaseOneShotTrainer):
             if requested is not None
             else on_cpu and any(isinstance(m, nn.Conv2d) for m in self.model.modules())
         )
-        if self.rewrite_model and os.environ.get(REWRITE_ENV, "1").strip() not in ("0", ""):
+        if self.rewrite_model and _rewrites_allowed():
             done = plugins.call_prepare_model(
                 self, self.model, self.device, tuple(self.rewritable_modules)
             )
@@ -556,6 +584,15 @@ class SupernetTrainer(BaseOneShotTrainer):
                     "strided 1x1 convolutions no plugin rewrote; pass channels_last=False"
                 )
             self.channels_last = False
+            logger.warning(
+                "%s trains in the contiguous memory format, slower on a CPU: %s are strided 1x1 "
+                "convolutions outside the candidates, whose channels-last backward aborts the "
+                "process in torch; mark the modules holding them with "
+                "nastrain.utils.allow_rewrite(module) to let a plugin (nastrain-cpu) rewrite "
+                "them, or pass channels_last=False to keep this format without this message",
+                type(self).__name__,
+                hazards,
+            )
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -673,13 +710,16 @@ class SupernetTrainer(BaseOneShotTrainer):
         """Search for ``num_epochs`` epochs, resuming from ``checkpoint_dir`` if it holds a
         checkpoint (a half-written one is ignored with a warning: the last whole one is used).
 
-        A ``checkpoint_dir`` that cannot be written is reported here, before any training.
+        A ``checkpoint_dir`` that cannot be written, and an ``lr_scheduler`` that schedules
+        none of the trainer's optimizers, are reported here, before any training.
         """
+        self._check_scheduled_optimizer()
         if self.checkpoint_dir is not None:
             self._prepare_checkpoint_dir(self.checkpoint_dir)
             self._resume(self.checkpoint_dir)
         progress = None
         if self._progress_enabled():
+            # rich's progress bar only when one is shown (a non-interactive run never loads it).
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
@@ -704,6 +744,24 @@ class SupernetTrainer(BaseOneShotTrainer):
         finally:
             if progress is not None:
                 progress.stop()
+
+    def _check_scheduled_optimizer(self) -> None:
+        """Refuse an ``lr_scheduler`` built on an optimizer this trainer does not step (it
+        would change nothing, silently): e.g. one built before the trainer made its own."""
+        scheduled = getattr(self.lr_scheduler, "optimizer", None)
+        if scheduled is None:
+            return
+        ours = {
+            key: obj
+            for key, obj in self.checkpointables().items()
+            if isinstance(obj, torch.optim.Optimizer)
+        }
+        if not any(obj is scheduled for obj in ours.values()):
+            raise ValueError(
+                f"{type(self).__name__}: lr_scheduler schedules a {type(scheduled).__name__} "
+                f"that this trainer does not step (its optimizers: {sorted(ours) or 'none'}); "
+                "build the scheduler on the optimizer you pass to the trainer"
+            )
 
     def _run_epoch(self, progress: Any) -> None:
         epoch = self.epoch

@@ -532,8 +532,13 @@ def call_prepare_model(
     trainer: Any, model: nn.Module, device: Any, modules: Sequence[nn.Module]
 ) -> dict[str, dict[str, int]]:
     """Run every ``nastrain_prepare_model`` implementation, each on its own: one that
-    raises is skipped with a :class:`PluginWarning` naming its plugin (the model keeps what
-    the others did). Returns each answering plugin's name -> what it rewrote."""
+    raises (or answers something that is not a name -> count mapping) is skipped with a
+    :class:`PluginWarning` naming its plugin, and what it changed in the model's structure
+    (children, parameters, buffers, hooks) is undone, so the model keeps only what the
+    others did. Returns each answering plugin's name -> what it rewrote.
+
+    A wrapper (``wrapper=True`` or ``hookwrapper=True``) cannot wrap this hook, since each
+    implementation is called on its own; one is skipped with a warning."""
     pm = plugin_manager()
     kwargs = {"trainer": trainer, "model": model, "device": device, "modules": modules}
     done: dict[str, dict[str, int]] = {}
@@ -541,9 +546,19 @@ def call_prepare_model(
     # call per implementation, so that one plugin's error does not cancel the others.
     for impl in reversed(pm.hook.nastrain_prepare_model.get_hookimpls()):
         name = impl.plugin_name
+        if impl.hookwrapper or getattr(impl, "wrapper", False):
+            warnings.warn(
+                f"plugin {name!r} implements nastrain_prepare_model as a wrapper, which this "
+                "hook does not support (each implementation runs on its own); it is skipped",
+                PluginWarning,
+                stacklevel=3,
+            )
+            continue
+        saved = _structure(model)
         try:
             result = impl.function(*(kwargs[arg] for arg in impl.argnames))
         except Exception as exc:
+            _restore(saved)
             warnings.warn(
                 f"plugin {name!r} failed in nastrain_prepare_model "
                 f"({type(exc).__name__}: {exc}); the search runs without its rewrite",
@@ -551,14 +566,58 @@ def call_prepare_model(
                 stacklevel=3,
             )
             continue
-        if isinstance(result, Mapping):
-            if result:
-                done[name] = {str(key): int(value) for key, value in result.items()}
-        elif result is not None:
+        counts = _counts(result)
+        if counts is None:
             warnings.warn(
-                f"plugin {name!r} returned {type(result).__name__} from "
-                "nastrain_prepare_model, not a name -> count mapping or None; not logged",
+                f"plugin {name!r} returned {result!r} from nastrain_prepare_model, not a "
+                "name -> count mapping or None; its rewrite is kept but not logged",
                 PluginWarning,
                 stacklevel=3,
             )
+        elif counts:
+            done[name] = counts
     return done
+
+
+def _counts(result: Any) -> dict[str, int] | None:
+    """A plugin's answer as name -> count (empty for ``None``), or ``None`` if it is not one."""
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping):
+        return None
+    counts = {}
+    for key, value in result.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        counts[str(key)] = value
+    return counts
+
+
+#: The per-module dicts a rewrite may change, restored when a plugin fails halfway.
+_MODULE_DICTS = (
+    "_modules",
+    "_parameters",
+    "_buffers",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def _structure(model: nn.Module) -> list[tuple[nn.Module, dict[str, dict[Any, Any]]]]:
+    return [
+        (m, {key: dict(vars(m)[key]) for key in _MODULE_DICTS if key in vars(m)})
+        for m in model.modules()
+    ]
+
+
+def _restore(saved: list[tuple[nn.Module, dict[str, dict[Any, Any]]]]) -> None:
+    for module, dicts in saved:
+        for key, content in dicts.items():
+            current = vars(module)[key]
+            current.clear()
+            current.update(content)

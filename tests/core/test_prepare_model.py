@@ -155,3 +155,111 @@ def test_rewrite_model_false_and_the_environment_variable_skip_the_hook(
     monkeypatch.setenv(REWRITE_ENV, "1")
     FirstTrainer(space())
     assert len(recorder.calls) == 1
+
+
+@pytest.mark.parametrize("value", ["false", "No", "off", ""])
+def test_the_environment_variable_takes_the_usual_words_for_off(
+    nastrain_plugin, monkeypatch, value: str
+) -> None:
+    recorder = Recorder()
+    nastrain_plugin(recorder, "recorder")
+    monkeypatch.setenv(REWRITE_ENV, value)
+    FirstTrainer(space())
+    assert recorder.calls == []
+    monkeypatch.setenv(REWRITE_ENV, "maybe")
+    with pytest.raises(ValueError, match=r"NASTRAIN_REWRITE='maybe': expected 0/false"):
+        FirstTrainer(space())
+
+
+def test_a_plugin_that_raises_halfway_leaves_nothing_of_its_rewrite(nastrain_plugin) -> None:
+    class Halfway:
+        @nastrain.hookimpl
+        def nastrain_prepare_model(self, model, modules):
+            conv = next(m for m in modules if isinstance(m, nn.Conv2d))
+            for parent in model.modules():
+                for key, child in list(parent._modules.items()):
+                    if child is conv:
+                        parent._modules[key] = nn.Identity()
+            model.register_forward_hook(lambda *args: None)
+            raise RuntimeError("half done")
+
+    model = space()
+    conv = model[1]["conv"]
+    nastrain_plugin(Halfway(), "halfway")
+    with pytest.warns(PluginWarning, match="plugin 'halfway' failed .*half done"):
+        trainer = FirstTrainer(model)
+    assert trainer.model[1].op is conv  # the candidate it replaced is back
+    assert not trainer.model._forward_hooks  # and the hook it added is gone
+
+
+def test_a_wrapper_or_a_bad_answer_is_named_in_a_warning(nastrain_plugin) -> None:
+    class Wrapper:
+        @nastrain.hookimpl(wrapper=True)
+        def nastrain_prepare_model(self, model):
+            result = yield
+            return result
+
+    class Odd:
+        @nastrain.hookimpl
+        def nastrain_prepare_model(self, model):
+            return {"widgets": "many"}
+
+    nastrain_plugin(Wrapper(), "wrapper")
+    nastrain_plugin(Odd(), "odd")
+    with pytest.warns(PluginWarning) as caught:
+        FirstTrainer(space())
+    messages = [str(w.message) for w in caught]
+    assert any(
+        "plugin 'wrapper' implements nastrain_prepare_model as a wrapper" in m for m in messages
+    )
+    assert any("plugin 'odd' returned {'widgets': 'many'}" in m for m in messages)
+
+
+def strided_stem_space() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 1, stride=2),
+        nastrain.LayerChoice(
+            {"conv": nn.Conv2d(4, 4, 3, padding=1), "pool": nn.MaxPool2d(3, 1, 1)}, label="op"
+        ),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)),
+    )
+
+
+def test_falling_back_to_the_contiguous_format_is_said_once_naming_the_convolutions(
+    caplog,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="nastrain"):
+        trainer = FirstTrainer(strided_stem_space())
+    assert not trainer.channels_last
+    warned = [
+        r.getMessage() for r in caplog.records if "contiguous memory format" in r.getMessage()
+    ]
+    assert len(warned) == 1 and "['0']" in warned[0] and "allow_rewrite" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nastrain"):
+        FirstTrainer(strided_stem_space(), channels_last=False)  # asked for: no message
+    assert not [r for r in caplog.records if "contiguous memory format" in r.getMessage()]
+
+
+def test_a_convolution_its_owner_marks_channels_last_safe_is_not_a_hazard() -> None:
+    model = strided_stem_space()
+    model[0].channels_last_safe = True  # e.g. a weight holder computed without the library
+    trainer = FirstTrainer(model)
+    assert trainer.channels_last
+
+
+def test_a_scheduler_of_another_optimizer_is_refused_before_training() -> None:
+    elsewhere = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    trainer = FirstTrainer(
+        space(), lr_scheduler=torch.optim.lr_scheduler.StepLR(elsewhere, step_size=1)
+    )
+    with pytest.raises(ValueError, match=r"FirstTrainer: lr_scheduler schedules a SGD that"):
+        trainer.fit()
+    assert trainer.steps == 0
+
+
+def test_a_numpy_integer_seed_is_taken() -> None:
+    np = pytest.importorskip("numpy")
+    assert FirstTrainer(space(), seed=np.int64(3)).seed == 3
+    with pytest.raises(TypeError, match="seed must be an int or None, got 2.5"):
+        FirstTrainer(space(), seed=2.5)
