@@ -16,6 +16,7 @@ line's ``--help`` needs no torch, and importing the spine (:mod:`nastrain.hooksp
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -127,6 +128,9 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
+        # ``nastrain.plugins`` & co. after a bare ``import nastrain``, as with eager imports.
+        if name.isidentifier() and importlib.util.find_spec(f"nastrain.{name}") is not None:
+            return importlib.import_module(f"nastrain.{name}")
         raise AttributeError(f"module 'nastrain' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function

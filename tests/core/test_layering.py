@@ -51,3 +51,28 @@ def test_the_public_names_still_come_from_the_top_level() -> None:
     assert set(nastrain.__all__) <= set(dir(nastrain))
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         nastrain.Nope  # noqa: B018
+
+
+def test_loading_the_plugins_imports_no_store_no_executor_and_no_sqlite() -> None:
+    probe = (
+        "import sys, nastrain\nnastrain.trainer_names(), nastrain.strategy_names()\n"
+        "print(sorted(m for m in sys.modules if m == 'sqlite3' or m.startswith('nastrain.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded = result.stdout.splitlines()[-1]
+    for module in ("sqlite3", "nastrain.experiments.store", "nastrain.experiments.executor"):
+        assert f"'{module}'" not in loaded, loaded
+    assert "'nastrain.experiments.strategies'" in loaded  # the built-ins registered them
+
+
+def test_submodules_are_attributes_after_a_bare_import() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import nastrain; print(nastrain.plugins.__name__)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.strip() == "nastrain.plugins"

@@ -6,20 +6,30 @@ Built on the core (the spine, the model space and the trainers), which never imp
 package: :mod:`~nastrain.experiments.records` (the records, a leaf),
 :mod:`~nastrain.experiments.strategies`, :mod:`~nastrain.experiments.store`,
 :mod:`~nastrain.experiments.executor` and :mod:`~nastrain.experiments.experiment`.
+
+Its names load on first use (PEP 562), as the top-level package's do: loading the plugins
+(whose built-ins register the strategies) imports the strategies and the records, not the
+store, the executor or ``sqlite3``.
 """
 
 from __future__ import annotations
 
-from nastrain.experiments.experiment import Experiment, ExperimentConfig, load_config
-from nastrain.experiments.records import (
-    ExperimentRecord,
-    ExperimentResult,
-    Mode,
-    StrategySpec,
-    Trial,
-    TrialStatus,
-)
-from nastrain.experiments.strategies import Strategy
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "Experiment": "nastrain.experiments.experiment",
+    "ExperimentConfig": "nastrain.experiments.experiment",
+    "ExperimentRecord": "nastrain.experiments.records",
+    "ExperimentResult": "nastrain.experiments.records",
+    "Mode": "nastrain.experiments.records",
+    "Strategy": "nastrain.experiments.strategies",
+    "StrategySpec": "nastrain.experiments.records",
+    "Trial": "nastrain.experiments.records",
+    "TrialStatus": "nastrain.experiments.records",
+    "load_config": "nastrain.experiments.experiment",
+}
 
 __all__ = [
     "Experiment",
@@ -33,3 +43,28 @@ __all__ = [
     "TrialStatus",
     "load_config",
 ]
+
+if TYPE_CHECKING:
+    from nastrain.experiments.experiment import Experiment, ExperimentConfig, load_config
+    from nastrain.experiments.records import (
+        ExperimentRecord,
+        ExperimentResult,
+        Mode,
+        StrategySpec,
+        Trial,
+        TrialStatus,
+    )
+    from nastrain.experiments.strategies import Strategy
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nastrain.experiments' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
