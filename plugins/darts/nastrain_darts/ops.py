@@ -174,6 +174,10 @@ class FactorizedReduce(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        # Weight holders: forward() computes their strided products without the library's
+        # strided convolution, so they are no channels-last hazard (SupernetTrainer's check).
+        self.conv_1.channels_last_safe = True
+        self.conv_2.channels_last_safe = True
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

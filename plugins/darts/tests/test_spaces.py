@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from nastrain import ChosenInputs, InputChoice, LayerChoice, SearchSpace, apply_arch, fixed_arch
+from nastrain.oneshot import REWRITE_ENV, strided_pointwise_convolutions
+from nastrain_darts import DartsTrainer
 from nastrain_darts.ops import OPS, PRIMITIVES, FactorizedReduce, Zero
 from nastrain_darts.spaces import DartsSpace, darts_cnn_space, genotype
 
@@ -302,3 +306,20 @@ def test_genotype_prints_like_the_paper():
     )
     with pytest.raises(ValueError, match="reduce/node2"):
         genotype({k: v for k, v in arch.items() if k != "reduce/node2"})
+
+
+def test_the_shipped_space_trains_channels_last_without_any_rewrite(monkeypatch) -> None:
+    """FactorizedReduce's 1x1 convolutions only hold weights (its forward never runs the
+    library's strided convolution), so they are no channels-last hazard: with no plugin
+    rewriting the supernet, a CPU search still picks the faster format."""
+    monkeypatch.setenv(REWRITE_ENV, "0")
+    model = DartsSpace(C=4, layers=5)
+    assert strided_pointwise_convolutions(model) == []
+    data = TensorDataset(torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,)))
+    trainer = DartsTrainer(
+        model, nn.CrossEntropyLoss(), None, None, 1, data, batch_size=4, device="cpu",
+        seed=0, progress=False,
+    )  # fmt: skip
+    assert trainer.channels_last
+    assert not [m for m in trainer.model.modules() if type(m).__module__.startswith("nastrain_cpu")]
+    trainer.fit()  # the backward runs in channels-last without a crash
