@@ -106,14 +106,18 @@ def load_impl(impl: str, space: str) -> tuple[Any, Callable[[], nn.Module], dict
         )
     try:
         import nastrain
+        from nastrain.utils import allow_rewrite
         from nastrain_darts import DartsTrainer
     except ImportError as e:
         raise Skip(f"nastrain_darts.DartsTrainer is not importable yet ({e})") from e
     versions = {"nastrain": getattr(nastrain, "__version__", "?")}
     if space == "plain":
+        # The supernet is the benchmark's own model, not a space of nastrain's: it asks for
+        # the whole of it to be rewritten for the CPU (the stem and the cells' preprocessing
+        # too, not only the candidates), as any user may with allow_rewrite(model).
         return (
             DartsTrainer,
-            lambda: build_supernet(nastrain.LayerChoice, nastrain.InputChoice),
+            lambda: allow_rewrite(build_supernet(nastrain.LayerChoice, nastrain.InputChoice)),
             versions,
         )
     try:
@@ -259,6 +263,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "peak_reset": peak_reset,
         # After the trainer replaced the choices; NNI's count includes its alphas.
         "n_model_params": sum(p.numel() for p in model.parameters()),
+        # nastrain: the memory format the trainer chose, and how many modules plugins rewrote.
+        "channels_last": getattr(trainer, "channels_last", None),
+        "rewritten": sum(type(m).__module__.startswith("nastrain_cpu") for m in model.modules()),
     }
     if args.floor is None:
         args.floor = args.impl == "nastrain"
