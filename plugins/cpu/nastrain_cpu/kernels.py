@@ -29,22 +29,26 @@ candidates and the modules marked with :func:`nastrain.utils.allow_rewrite`). Th
 results are the same up to float rounding (the tests hold them to 1e-5 of PyTorch's
 own), in either memory format and under ``torch.autocast``; parameters and buffers
 keep their identity and their ``state_dict`` names, so optimizers, checkpoints and
-``apply_arch`` are unaffected. The custom autograd functions compute correct second
+``apply_arch`` are unaffected. The convolutions' replacements are ``nn.Conv2d``
+subclasses with the original's settings (``out_channels``, ``stride``, ...): only
+their ``forward`` differs. The custom autograd functions compute correct second
 derivatives (the depthwise convolution, the strided subsampling) or refuse a double
 backward loudly (the lean BatchNorm: ``once_differentiable``).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.nn.modules.utils import _pair
 from torch.nn.utils import parametrize
 
 __all__ = [
@@ -71,23 +75,112 @@ SMALL_CHANNELS = 16
 _M = TypeVar("_M", bound=nn.Module)
 
 
-class PointwiseConv(nn.Module):
-    """A 1x1 convolution (stride 1, no padding, one group) that runs as a matrix product over
-    the channels of a channels-last tensor when the tensor is small.
+#: The settings of a convolution its computation depends on. Setting one on a replacement
+#: (:class:`PointwiseConv`, :class:`StridedPointwiseConv`, :class:`DepthwiseConv`) checks
+#: that the replacement can still compute that convolution, and re-plans a DepthwiseConv.
+_GEOMETRY = frozenset({"kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"})
+#: What ``nn.Module.__init__`` sets on every module (hook tables, parameter tables, mode):
+#: not the convolution's own settings, so not copied from it.
+_MODULE_STATE = frozenset(vars(nn.Module()))
+
+
+class _ConvReplacement(nn.Conv2d):
+    """An ``nn.Conv2d`` that takes over a convolution's settings, parameters and buffers;
+    only ``forward`` differs.
+
+    It is a true ``nn.Conv2d`` (``isinstance`` checks, FLOP counters and init code see
+    one): ``in_channels``, ``out_channels``, ``kernel_size``, ``stride``, ``padding``,
+    ``dilation``, ``groups``, ``padding_mode`` and the other attributes are the
+    original's, ``weight`` and ``bias`` the same Parameter objects (optimizers stay
+    valid, ``state_dict`` keys and shapes are the original's), and ``repr`` names the
+    replacement. Setting one of the settings its computation depends on afterwards is
+    checked: one it cannot compute raises ``ValueError`` and leaves it as it was.
+    """
+
+    #: It never runs the library's strided 1x1 convolution in channels-last (see
+    #: ``nastrain.oneshot.strided_pointwise_convolutions``).
+    channels_last_safe: ClassVar[bool] = True
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(
+                f"{type(self).__name__} replaces an nn.Conv2d, got {type(conv).__name__}"
+            )
+        nn.Module.__init__(self)
+        for name, value in vars(conv).items():
+            if name not in _MODULE_STATE and name != "channels_last_safe":
+                # Straight into __dict__: plain settings (and any attribute a user added),
+                # a container copied so that the two modules share none.
+                mutable = isinstance(value, list | dict | set)
+                self.__dict__[name] = copy.copy(value) if mutable else value
+        self._parameters.update(conv._parameters)
+        self._buffers.update(conv._buffers)
+        self._non_persistent_buffers_set.update(conv._non_persistent_buffers_set)
+        self._modules.update(conv._modules)
+        self.training = conv.training
+        self._settle()
+
+    def _mismatch(self) -> str | None:
+        """Why this replacement cannot compute its convolution's settings, or ``None``."""
+        raise NotImplementedError
+
+    def _settle(self) -> None:
+        """Check the settings (and work out what depends on them); raise ``ValueError``
+        naming the setting it cannot compute."""
+        reason = self._mismatch()
+        if reason is not None:
+            raise ValueError(f"{type(self).__name__} cannot compute {reason}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _GEOMETRY or name not in self.__dict__:
+            super().__setattr__(name, value)
+            return
+        if name in ("kernel_size", "stride", "dilation") or (
+            name == "padding" and not isinstance(value, str)
+        ):
+            value = _pair(value)  # as nn.Conv2d's constructor takes them
+        old = self.__dict__[name]
+        super().__setattr__(name, value)
+        try:
+            self._settle()
+        except ValueError:
+            super().__setattr__(name, old)
+            raise
+
+
+def _pointwise_mismatch(conv: nn.Conv2d) -> str | None:
+    """Why ``conv`` is not a 1x1 convolution without padding in one group (any stride), or
+    ``None``."""
+    if conv.kernel_size != (1, 1):
+        return f"kernel_size={conv.kernel_size!r} (1x1 only)"
+    if conv.padding not in ((0, 0), "valid"):
+        return f"padding={conv.padding!r} (none only)"
+    if conv.dilation != (1, 1):
+        return f"dilation={conv.dilation!r} (1 only)"
+    if conv.groups != 1:
+        return f"groups={conv.groups!r} (one group only)"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} ('zeros' only)"
+    return None
+
+
+class PointwiseConv(_ConvReplacement):
+    """A 1x1 ``nn.Conv2d`` (stride 1, no padding, one group) that runs as a matrix product
+    over the channels of a channels-last tensor when the tensor is small.
 
     Each of the many small 1x1 convolutions of a NAS supernet costs more in the
     convolution library's per-call overhead than in arithmetic; on the
     channels-last layout the same product is one ``linear`` over a contiguous
     (N, H, W, C) view. Above :data:`MATMUL_MAX_ELEMENTS` input elements the
-    convolution is the faster of the two and is used. It shares ``weight`` and
-    ``bias`` with the convolution it replaces (same Parameter objects, same
-    state_dict keys).
+    convolution is the faster of the two and is used. It is the convolution it
+    replaces in all but ``forward`` (same settings, same ``weight`` and ``bias``
+    Parameter objects, same state_dict keys: see :class:`_ConvReplacement`).
     """
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.weight = conv.weight
-        self.bias = conv.bias
+    def _mismatch(self) -> str | None:
+        if self.stride != (1, 1):
+            return f"stride={self.stride!r} (1 only: StridedPointwiseConv takes strides)"
+        return _pointwise_mismatch(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pointwise_conv(x, self.weight, self.bias)
@@ -129,51 +222,39 @@ class _Subsample(torch.autograd.Function):
         return grad_x, None
 
 
-class StridedPointwiseConv(nn.Module):
-    """A strided 1x1 convolution (no padding, one group) as the subsampled input's
-    :func:`pointwise_conv`.
+class StridedPointwiseConv(_ConvReplacement):
+    """A strided 1x1 ``nn.Conv2d`` (no padding, one group) computed as the subsampled
+    input's :func:`pointwise_conv`.
 
     It reads every ``stride``-th pixel only: the convolution library's strided
     1x1 kernels, and autograd's backward of a strided slice, are several times
     slower than gathering those pixels once and multiplying (a reduction cell's
-    ``FactorizedReduce``, a ResNet shortcut). Shares ``weight`` and ``bias`` with
-    the convolution it replaces.
+    ``FactorizedReduce``, a ResNet shortcut). It never runs the library's strided
+    convolution, whose channels-last backward aborts the process on some sizes
+    (``channels_last_safe``). It is the convolution it replaces in all but
+    ``forward`` (see :class:`_ConvReplacement`).
     """
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.weight = conv.weight
-        self.bias = conv.bias
-        self.stride: tuple[int, int] = tuple(conv.stride)  # type: ignore[assignment]
+    def _mismatch(self) -> str | None:
+        return _pointwise_mismatch(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pointwise_conv(_Subsample.apply(x, self.stride), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, stride={self.stride}"
 
 
 def _is_strided_pointwise(module: nn.Module) -> bool:
     return (
         type(module) is nn.Conv2d
-        and module.kernel_size == (1, 1)
         and module.stride != (1, 1)
-        and module.padding in ((0, 0), "valid")
-        and module.dilation == (1, 1)
-        and module.groups == 1
-        and module.padding_mode == "zeros"
+        and _pointwise_mismatch(module) is None
     )
 
 
 def _is_pointwise(module: nn.Module) -> bool:
     return (
         type(module) is nn.Conv2d
-        and module.kernel_size == (1, 1)
         and module.stride == (1, 1)
-        and module.padding in ((0, 0), "valid")
-        and module.dilation == (1, 1)
-        and module.groups == 1
-        and module.padding_mode == "zeros"
+        and _pointwise_mismatch(module) is None
     )
 
 
@@ -350,7 +431,7 @@ def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
-class DepthwiseConv(nn.Module):
+class DepthwiseConv(_ConvReplacement):
     """A depthwise ``nn.Conv2d`` (one filter per channel) with a faster backward pass,
     optionally with the ReLU before it folded in.
 
@@ -360,17 +441,25 @@ class DepthwiseConv(nn.Module):
     ``relu_first``, it computes ``conv(relu(x))`` and keeps ``x`` instead of
     ``relu(x)`` for the backward pass: in a NAS cell the same ``x`` feeds several
     such operations and is kept once, where each separate ReLU would keep an output
-    of its own. Shares ``weight`` and ``bias`` with the convolution it replaces. Under
-    ``torch.autocast`` it computes in the autocast dtype, as the convolution would.
-    Its backward pass is differentiable (second derivatives are correct).
+    of its own. It is the convolution it replaces in all but ``forward`` (see
+    :class:`_ConvReplacement`; ``plan``, how it computes the gradients, follows its
+    settings). Under ``torch.autocast`` it computes in the autocast dtype, as the
+    convolution would. Its backward pass is differentiable (second derivatives are
+    correct).
     """
 
+    plan: _DepthwisePlan
+
     def __init__(self, conv: nn.Conv2d, relu_first: bool = False) -> None:
-        super().__init__()
-        self.weight = conv.weight
-        self.bias = conv.bias
-        self.plan = _DepthwisePlan.of(conv)
+        super().__init__(conv)
         self.relu_first = relu_first
+
+    def _mismatch(self) -> str | None:
+        return _depthwise_mismatch(self)
+
+    def _settle(self) -> None:
+        super()._settle()
+        self.plan = _DepthwisePlan.of(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -388,12 +477,7 @@ class DepthwiseConv(nn.Module):
         return _DepthwiseConvFunction.apply(x, weight, bias, self.plan, self.relu_first)
 
     def extra_repr(self) -> str:
-        plan = self.plan
-        return (
-            f"{self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[-2:])}, "
-            f"stride={plan.stride}, padding={plan.padding}, dilation={plan.dilation}"
-            + (", relu_first=True" if self.relu_first else "")
-        )
+        return super().extra_repr() + (", relu_first=True" if self.relu_first else "")
 
 
 class _PassCache:
@@ -555,18 +639,25 @@ def _is_strided_or_dilated_depthwise(module: nn.Module) -> bool:
 
 
 def _is_depthwise(module: nn.Module) -> bool:
-    if not (
-        type(module) is nn.Conv2d
-        and module.groups > 1
-        and module.in_channels == module.groups == module.out_channels
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    ):
-        return False
+    return type(module) is nn.Conv2d and module.groups > 1 and _depthwise_mismatch(module) is None
+
+
+def _depthwise_mismatch(conv: nn.Conv2d) -> str | None:
+    """Why ``conv`` is not a depthwise convolution :class:`DepthwiseConv` computes, or
+    ``None``."""
+    if not conv.in_channels == conv.groups == conv.out_channels:
+        return (
+            f"in_channels={conv.in_channels}, groups={conv.groups}, "
+            f"out_channels={conv.out_channels} (one filter per channel only)"
+        )
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} ('zeros' only)"
+    if isinstance(conv.padding, str):
+        return f"padding={conv.padding!r} (numbers only)"
     # The flipped-kernel input gradient needs padding <= dilation * (kernel - 1).
-    return all(
-        module.padding[i] <= module.dilation[i] * (module.kernel_size[i] - 1) for i in (0, 1)
-    )
+    if any(conv.padding[i] > conv.dilation[i] * (conv.kernel_size[i] - 1) for i in (0, 1)):
+        return f"padding={conv.padding!r} (at most dilation * (kernel_size - 1))"
+    return None
 
 
 class _LeanBatchNormFunction(torch.autograd.Function):
