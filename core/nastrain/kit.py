@@ -15,6 +15,7 @@ This module imports neither torch nor the plugins, so the command is quick.
 
 from __future__ import annotations
 
+import importlib.metadata
 import keyword
 import os
 import re
@@ -25,12 +26,30 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["KINDS", "TEMPLATE", "NewPluginError", "PluginNames", "new_plugin", "plugin_names"]
+from nastrain import __version__
+
+__all__ = [
+    "FIRST_PARTY",
+    "KINDS",
+    "TEMPLATE",
+    "TORCH_LAYER_WHEEL",
+    "NewPluginError",
+    "PluginNames",
+    "check_name_is_free",
+    "new_plugin",
+    "plugin_names",
+]
 
 #: What ``--kind`` can be: what the plugin's hook module provides.
 KINDS = ("one-shot", "classic", "strategy", "dataset")
 #: The template folder.
 TEMPLATE = Path(__file__).with_name("plugin_template")
+#: The entry points of nastrain's first-party plugins (and the core's name): a plugin
+#: written by the kit takes none of them, nor their distributions ``nastrain-NAME``.
+FIRST_PARTY = ("nastrain", "darts", "enas", "classic", "cpu", "ray", "tensorboard")
+#: The wheel of ``tools/torch-layer-pth`` (nastrain's dev-only .pth that shares one torch):
+#: the template's ``tox.ini`` installs it by this file name from the wheels folder.
+TORCH_LAYER_WHEEL = "nastrain_dev_torch_layer-1.0-py2.py3-none-any.whl"
 #: Import names a plugin must not take: they would shadow what it runs beside.
 _TAKEN = frozenset({"nastrain", "torch", "torchvision", "pytest", "pluggy", "attrs", "cattrs"})
 # PEP 508's names: letters, digits, and . _ - inside.
@@ -100,9 +119,37 @@ def plugin_names(name: str, kind: str = "one-shot") -> PluginNames:
     )
 
 
-def _substitutions(names: PluginNames) -> dict[str, str]:
-    from nastrain import __version__
+def _normalized(name: str) -> str:
+    """A distribution or entry point name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
+
+def check_name_is_free(names: PluginNames) -> None:
+    """Refuse, with a :class:`NewPluginError` saying what to pick instead, a plugin whose
+    distribution or entry point is one of nastrain's first-party plugins
+    (:data:`FIRST_PARTY`) or one already installed here (an entry point in the group
+    ``nastrain``): nastrain would load two plugins under one name, or pip would replace
+    one with the other."""
+    distribution = _normalized(names.distribution)
+    entry = _normalized(names.entry_point)
+    suggestion = f"nastrain-my-{entry}"
+    if entry in FIRST_PARTY or distribution in {f"nastrain-{n}" for n in FIRST_PARTY}:
+        raise NewPluginError(
+            f"{names.distribution!r} (entry point {names.entry_point!r}) is the name of one of "
+            f"nastrain's first-party plugins ({', '.join(FIRST_PARTY)}); pick a name of your "
+            f"own algorithm (e.g. {suggestion})"
+        )
+    for point in importlib.metadata.entry_points(group="nastrain"):
+        owner = point.dist.name if point.dist is not None else "an installed distribution"
+        if _normalized(point.name) == entry or _normalized(owner) == distribution:
+            raise NewPluginError(
+                f"{names.distribution!r} (entry point {names.entry_point!r}) is taken here: "
+                f"{owner} is installed with the nastrain entry point {point.name!r}; pick "
+                f"another name (e.g. {suggestion})"
+            )
+
+
+def _substitutions(names: PluginNames) -> dict[str, str]:
     return {
         "dist": names.distribution,
         "module": names.module,
@@ -111,6 +158,7 @@ def _substitutions(names: PluginNames) -> dict[str, str]:
         "kind": names.kind,
         "registers": _REGISTERS.get(names.kind, "datasets"),
         "nastrain_version": __version__,
+        "torch_layer_wheel": TORCH_LAYER_WHEEL,
     }
 
 
@@ -143,9 +191,12 @@ def new_plugin(
     ``./NAME``) and return the folder.
 
     Refuses, with a :class:`NewPluginError` and before writing anything, an invalid
-    ``name`` or ``kind`` and a ``directory`` that is a file or a folder that is not empty.
+    ``name`` or ``kind``, a name a first-party or installed plugin has
+    (:func:`check_name_is_free`), and a ``directory`` that is a file or a folder that is
+    not empty.
     """
     files = render(name, kind)
+    check_name_is_free(plugin_names(name, kind))
     target = Path(directory if directory is not None else name)
     if target.exists() and not target.is_dir():
         raise NewPluginError(f"{target} is a file, not a folder to write the plugin into")
