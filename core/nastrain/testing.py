@@ -444,11 +444,13 @@ def check_trainer_plugin(
     one's to :data:`TINY_DATASET`. ``space`` makes a fresh model space (default
     :class:`TinyCell` for one-shot trainers, :class:`PlantedOp` for classic ones).
 
-    A one-shot trainer is built and fitted for 2 epochs; its ``export()`` must be a
-    JSON-ready architecture that validates against the space, in canonical form. With
-    ``resume`` (the default), a second run is stopped after its first epoch, and a new
-    trainer on the same ``checkpoint_dir`` must resume it to the same architecture, the
-    same weights and the same ``arch_parameters()`` as the uninterrupted run.
+    A one-shot trainer is built and fitted for 2 epochs (``num_epochs=`` for more; one
+    that takes no epoch count runs its own); its ``export()`` must be a JSON-ready
+    architecture that validates against the space, in canonical form. With ``resume``
+    (the default), a second run is stopped after its first epoch, and a new trainer on the
+    same ``checkpoint_dir`` must resume it to the same architecture, the same weights and
+    the same ``arch_parameters()`` as the uninterrupted run; that needs a trainer taking
+    ``num_epochs`` (or ``epochs``) and at least 2 of them.
 
     A classic trainer is built on a fixed architecture of the space and fitted on
     :data:`TINY_DATASET` (``epochs=1``); it must report a final result, and its
@@ -475,6 +477,7 @@ def _one_shot_defaults(model: nn.Module, data: Any, epochs: int) -> dict[str, Ca
         "reward_function": lambda: _accuracy,
         "optimizer": lambda: torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
         "num_epochs": lambda: epochs,
+        "epochs": lambda: epochs,
         "dataset": lambda: data,
         "batch_size": lambda: 16,
         "seed": lambda: 0,
@@ -559,7 +562,11 @@ def _check_one_shot(
         )
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nastrain-check-")))
 
-    def build(epochs: int, checkpoint_dir: Path | None) -> Any:
+    # The epoch count the trainer was built with (the kit's 2, or the caller's), or None
+    # when it takes neither num_epochs nor epochs: what the report and the resume check say.
+    epochs: list[int | None] = [None]
+
+    def build(checkpoint_dir: Path | None) -> Any:
         torch.manual_seed(0)
         model = space()
         extra = {"checkpoint_dir": checkpoint_dir} if checkpoint_dir is not None else {}
@@ -568,27 +575,41 @@ def _check_one_shot(
             name,
             model,
             {**extra, **overrides},
-            _one_shot_defaults(model, data, epochs),
+            _one_shot_defaults(model, data, 2),
             _OPTIONS,
         )
+        count = kwargs.get("num_epochs", kwargs.get("epochs"))
+        epochs[0] = count if isinstance(count, int) and not isinstance(count, bool) else None
         return cls(model, **kwargs)
 
     checks = []
-    whole = build(2, folder / "whole" if resume else None)
+    whole = build(folder / "whole" if resume else None)
+    count = epochs[0]
+    if resume and count is None:
+        raise ContractError(
+            f"{who} takes neither num_epochs nor epochs, so the kit cannot stop it after its "
+            "first epoch to check that it resumes; build it on "
+            "nastrain.oneshot.SupernetTrainer, or pass resume=False"
+        )
+    if resume and count is not None and count < 2:
+        raise ValueError(
+            f"check_trainer_plugin({name!r}): an epoch count of {count} leaves no epoch to "
+            "resume; pass 2 or more (or leave it to the kit's 2), or resume=False"
+        )
     whole.fit()
     arch = _check_arch(whole.export(), record, who)
-    checks.append(f"fitted 2 epochs of {type(space()).__name__}; exported {arch}")
-    if resume:
+    checks.append(f"{_fitted(count, type(space()).__name__)}; exported {arch}")
+    if resume and count is not None:  # (resume without an epoch count is refused above)
         reports = len(whole.intermediate_results)
-        if reports < 2 or reports % 2:
+        if reports < count or reports % count:
             raise ContractError(
-                f"{who} reported {reports} intermediate result(s) in 2 epochs; a one-shot "
+                f"{who} reported {reports} intermediate result(s) in {count} epochs; a one-shot "
                 "trainer reports each epoch's metrics (report_intermediate_result) the same "
                 "number of times per epoch"
             )
-        stopper = _StopAfter(reports // 2)
+        stopper = _StopAfter(reports // count)
         stack.enter_context(registered(stopper, name="nastrain.testing.stop-after-epoch"))
-        first = build(2, folder / "resumed")
+        first = build(folder / "resumed")
         stopper.trainer = first
         try:
             first.fit()
@@ -596,7 +617,7 @@ def _check_one_shot(
             pass
         else:
             raise ContractError(f"{who}: the kit could not stop its fit after the first epoch")
-        resumed = build(2, folder / "resumed")
+        resumed = build(folder / "resumed")
         resumed.fit()
         if len(resumed.intermediate_results) >= reports:
             raise ContractError(
@@ -633,6 +654,14 @@ def _check_one_shot(
     return CheckReport(
         name=name, kind="one-shot", target=_describe(cls), checks=tuple(checks), arch=arch
     )
+
+
+def _fitted(count: int | None, space: str) -> str:
+    """What the check's report says the fit did: ``"fitted 2 epochs of TinyCell"``, or, for a
+    trainer that takes no epoch count, only that its ``fit()`` ran."""
+    if count is None:
+        return f"fitted {space} (the trainer takes no num_epochs or epochs)"
+    return f"fitted {count} epoch{'' if count == 1 else 's'} of {space}"
 
 
 _CLASSIC_DEFAULTS: dict[str, Callable[[], Any]] = {

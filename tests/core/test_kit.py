@@ -12,11 +12,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -116,6 +118,53 @@ def test_new_plugin_refuses_a_bad_name_writing_nothing(
     assert not target.exists()
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nastrain-cpu",
+        "nastrain-darts",
+        "nastrain_enas",
+        "darts",
+        "cpu",
+        "Classic",
+        "ray",
+        "nastrain-tensorboard",
+        "nastrain-nastrain",
+    ],
+)
+def test_new_plugin_refuses_a_first_party_plugins_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    target = tmp_path / "out"
+    assert main(["new-plugin", name, "--dir", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{name!r} (entry point " in err and "nastrain's first-party plugins" in err, err
+    entry = kit.plugin_names(name).entry_point
+    assert f"(e.g. nastrain-my-{entry})" in err  # what to pick instead, itself free
+    assert main(["new-plugin", f"nastrain-my-{entry}", "--dir", str(tmp_path / "ok")]) == 0
+    assert not target.exists()
+
+
+def test_new_plugin_refuses_the_name_of_an_installed_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    installed = SimpleNamespace(name="gumbel", dist=SimpleNamespace(name="gumbel-nas"))
+    seen = []
+
+    def entry_points(group: str) -> list[SimpleNamespace]:
+        seen.append(group)
+        return [installed]
+
+    monkeypatch.setattr(kit.importlib.metadata, "entry_points", entry_points)
+    for name in ("nastrain-gumbel", "gumbel_nas"):  # its entry point; its distribution
+        assert main(["new-plugin", name, "--dir", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert "is taken here: gumbel-nas is installed with the nastrain entry point " in err
+        assert not (tmp_path / name).exists()
+    assert set(seen) == {"nastrain"}
+    assert main(["new-plugin", "nastrain-gumbel-2", "--dir", str(tmp_path / "ok")]) == 0
+
+
 def test_new_plugin_refuses_a_folder_that_is_not_empty(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,6 +190,50 @@ def test_new_plugin_refuses_an_unknown_kind(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         main(["new-plugin", "--help"])
     assert "{" + ",".join(kit.KINDS) + "}" in capsys.readouterr().out
+
+
+def test_the_template_installs_nastrain_and_the_torch_layer_from_the_wheels_folder_only(
+    tmp_path: Path,
+) -> None:
+    target, _ = render(tmp_path, "one-shot", "nastrain-my-algo")
+    import tomllib
+
+    project = tomllib.loads((target / "pyproject.toml").read_text())
+    # Pinned to this release series: a later "nastrain" on an index is not taken for it.
+    assert project["project"]["dependencies"] == [f"nastrain~={nastrain.__version__}"]
+    deps = [
+        line.partition("=")[2].strip()
+        for line in (target / "tox.ini").read_text().splitlines()
+        if line.startswith("deps")
+    ]
+    # The torch layer's wheel by its path in the wheels folder: never looked up on an index.
+    assert deps == ["{env:NASTRAIN_WHEELS:{tox_root}{/}wheels}{/}" + kit.TORCH_LAYER_WHEEL]
+    layer = tomllib.loads((ROOT / "tools" / "torch-layer-pth" / "pyproject.toml").read_text())
+    name, version = layer["project"]["name"], layer["project"]["version"]
+    assert kit.TORCH_LAYER_WHEEL.startswith(f"{name.replace('-', '_')}-{version}-")
+    readme = (target / "README.md").read_text()
+    first = next(line for line in readme.splitlines() if line.startswith("$ pip install"))
+    assert first.startswith("$ pip install --find-links ~/nastrain-wheels .")
+    assert "PIP_NO_INDEX=1" in readme and kit.TORCH_LAYER_WHEEL in readme
+
+
+def test_every_wheel_recipe_builds_every_first_party_plugin(tmp_path: Path) -> None:
+    plugins = sorted(
+        f"plugins/{p.parent.name}" for p in (ROOT / "plugins").glob("*/pyproject.toml")
+    )
+    assert "plugins/cpu" in plugins
+    target, _ = render(tmp_path, "strategy")
+    pages = {
+        "README.md": (ROOT / "README.md").read_text(),
+        "docs/plugins.md": (ROOT / "docs" / "plugins.md").read_text(),
+        "the template's README.md": (target / "README.md").read_text(),
+    }
+    for page, text in pages.items():
+        recipes = re.findall(r"pip wheel --no-deps -w ~/nastrain-wheels (.+?)tools/", text, re.S)
+        assert recipes, f"{page} has no wheel recipe"
+        for recipe in recipes:
+            listed = sorted(w for w in recipe.split() if w.startswith("plugins/"))
+            assert listed == plugins, f"{page}'s recipe builds {listed}, not {plugins}"
 
 
 def test_the_kit_writes_a_plugin_without_importing_torch(tmp_path: Path) -> None:
@@ -405,7 +498,52 @@ def test_a_one_shot_trainer_without_checkpoints_needs_resume_false() -> None:
     report = testing.check_trainer_plugin(
         "kit-no-checkpoints", plugin=Plugin(), space=testing.PlantedOp, resume=False
     )
-    assert report.arch == {"op": "relu"} and len(report.checks) == 1
+    assert report.arch == {"op": "relu"}
+    # It takes no epoch count, so the report claims none.
+    assert report.checks == (
+        "fitted PlantedOp (the trainer takes no num_epochs or epochs); exported {'op': 'relu'}",
+    )
+
+
+def test_the_report_says_how_many_epochs_ran() -> None:
+    plugin = _one_shot_plugin()
+    report = testing.check_trainer_plugin("kit-broken", plugin=plugin, space=testing.PlantedOp)
+    assert report.checks[0].startswith("fitted 2 epochs of PlantedOp; exported ")
+    report = testing.check_trainer_plugin(
+        "kit-broken", plugin=plugin, space=testing.PlantedOp, num_epochs=3
+    )
+    assert report.checks[0].startswith("fitted 3 epochs of PlantedOp; exported ")
+    assert report.checks[1].startswith("stopped after epoch 1 and resumed: the same")
+    report = testing.check_trainer_plugin(
+        "kit-broken", plugin=plugin, space=testing.PlantedOp, num_epochs=1, resume=False
+    )
+    assert report.checks[0].startswith("fitted 1 epoch of PlantedOp; exported ")
+    with pytest.raises(ValueError, match="an epoch count of 1 leaves no epoch to resume"):
+        testing.check_trainer_plugin(
+            "kit-broken", plugin=plugin, space=testing.PlantedOp, num_epochs=1
+        )
+
+
+def test_resuming_a_trainer_without_an_epoch_count_is_refused() -> None:
+    class Unstoppable(nastrain.BaseOneShotTrainer):
+        name = "kit-unstoppable"
+
+        def __init__(self, model, dataset, checkpoint_dir=None):
+            self.model = model
+
+        def fit(self):
+            nastrain.report_intermediate_result(0.5)
+
+        def export(self):
+            return {"op": "relu"}
+
+    class Plugin:
+        @nastrain.hookimpl
+        def nastrain_register_trainers(self, register):
+            register(Unstoppable)
+
+    with pytest.raises(testing.ContractError, match="takes neither num_epochs nor epochs"):
+        testing.check_trainer_plugin("kit-unstoppable", plugin=Plugin(), space=testing.PlantedOp)
 
 
 def test_arguments_the_kit_cannot_guess_are_named() -> None:
@@ -595,6 +733,7 @@ def test_the_rendered_template_passes_its_own_tox_run(tmp_path: Path) -> None:
         check=False,
     )
     assert build.returncode == 0, build.stderr
+    assert (wheels / kit.TORCH_LAYER_WHEEL).is_file(), sorted(p.name for p in wheels.iterdir())
     target, names = render(tmp_path, "one-shot", "nastrain-kit-template")
     env = {
         key: value
