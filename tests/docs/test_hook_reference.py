@@ -15,7 +15,25 @@ import pytest
 from nastrain import hookspecs
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
-HEADINGS = [line for line in PAGE.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+
+
+def markdown_headings(text: str) -> list[str]:
+    """The page's ATX headings: lines starting with ``#``, outside fenced code blocks (where
+    a ``#`` line is a shell or Python comment)."""
+    headings: list[str] = []
+    fence = ""  # the open fence's backticks or tildes; "" outside code
+    for line in text.splitlines():
+        run = re.match(r" {0,3}(`{3,}|~{3,})(.*)", line)
+        if run and not fence:
+            fence = run.group(1)
+        elif run and run.group(1).startswith(fence) and not run.group(2).strip():
+            fence = ""  # a closing fence: the same character, at least as long, bare
+        elif not fence and line.startswith("#"):
+            headings.append(line)
+    return headings
+
+
+HEADINGS = markdown_headings(PAGE.read_text(encoding="utf-8"))
 SPECS = {
     name: function
     for name, function in vars(hookspecs).items()
@@ -57,3 +75,11 @@ def test_each_hook_has_a_heading_with_its_full_signature(name: str) -> None:
 def test_no_heading_documents_a_hook_that_does_not_exist() -> None:
     documented = {m.group(1) for h in HEADINGS for m in re.finditer(r"`(nastrain_\w+)\(", h)}
     assert documented - set(SPECS) == set()
+
+
+def test_a_comment_in_a_code_block_is_no_heading() -> None:
+    text = (
+        "# Title\n\n```python\n# ### `nastrain_fit(trainer)` in a comment\nx = 1\n```\n\n"
+        "~~~\n# also code\n~~~\n\n## `nastrain_fit(trainer)`\n\n````md\n```\n# inside\n````\n"
+    )
+    assert markdown_headings(text) == ["# Title", "## `nastrain_fit(trainer)`"]
