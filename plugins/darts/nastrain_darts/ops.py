@@ -176,8 +176,10 @@ class FactorizedReduce(nn.Module):
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         # Weight holders: forward() computes their strided products without the library's
         # strided convolution, so they are no channels-last hazard (SupernetTrainer's check).
-        self.conv_1.channels_last_safe = True
-        self.conv_2.channels_last_safe = True
+        # (setattr: nn.Conv2d declares no such attribute, the check reads it with getattr,
+        # and nn.Module's __setattr__ is typed for tensors and modules only.)
+        for conv in (self.conv_1, self.conv_2):
+            setattr(conv, "channels_last_safe", True)  # noqa: B010
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
