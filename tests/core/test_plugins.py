@@ -131,7 +131,7 @@ def test_a_prepare_model_answer_that_is_not_a_mapping_is_warned_about(nastrain_p
     nastrain_plugin(Listing(), name="listing")
     nastrain_plugin(Counting(), name="counting")
     model = nn.Linear(2, 2)
-    with pytest.warns(plugins.PluginWarning, match=r"'listing' returned list .*mapping"):
+    with pytest.warns(plugins.PluginWarning, match=r"'listing' returned .*not a name -> count"):
         done = plugins.call_prepare_model(None, model, torch.device("cpu"), [model])
     assert "listing" not in done
     assert done["counting"] == {"gadgets": 1}
