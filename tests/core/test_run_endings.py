@@ -26,46 +26,20 @@ from nastrain.experiments.strategies import Strategy
 
 FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "trials")
 
-#: Trial ``i`` writes ``started-<score>`` into the gate folder, then trains once ``open`` is
-#: there (every fit is logged, so a second training shows).
-GATE_MODULE = """
-import os, time
-import nastrain
-from nastrain_test_trials import SmallSpace, score
-
-@nastrain.register_trainer(name="test-endings-gate")
-class GateTrainer(nastrain.BaseTrainer):
-    def __init__(self, model, gate: str, log: str):
-        self.model, self.gate, self.log = model, gate, log
-
-    def fit(self):
-        points = score(self.model)
-        with open(self.log, "a") as handle:
-            handle.write(f"{points} {os.getpid()}\\n")
-        open(os.path.join(self.gate, f"started-{points}"), "w").close()
-        deadline = time.monotonic() + 60
-        while not os.path.exists(os.path.join(self.gate, "open")):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gate never opened")
-            time.sleep(0.02)
-        nastrain.report_final_result(points)
-"""
-
 
 def _gate_config(tmp_path: Path, executor: str, concurrency: int, max_trials: int) -> Path:
-    (tmp_path / "endings_gate.py").write_text(GATE_MODULE)
     (tmp_path / "gate").mkdir()
     config = tmp_path / "search.json"
     config.write_text(
         json.dumps(
             {
-                "space": "endings_gate:SmallSpace",
+                "space": "nastrain_test_trials:SmallSpace",
                 "max_trials": max_trials,
                 "concurrency": concurrency,
                 "strategy": "grid",
                 "executor": executor,
                 "trainer": {
-                    "name": "test-endings-gate",
+                    "name": "test-gate",
                     "kwargs": {"gate": str(tmp_path / "gate"), "log": str(tmp_path / "log")},
                 },
             }

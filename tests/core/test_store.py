@@ -25,31 +25,6 @@ from nastrain.experiments.store import Store, StoreError, StoreLockedError
 
 FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "trials")
 
-#: A trainer that waits at a gate: trial ``i`` writes ``started-<i>`` in the gate folder and
-#: trains once ``open`` is there; every fit is logged (``log``), so a second training shows.
-GATE_MODULE = """
-import os, time
-import nastrain
-from nastrain_test_trials import SmallSpace, score
-
-@nastrain.register_trainer(name="test-gate")
-class GateTrainer(nastrain.BaseTrainer):
-    def __init__(self, model, gate: str, log: str):
-        self.model, self.gate, self.log = model, gate, log
-
-    def fit(self):
-        points = score(self.model)
-        with open(self.log, "a") as handle:
-            handle.write(f"{points} {os.getpid()}\\n")
-        open(os.path.join(self.gate, f"started-{points}"), "w").close()
-        deadline = time.monotonic() + 60
-        while not os.path.exists(os.path.join(self.gate, "open")):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gate never opened")
-            time.sleep(0.02)
-        nastrain.report_final_result(points)
-"""
-
 
 def _env(*folders: str | Path) -> dict[str, str]:
     env = dict(os.environ)
@@ -60,14 +35,13 @@ def _env(*folders: str | Path) -> dict[str, str]:
 
 def _gate_setup(tmp_path: Path, max_trials: int = 3) -> tuple[Path, Path, Path, Path]:
     """The gate module, a config (inline executor) and its store, gate folder and log."""
-    (tmp_path / "gate_trials.py").write_text(GATE_MODULE)
     gate, log, store = tmp_path / "gate", tmp_path / "log", tmp_path / "s.sqlite"
     gate.mkdir()
     config = tmp_path / "search.json"
     config.write_text(
         json.dumps(
             {
-                "space": "gate_trials:SmallSpace",
+                "space": "nastrain_test_trials:SmallSpace",
                 "max_trials": max_trials,
                 "strategy": {"name": "grid"},
                 "executor": "inline",
