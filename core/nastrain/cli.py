@@ -19,10 +19,13 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import nastrain  # cheap: its names are imported on first use (PEP 562)
 from nastrain.terminal import printable
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 __all__ = ["main"]
 
@@ -39,6 +42,13 @@ EXIT_BROKEN_PIPE = 141
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse swallows a failed write (a closed pipe under --help or --version) only
+        # when stdout is unbuffered; let it reach main(), which ends every command the same
+        # way, whatever the buffering (PYTHONUNBUFFERED, a terminal or a pipe).
+        if message:
+            (file or sys.stderr).write(message)
 
 
 def _count(minimum: int) -> Any:

@@ -118,14 +118,20 @@ def test_every_command_lists_debug_in_its_help(capsys) -> None:
         assert "--debug" in capsys.readouterr().out, argv
 
 
-def _closed_pipe_run(*args: str) -> subprocess.CompletedProcess:
+def _closed_pipe_run(*args: str, unbuffered: bool = False) -> subprocess.CompletedProcess:
     """``python -m nastrain ARGS`` writing into a pipe whose reader has gone (as with
     ``| head -1`` once head has read its line)."""
     reader, writer = os.pipe()
     os.close(reader)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     try:
         return subprocess.run(
-            [sys.executable, "-m", "nastrain", *args], stdout=writer, stderr=subprocess.PIPE
+            [sys.executable, "-m", "nastrain", *args],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            env=env,
         )
     finally:
         os.close(writer)
@@ -142,13 +148,18 @@ def test_output_into_a_closed_pipe_ends_quietly(trials, tmp_path) -> None:
         store=store,
         progress=False,
     ).run()
-    for args in (["report", str(store)], ["report", str(store), "--json"], ["plugins", "--json"]):
-        result = _closed_pipe_run(*args)
-        # No "[Errno 32] Broken pipe", no "Exception ignored" at exit: 128 + SIGPIPE.
-        assert (result.returncode, result.stderr) == (141, b""), args
-    # argparse's own output (--help, --version) ignores a closed pipe: quiet, and status 0.
-    result = _closed_pipe_run("--version")
-    assert (result.returncode, result.stderr) == (0, b"")
+    commands = (
+        ["report", str(store)],
+        ["report", str(store), "--json"],
+        ["plugins", "--json"],
+        ["--version"],  # argparse's own output too
+        ["--help"],
+    )
+    for args in commands:
+        for unbuffered in (False, True):  # the same whatever the buffering
+            result = _closed_pipe_run(*args, unbuffered=unbuffered)
+            # No "[Errno 32] Broken pipe", no "Exception ignored" at exit: 128 + SIGPIPE.
+            assert (result.returncode, result.stderr) == (141, b""), (args, unbuffered)
 
 
 def test_a_real_head_gets_its_line_and_the_pipeline_succeeds(trials, tmp_path) -> None:
