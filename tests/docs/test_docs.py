@@ -25,6 +25,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+from nastrain import plugins
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FIRST_PARTY = ("nastrain_darts", "nastrain_enas", "nastrain_classic", "nastrain_cpu")
@@ -77,6 +79,12 @@ def test_the_python_blocks_of_a_page_run(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    # What a page registers with @register_trainer is forgotten after it (as a plugin's test
+    # fixture would), so a page's example class cannot take a name from a later test.
+    decorated = plugins._decorated.entries
+    monkeypatch.setattr(
+        plugins._decorated, "entries", {name: list(e) for name, e in decorated.items()}
+    )
     module = types.ModuleType(f"docs_{page.stem.replace('-', '_')}")
     module.__file__ = str(page)
     monkeypatch.setitem(sys.modules, module.__name__, module)
