@@ -15,9 +15,9 @@ line's ``--help`` needs no torch, and importing the spine (:mod:`nastrain.hooksp
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nastrain._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -124,18 +124,4 @@ if TYPE_CHECKING:
     from nastrain.space import Architecture, Choice, SearchSpace, apply_arch
     from nastrain.trainer import BaseOneShotTrainer, BaseTrainer, TrainerSpec, register_trainer
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        # ``nastrain.plugins`` & co. after a bare ``import nastrain``, as with eager imports.
-        if name.isidentifier() and importlib.util.find_spec(f"nastrain.{name}") is not None:
-            return importlib.import_module(f"nastrain.{name}")
-        raise AttributeError(f"module 'nastrain' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, globals())

@@ -14,8 +14,9 @@ store, the executor or ``sqlite3``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nastrain._lazy import lazy_names
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -56,15 +57,4 @@ if TYPE_CHECKING:
     )
     from nastrain.experiments.strategies import Strategy
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'nastrain.experiments' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, globals())
