@@ -156,22 +156,6 @@ def test_a_keyboard_interrupt_inside_fit_interrupts_the_trial(trials, tmp_path) 
 # --- a killed experiment, seen by a reader ---------------------------------------------------
 
 
-def _store_left_running(trials, tmp_path) -> Path:
-    """A store with one trial marked running and no lease, as a writer that was stopped
-    right after starting the trial leaves it."""
-    experiment = nastrain.Experiment(
-        trials.SmallSpace(),
-        trials.ScoreTrainer(None),
-        "grid",
-        max_trials=2,
-        executor="inline",
-        store=tmp_path / "s.sqlite",
-    )
-    with Store.open(experiment.store_path, experiment.record) as store:
-        store.add_trial(0, {"a": "x", "b": "p", "c": [0, 1]}, 7, "{}")
-    return experiment.store_path
-
-
 def _plant_lease(store: Path, pid: int, heartbeat_age: float = 1.0) -> None:
     now = time.time()
     with contextlib.closing(sqlite3.connect(store, isolation_level=None)) as connection:
@@ -203,9 +187,9 @@ def _dead_pid() -> int:
 
 @pytest.mark.parametrize("owner", ["none", "dead", "silent", "old store", "live"])
 def test_report_shows_trials_of_a_dead_experiment_as_interrupted_without_writing(
-    trials, tmp_path, capsys, sleeper, owner
+    store_with_a_running_trial, capsys, sleeper, owner
 ) -> None:
-    store = _store_left_running(trials, tmp_path)
+    _, store = store_with_a_running_trial
     why = "no experiment process holds the store"
     if owner == "dead":
         pid = _dead_pid()

@@ -163,21 +163,6 @@ def test_the_lease_of_a_dead_writer_is_taken_over_and_its_trial_run_again(trials
     assert pids == [str(first.pid), str(second.pid), str(second.pid)]
 
 
-def _store_with_a_running_trial(trials, tmp_path) -> tuple[nastrain.Experiment, Path]:
-    experiment = nastrain.Experiment(
-        trials.SmallSpace(),
-        trials.ScoreTrainer(None),
-        "grid",
-        max_trials=2,
-        executor="inline",
-        store=tmp_path / "s.sqlite",
-        progress=False,
-    )
-    with Store.open(experiment.store_path, experiment.record) as store:
-        store.add_trial(0, {"a": "x", "b": "p", "c": [0, 1]}, 7, "{}")
-    return experiment, experiment.store_path
-
-
 def _plant_lease(store: Path, pid: int, host: str, heartbeat_age: float, process=None) -> None:
     now = time.time()
     with contextlib.closing(sqlite3.connect(store, isolation_level=None)) as connection:
@@ -209,9 +194,9 @@ def sleeper():
     ],
 )
 def test_a_lease_is_taken_over_only_from_a_dead_or_silent_owner(
-    trials, tmp_path, sleeper, who, age, taken
+    store_with_a_running_trial, sleeper, who, age, taken
 ) -> None:
-    experiment, store = _store_with_a_running_trial(trials, tmp_path)
+    experiment, store = store_with_a_running_trial
     host, process = socket.gethostname(), None
     pid = sleeper.pid
     if who == "dead":
@@ -239,9 +224,9 @@ def test_a_lease_is_taken_over_only_from_a_dead_or_silent_owner(
 
 
 def test_the_heartbeat_keeps_a_long_run_its_store_and_a_lost_lease_stops_writes(
-    trials, tmp_path
+    store_with_a_running_trial,
 ) -> None:
-    experiment, path = _store_with_a_running_trial(trials, tmp_path)
+    experiment, path = store_with_a_running_trial
     # stale_after leaves the heartbeat thread 2 s of slack on a loaded machine.
     owner = Store.open(path, experiment.record, heartbeat=0.05, stale_after=2.0)
     try:
