@@ -50,6 +50,7 @@ _EXPORTS = {
     "plugin_manager": "nastrain.plugins",
     "register_trainer": "nastrain.trainer",
     "reload_plugins": "nastrain.plugins",
+    "report": "nastrain.htmlreport",
     "report_final_result": "nastrain.reporting",
     "report_intermediate_result": "nastrain.reporting",
     "strategy_names": "nastrain.plugins",
@@ -85,6 +86,7 @@ __all__ = [
     "plugin_manager",
     "register_trainer",
     "reload_plugins",
+    "report",
     "report_final_result",
     "report_intermediate_result",
     "strategy_names",
@@ -97,6 +99,7 @@ if TYPE_CHECKING:
     from nastrain.experiments.records import ExperimentResult, StrategySpec, Trial
     from nastrain.experiments.strategies import Strategy
     from nastrain.hookspecs import hookimpl
+    from nastrain.htmlreport import report
     from nastrain.mutables import (
         ChosenInputs,
         InputChoice,

@@ -108,13 +108,32 @@ def nastrain_prepare_model(
 
 
 @hookspec
-def nastrain_on_report(trainer: BaseTrainer | None, metric: Metric, final: bool) -> None:
+def nastrain_on_report(
+    trainer: BaseTrainer | None, metric: Metric, final: bool, trial: int | None
+) -> None:
     """Called for every reported result (broadcast to every plugin).
 
     ``metric`` is already validated: a float or a dict of floats with a
     ``"default"`` key. ``final`` tells ``report_final_result`` from
     ``report_intermediate_result``. ``trainer`` is the trainer whose ``fit`` is
-    running, or ``None`` when reporting from outside any fit.
+    running, or ``None`` when reporting from outside any fit. ``trial`` is the
+    index of the experiment's trial the report belongs to (in the process that
+    runs the trial), or ``None`` outside a multi-trial experiment. Loggers (see
+    ``docs/loggers.md``) implement this hook; an exception raised here reaches
+    the code that reported, and so stops the trial.
+    """
+
+
+@hookspec
+def nastrain_on_epoch(trainer: BaseOneShotTrainer, record: Mapping[str, Any]) -> None:
+    """Called after every epoch of a one-shot search (broadcast to every plugin).
+
+    ``record`` is the epoch's entry of the run record, as written to ``run.jsonl``
+    in the trainer's checkpoint or log directory (a JSON object: ``epoch``, ``time``,
+    ``metrics``, each label's architecture ``probabilities`` and ``entropy``, the
+    ``architecture`` that would be exported now; see ``docs/loggers.md``). It is
+    called after the epoch's checkpoint and record are written, so an exception
+    raised here stops the search at a point it resumes from. Loggers implement it.
     """
 
 

@@ -523,9 +523,18 @@ def call_replace_module(
     )
 
 
-def call_on_report(trainer: BaseTrainer | None, metric: Metric, final: bool) -> None:
+def call_on_report(
+    trainer: BaseTrainer | None, metric: Metric, final: bool, trial: int | None = None
+) -> None:
     """Broadcast ``nastrain_on_report``."""
-    plugin_manager().hook.nastrain_on_report(trainer=trainer, metric=metric, final=final)
+    plugin_manager().hook.nastrain_on_report(
+        trainer=trainer, metric=metric, final=final, trial=trial
+    )
+
+
+def call_on_epoch(trainer: Any, record: Mapping[str, Any]) -> None:
+    """Broadcast ``nastrain_on_epoch``."""
+    plugin_manager().hook.nastrain_on_epoch(trainer=trainer, record=record)
 
 
 def call_prepare_model(

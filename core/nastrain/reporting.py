@@ -26,6 +26,7 @@ __all__ = [
     "Reporter",
     "check_metric",
     "current_trainer",
+    "current_trial",
     "report_final_result",
     "report_intermediate_result",
     "use_reporter",
@@ -47,6 +48,24 @@ _reporter: contextvars.ContextVar[Reporter | None] = contextvars.ContextVar(
 _trainer: contextvars.ContextVar[BaseTrainer | None] = contextvars.ContextVar(
     "nastrain_trainer", default=None
 )
+
+
+_trial: contextvars.ContextVar[int | None] = contextvars.ContextVar("nastrain_trial", default=None)
+
+
+def current_trial() -> int | None:
+    """The index of the experiment's trial running in this context, or ``None`` outside one."""
+    return _trial.get()
+
+
+@contextlib.contextmanager
+def running_trial(index: int) -> Iterator[None]:
+    """Mark the block as the run of trial ``index`` (loggers hear it in ``nastrain_on_report``)."""
+    token = _trial.set(index)
+    try:
+        yield
+    finally:
+        _trial.reset(token)
 
 
 def current_trainer() -> BaseTrainer | None:
@@ -128,7 +147,7 @@ def _report(metric: Any, final: bool) -> Metric:
             trainer.final_result = checked
         else:
             trainer.intermediate_results.append(checked)
-    plugins.call_on_report(trainer, checked, final)
+    plugins.call_on_report(trainer, checked, final, _trial.get())
     return checked
 
 

@@ -23,7 +23,8 @@ def test_the_contract_hooks_exist_with_their_arguments() -> None:
         "nastrain_fit": ["trainer"],
         "nastrain_export": ["trainer"],
         "nastrain_replace_module": ["module", "trainer"],
-        "nastrain_on_report": ["trainer", "metric", "final"],
+        "nastrain_on_report": ["trainer", "metric", "final", "trial"],
+        "nastrain_on_epoch": ["trainer", "record"],
     }
     for name, args in expected.items():
         params = list(inspect.signature(getattr(hookspecs, name)).parameters)

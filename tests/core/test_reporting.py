@@ -96,3 +96,31 @@ def test_inside_an_experiment_results_go_to_its_reporter() -> None:
         ({"default": 0.5, "epochs": 3.0}, True),
     ]
     assert trainer.intermediate_results == []  # the channel, not the trainer, got them
+
+
+class TrialListener:
+    """A logger as a plugin writes one: it takes only the arguments it needs."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[int | None, bool]] = []
+
+    @nastrain.hookimpl
+    def nastrain_on_report(self, final, trial):
+        self.heard.append((trial, final))
+
+
+def test_the_hook_hears_which_trial_a_result_belongs_to(nastrain_plugin, trials, tmp_path):
+    listener = TrialListener()
+    nastrain_plugin(listener, name="trial-listener")
+    nastrain.Experiment(
+        trials.SmallSpace(),
+        trials.ScoreTrainer(None, epochs=2),
+        max_trials=2,
+        executor="inline",
+        store=tmp_path / "s.sqlite",
+    ).run()
+    # Two intermediate results and a final one per trial, each tagged with its trial.
+    assert listener.heard == [(0, False), (0, False), (0, True), (1, False), (1, False), (1, True)]
+    listener.heard.clear()
+    Counting().fit()  # outside an experiment: no trial
+    assert {trial for trial, _ in listener.heard} == {None}

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from nastrain import plugins
-from nastrain.reporting import Metric, check_metric, use_reporter
+from nastrain.reporting import Metric, check_metric, running_trial, use_reporter
 from nastrain.seeding import seed_everything
 from nastrain.serialization import SCHEMA_VERSION, converter, structure
 from nastrain.space import Architecture, apply_arch
@@ -284,7 +284,7 @@ def run_trial(
     else:
         model = initialize_from_seed(apply_arch(space, job.arch), job.seed)
     trainer = job.trainer.build(model)
-    with use_reporter(_CallbackReporter(report)):
+    with use_reporter(_CallbackReporter(report)), running_trial(job.index):
         trainer.fit()
 
 
