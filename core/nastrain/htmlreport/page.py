@@ -69,7 +69,7 @@ def render_page(kind: str, title: str, data: Any) -> str:
         # No network: the page may only use what it carries (inline scripts, styles, data:).
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
-        "font-src data:\">\n"
+        'font-src data:">\n'
         f"<title>{html.escape(title)}</title>\n"
         f"<style>\n{_asset('assets', 'report.css')}\n</style>\n"
         f'<script type="application/json" id="{DATA_ELEMENT_ID}">{embed_json(data)}</script>\n'
