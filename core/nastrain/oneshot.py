@@ -22,6 +22,7 @@ trainer on this class.
 from __future__ import annotations
 
 import abc
+import datetime
 import difflib
 import inspect
 import json
@@ -32,6 +33,7 @@ import os
 import pickle
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -41,12 +43,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, SubsetRandomSampler
 
-from nastrain import plugins
+from nastrain import __version__, plugins
 from nastrain.mutables import LayerChoice
 from nastrain.reporting import report_intermediate_result
+from nastrain.runrecord import FORMAT as RECORD_FORMAT
+from nastrain.runrecord import RunRecordWriter
 from nastrain.seeding import rng_state, seed_everything, set_rng_state
 from nastrain.serialization import SCHEMA_VERSION, dumps, loads
-from nastrain.space import SearchSpace
+from nastrain.space import Choice, SearchSpace
 from nastrain.trainer import BaseOneShotTrainer
 from nastrain.utils import REWRITE_MARK
 
@@ -112,15 +116,19 @@ def _check_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise TypeError(f"{attribute.name} must be True or False, got {value!r}")
 
 
-def _to_optional_path(value: Any) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(
-            f"checkpoint_dir must be a path (str or os.PathLike) or None, got "
-            f"{type(value).__name__}"
-        )
-    return Path(value)
+def _optional_path(name: str) -> Callable[[Any], Path | None]:
+    """The converter of the folder option ``name``: a path (str or os.PathLike) or None."""
+
+    def convert(value: Any) -> Path | None:
+        if value is None:
+            return None
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(
+                f"{name} must be a path (str or os.PathLike) or None, got {type(value).__name__}"
+            )
+        return Path(value)
+
+    return convert
 
 
 def _check_scheduler(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -160,7 +168,9 @@ class OneShotOptions:
     reproducible run. ``None``: torch's global generator is never reseeded and the data
     order is drawn from it, so the user's own ``torch.manual_seed`` reproduces the search."""
 
-    checkpoint_dir: Path | None = attrs.field(default=None, converter=_to_optional_path)
+    checkpoint_dir: Path | None = attrs.field(
+        default=None, converter=_optional_path("checkpoint_dir")
+    )
     """A folder to write a checkpoint into after every epoch (one file, replaced atomically);
     ``fit()`` resumes from the checkpoint there. ``None``: no checkpoints. A folder that
     cannot be written is refused when the trainer is built."""
@@ -181,6 +191,13 @@ class OneShotOptions:
     lr_scheduler: Any = attrs.field(default=None, validator=_check_scheduler)
     """A scheduler of the weights' optimizer (so pass that optimizer too), stepped once after
     every epoch and saved in the checkpoints under ``"lr_scheduler"``."""
+
+    log_dir: Path | None = attrs.field(default=None, converter=_optional_path("log_dir"))
+    """A folder for the run record, ``run.jsonl`` (:mod:`nastrain.runrecord`: per epoch the
+    metrics, each label's architecture probabilities and entropy, the architecture that
+    would be exported), which ``nastrain report DIR`` draws. ``None``: the record goes to
+    ``checkpoint_dir``; with neither, no record is written. A folder that cannot be written
+    is refused when the trainer is built."""
 
     @classmethod
     def names(cls) -> list[str]:
@@ -298,23 +315,23 @@ def _rewrites_allowed() -> bool:
     )
 
 
-def _check_checkpoint_dir(directory: Path) -> None:
-    """Refuse, without creating anything, a ``checkpoint_dir`` that cannot become a writable
-    folder: a file, a path under a file, or a folder (or nearest existing parent) not writable."""
+def _check_checkpoint_dir(directory: Path, option: str = "checkpoint_dir") -> None:
+    """Refuse, without creating anything, a ``checkpoint_dir`` (or ``log_dir``: ``option``)
+    that cannot become a writable folder: a file, a path under a file, or a folder (or
+    nearest existing parent) not writable."""
+    written = "checkpoints" if option == "checkpoint_dir" else "the run record"
     existing = directory
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
         where = "is a file" if existing == directory else f"lies under {existing}, which is a file"
         raise NotADirectoryError(
-            f"checkpoint_dir {directory} {where}, not a folder; pass a folder to write "
-            "checkpoints into"
+            f"{option} {directory} {where}, not a folder; pass a folder to write {written} into"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "is" if existing == directory else f"would be created in {existing}, which is"
-        raise PermissionError(
-            f"checkpoint_dir {directory} {what} not writable; checkpoints could not be saved"
-        )
+        could = "could not be saved" if option == "checkpoint_dir" else "could not be written"
+        raise PermissionError(f"{option} {directory} {what} not writable; {written} {could}")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -442,6 +459,8 @@ class SupernetTrainer(BaseOneShotTrainer):
         self.device = _resolve_device(device)
         if self.checkpoint_dir is not None:
             _check_checkpoint_dir(self.checkpoint_dir)
+        if self.options.log_dir is not None:
+            _check_checkpoint_dir(self.options.log_dir, "log_dir")
         seed = self.seed
         if seed is not None:
             seed_everything(seed)
@@ -461,6 +480,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         #: One record per finished epoch: ``epoch``, ``metrics`` and what the algorithm adds.
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # epochs completed
+        self._record: RunRecordWriter | None = None  # the run record, while fit() runs
         # Without a seed, the data order is drawn from torch's global generator (never reseeded
         # here), so a user's own torch.manual_seed() still makes the run reproducible.
         if seed is None:
@@ -507,6 +527,17 @@ class SupernetTrainer(BaseOneShotTrainer):
         """``options.lr_scheduler``."""
         return self.options.lr_scheduler
 
+    @property
+    def log_dir(self) -> Path | None:
+        """``options.log_dir``."""
+        return self.options.log_dir
+
+    @property
+    def record_dir(self) -> Path | None:
+        """Where the run record (``run.jsonl``, :mod:`nastrain.runrecord`) is written:
+        ``log_dir``, else ``checkpoint_dir``; ``None``: nowhere."""
+        return self.options.log_dir or self.options.checkpoint_dir
+
     # --- what an algorithm writes -----------------------------------------------------------
 
     @abc.abstractmethod
@@ -543,6 +574,76 @@ class SupernetTrainer(BaseOneShotTrainer):
     def after_epoch(self) -> None:
         """Runs after each epoch's steps, before the ``lr_scheduler`` steps and the epoch's
         record and checkpoint are written (e.g. a temperature schedule)."""
+
+    # --- what the run record says of the architecture (nastrain.runrecord) -------------------
+    # Called once per epoch, after after_epoch(), for the epoch's line of the run record and
+    # the nastrain_on_epoch hook. Keep them cheap and free of random draws: a resumed search
+    # writes what an uninterrupted one writes.
+
+    def architecture_probabilities(self) -> dict[str, list[float]] | None:
+        """What the search believes now of each decision: per label, one number per
+        candidate of the record header's ``candidates`` (a layer choice's names in order,
+        an input choice's inputs), e.g. DARTS' softmax of alpha. A label the search keeps
+        no distribution of is left out. This default: ``None`` (nothing known)."""
+        return None
+
+    def architecture_entropy(self) -> dict[str, float] | None:
+        """The entropy, in nats, of each decision's distribution. This default computes it
+        from :meth:`architecture_probabilities`, each label's numbers normalised to sum to
+        1 (exact where they are a distribution over the candidates)."""
+        probabilities = self.architecture_probabilities()
+        if probabilities is None:
+            return None
+        return {label: _entropy(values) for label, values in probabilities.items()}
+
+    def current_architecture(self) -> dict[str, Any] | None:
+        """The architecture that would be exported now, derived cheaply (an ``export()`` that
+        scores candidates on data is too slow for every epoch): this default takes the most
+        likely one under :meth:`architecture_probabilities` (each layer choice's most probable
+        candidate, each input choice's ``n_chosen`` most probable inputs; ties to the first)
+        when it covers every label, else ``None``."""
+        probabilities = self.architecture_probabilities()
+        if probabilities is None:
+            return None
+        arch: dict[str, Any] = {}
+        for choice in self.space.choices:
+            values = probabilities.get(choice.label)
+            if values is None:
+                return None
+            order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+            if choice.kind == "layer":
+                arch[choice.label] = choice.names[order[0]]
+            else:
+                arch[choice.label] = sorted(order[: choice.n_chosen])
+        return arch
+
+    def architecture_graph(self, architecture: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """``architecture`` drawn as cells of nodes and edges, for the report's diagrams:
+        ``{"cells": {name: {"nodes": [id, ...], "edges": [[source, target, op], ...]}}}``
+        (``op`` a candidate's name, or ``None`` for a plain connection), or ``None``. This
+        default asks the model: the first of its modules (the model itself first) with a
+        callable ``architecture_graph(architecture)`` answers (``DartsSpace`` has one); a
+        module that raises is skipped with a warning, once."""
+        if architecture is None:
+            return None
+        for module in self.model.modules():
+            method = getattr(module, "architecture_graph", None)
+            if not callable(method):
+                continue
+            try:
+                graph = method(architecture)
+            except Exception as exc:
+                if not getattr(self, "_graph_warned", False):
+                    self._graph_warned = True
+                    logger.warning(
+                        "%s.architecture_graph failed (%s: %s); the run record has no diagram",
+                        type(module).__name__,
+                        type(exc).__name__,
+                        exc,
+                    )
+                return None
+            return dict(graph) if graph is not None else None
+        return None
 
     # --- what an algorithm calls -------------------------------------------------------------
 
@@ -717,6 +818,10 @@ class SupernetTrainer(BaseOneShotTrainer):
         if self.checkpoint_dir is not None:
             self._prepare_checkpoint_dir(self.checkpoint_dir)
             self._resume(self.checkpoint_dir)
+        self._record = None
+        if self.record_dir is not None:
+            self._record = RunRecordWriter(self.record_dir)
+            self._record.start(self._record_header(), epoch=self.epoch)
         progress = None
         if self._progress_enabled():
             # rich's progress bar only when one is shown (a non-interactive run never loads it).
@@ -741,9 +846,111 @@ class SupernetTrainer(BaseOneShotTrainer):
         try:
             while self.epoch < self.num_epochs:
                 self._run_epoch(progress)
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self._end_record(status, f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             if progress is not None:
                 progress.stop()
+        self._end_record("completed")
+
+    # --- the run record ----------------------------------------------------------------------
+
+    def _record_header(self) -> dict[str, Any]:
+        """The run record's first line (see :mod:`nastrain.runrecord`)."""
+        options: dict[str, Any] = {}
+        for field in attrs.fields(OneShotOptions):
+            value = getattr(self.options, field.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif value is not None and not isinstance(value, (bool, int, float, str)):
+                value = type(value).__name__  # e.g. the lr_scheduler's class
+            options[field.name] = value
+        now = time.time()
+        return {
+            "format": RECORD_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "type": "header",
+            "trainer": self.name,
+            "trainer_class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "choices": [
+                {
+                    "label": choice.label,
+                    "kind": choice.kind,
+                    "candidates": _candidates(choice),
+                    "n_chosen": choice.n_chosen,
+                }
+                for choice in self.space.choices
+            ],
+            "num_epochs": self.num_epochs,
+            "batch_size": self.batch_size,
+            "device": str(self.device),
+            "options": options,
+            "nastrain_version": __version__,
+            "started": datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+            "time": round(now, 3),
+        }
+
+    def _epoch_entry(self, metrics: Mapping[str, float], seconds: float) -> dict[str, Any]:
+        """The epoch's line of the run record, from the architecture hooks (checked)."""
+        choices = {choice.label: choice for choice in self.space.choices}
+        who = type(self).__name__
+        probabilities: dict[str, list[float]] = {}
+        for label, values in (self.architecture_probabilities() or {}).items():
+            choice = choices.get(label)
+            if choice is None:
+                raise ValueError(
+                    f"{who}.architecture_probabilities() gives label {label!r}, which the space "
+                    f"lacks (its labels: {list(choices)})"
+                )
+            numbers = [float(v) for v in values]
+            if len(numbers) != len(_candidates(choice)):
+                raise ValueError(
+                    f"{who}.architecture_probabilities() gives {len(numbers)} numbers for "
+                    f"{label!r}, which has {len(_candidates(choice))} candidates"
+                )
+            probabilities[label] = json_floats(numbers)
+        entropy = {
+            label: json_floats([float(value)])[0]
+            for label, value in (self.architecture_entropy() or {}).items()
+        }
+        architecture = self.current_architecture()
+        if architecture is not None:
+            architecture = self.space.validate(architecture)
+        return {
+            "type": "epoch",
+            "epoch": self.epoch,
+            "time": round(time.time(), 3),
+            "seconds": round(seconds, 3),
+            "metrics": dict(metrics),
+            "probabilities": probabilities,
+            "entropy": entropy,
+            "architecture": architecture,
+            "graph": self.architecture_graph(architecture),
+        }
+
+    def _end_record(self, status: str, error: str | None = None) -> None:
+        record = self._record
+        if record is None:
+            return
+        entry: dict[str, Any] = {
+            "type": "end",
+            "time": round(time.time(), 3),
+            "epochs": self.epoch,
+            "status": status,
+        }
+        if error is not None:
+            entry["error"] = error
+        try:
+            record.write(entry, sync=True)
+        except OSError as exc:
+            if status == "completed":
+                raise
+            # The run's own error is the one to see; the record simply has no end line.
+            logger.warning("could not end the run record %s: %s", record.path, exc)
 
     def _check_scheduled_optimizer(self) -> None:
         """Refuse an ``lr_scheduler`` built on an optimizer this trainer does not step (it
@@ -765,6 +972,7 @@ class SupernetTrainer(BaseOneShotTrainer):
 
     def _run_epoch(self, progress: Any) -> None:
         epoch = self.epoch
+        started = time.monotonic()
         meter = _Meter()
         steps = self.steps_per_epoch()
         task = None
@@ -793,11 +1001,17 @@ class SupernetTrainer(BaseOneShotTrainer):
         record = {"epoch": epoch + 1, "metrics": means, **self.epoch_record()}
         self.history.append(record)
         self.epoch = epoch + 1
+        # The run record's line before the checkpoint: a search killed between the two
+        # resumes from the previous checkpoint and drops this line (see RunRecordWriter).
+        entry = self._epoch_entry(means, time.monotonic() - started)
+        if self._record is not None:
+            self._record.write(entry, sync=True)
         if means:
             default = next((v for k, v in means.items() if k != "loss"), means.get("loss", 0.0))
             report_intermediate_result({"default": default, **means})
         if self.checkpoint_dir is not None:
             self.save_checkpoint(self.checkpoint_dir)
+        plugins.call_on_epoch(self, entry)
 
     def _log_step(self, progress: Any, epoch: int, step: int, steps: int, status: str) -> None:
         """The ``log_frequency`` line: through the ``nastrain.steps`` logger when logging is
@@ -1069,6 +1283,23 @@ def _check_same_space(saved: SearchSpace, current: SearchSpace, directory: Path)
             f"{directory} is a checkpoint of another search space: it has choice "
             f"{next(iter(by_label))!r}, which this model lacks"
         )
+
+
+def _candidates(choice: Choice) -> list[str]:
+    """A choice's candidates as the run record names them: a layer choice's names, an input
+    choice's inputs ``"0"``, ``"1"``, ..."""
+    if choice.kind == "layer":
+        return list(choice.names)
+    return [str(i) for i in range(choice.n_candidates)]
+
+
+def _entropy(values: Iterable[float]) -> float:
+    """The entropy (nats) of ``values`` normalised to sum to 1 (0 for all zeros)."""
+    numbers = [max(float(v), 0.0) for v in values]
+    total = sum(numbers)
+    if total <= 0 or not math.isfinite(total):
+        return 0.0
+    return -sum(p / total * math.log(p / total) for p in numbers if p > 0)
 
 
 def json_floats(values: Iterable[float]) -> list[float]:

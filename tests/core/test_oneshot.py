@@ -213,6 +213,7 @@ def test_options_are_keywords_or_one_record_and_become_trainer_options(tmp_path)
         "channels_last",
         "rewrite_model",
         "lr_scheduler",
+        "log_dir",
     ]
 
 

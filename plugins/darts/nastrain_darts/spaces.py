@@ -29,7 +29,7 @@ With the defaults that is 14 edges and 4 nodes per cell type: 36 decisions.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -259,6 +259,34 @@ class DartsSpace(nn.Module):
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def architecture_graph(self, arch: Mapping[str, Any]) -> dict[str, Any]:
+        """An architecture of this space as the two cells it derives, for the run record's
+        diagrams (:meth:`nastrain.oneshot.SupernetTrainer.architecture_graph`):
+        ``{"cells": {"normal": {"nodes": [...], "edges": [[source, target, op], ...]},
+        "reduce": {...}}}``. The nodes are drawn as in the paper's figures: the cell inputs
+        ``c_{k-2}`` and ``c_{k-1}``, the intermediate nodes ``0``, ``1``, ... and the output
+        ``c_{k}``; an edge per input each node keeps, named by its operation, and a plain
+        edge (op ``None``) from every intermediate node to the output, which concatenates
+        them. A network of too few layers to have a normal cell has only ``"reduce"``."""
+        names = ["c_{k-2}", "c_{k-1}", *(str(i) for i in range(self.n_nodes)), "c_{k}"]
+        cells: dict[str, Any] = {}
+        present = {cast(Cell, cell).cell_type for cell in self.cells}
+        for cell_type in (t for t in CELL_TYPES if t in present):  # few layers: no normal cell
+            edges: list[list[Any]] = []
+            for node in range(2, 2 + self.n_nodes):
+                label = node_label(cell_type, node)
+                if label not in arch:
+                    raise ValueError(
+                        f"architecture_graph: the architecture has no value for {label!r}; is "
+                        f"it an architecture of this DartsSpace (n_nodes={self.n_nodes})?"
+                    )
+                for source in sorted(arch[label]):
+                    op = arch[edge_label(cell_type, node, source)]
+                    edges.append([names[source], names[node], op])
+            edges += [[names[node], names[-1], None] for node in range(2, 2 + self.n_nodes)]
+            cells[cell_type] = {"nodes": list(names), "edges": edges}
+        return {"cells": cells}
 
 
 def darts_cnn_space(**kwargs: Any) -> DartsSpace:

@@ -312,6 +312,19 @@ class DartsTrainer(SupernetTrainer):
     def epoch_record(self) -> dict[str, Any]:
         return {"alphas": self.arch.softmax()}
 
+    def architecture_probabilities(self) -> dict[str, list[float]]:
+        """softmax(alpha) per label that has alpha, for the run record: every LayerChoice's
+        (over its candidates) and, in NNI's formulation, every InputChoice's (over its
+        inputs: the weights that mix them, the ``n_chosen`` largest exported). In the
+        paper's formulation an InputChoice has no alpha of its own and is left out: its
+        inputs are those of the strongest edges (:meth:`edge_strength`). The entropy the
+        record gives is that of this softmax."""
+        return self.arch.softmax()
+
+    def current_architecture(self) -> dict[str, Any]:
+        """:meth:`export`'s architecture (cheap: it reads alpha, no data)."""
+        return self.export()
+
     @property
     def alpha_history(self) -> list[dict[str, list[float]]]:
         """softmax(alpha) per label after each epoch: ``alpha_history[epoch][label]``."""

@@ -36,13 +36,17 @@ class ControllerSample:
 
     ``log_prob`` is log P(arch) under the controller, ``entropy`` the sum of the
     entropies of the decisions' distributions along the way, ``skip_penalty`` the
-    KL skip penalty (zero unless asked for); all are scalar tensors.
+    KL skip penalty (zero unless asked for); all are scalar tensors. ``probabilities``
+    holds those distributions, one row per decision (in :attr:`Controller.decisions`'
+    order, padded with zeros), when they were computed (``None`` when neither ``stats``
+    nor ``skip_penalty`` asked for them).
     """
 
     arch: Architecture
     log_prob: torch.Tensor
     entropy: torch.Tensor
     skip_penalty: torch.Tensor
+    probabilities: torch.Tensor | None = None
 
 
 class _Decision:
@@ -298,6 +302,7 @@ class Controller(nn.Module):
             else:  # the mean of the chosen inputs' anchors
                 x = (self._members(decision)[pick] @ anchors).view(1, -1) / decision.choice.n_chosen
         log_prob, entropy, penalty = zero, zero, zero
+        p = None
         if self.decisions and (stats or skip_penalty):
             # Every decision's distribution at once: one row each, padded with -inf.
             log_p = F.log_softmax(
@@ -317,7 +322,39 @@ class Controller(nn.Module):
         for decision, index in zip(self.decisions, indices):
             value = decision.values[index]
             result[decision.label] = list(value) if isinstance(value, list) else value
-        return ControllerSample(result, log_prob, entropy, penalty)
+        return ControllerSample(result, log_prob, entropy, penalty, p)
+
+    def greedy_distributions(self) -> dict[str, tuple[list[float], float]]:
+        """Each decision's distribution along the greedy path (the distribution the
+        controller gives a decision when every earlier decision took its most likely
+        value), by label, in the space's order: the probability of each candidate of a
+        LayerChoice, or of each input of an InputChoice being among the chosen (summing to
+        ``n_chosen``), and the entropy in nats of the decision's distribution over its
+        values (over the ``C(n, k)`` sets of an InputChoice choosing ``k > 1``). A decision
+        with one possible value: probability 1 for it, entropy 0. No gradient, no random
+        draw."""
+        with torch.no_grad():
+            sample = self.sample(greedy=True)
+            found: dict[str, tuple[list[float], float]] = {}
+            for decision in self.decisions:
+                assert sample.probabilities is not None  # computed with stats
+                row = sample.probabilities[decision.position, : decision.n_values]
+                entropy = -torch.xlogy(row, row).sum().item()
+                per_input = row @ self._members(decision) if decision.subsets is not None else row
+                found[decision.label] = (per_input.tolist(), entropy)
+        ordered: dict[str, tuple[list[float], float]] = {}
+        for choice in self.choices:
+            if choice.label in found:
+                ordered[choice.label] = found[choice.label]
+                continue
+            value = self.fixed[choice.label]
+            if choice.kind == "layer":
+                ordered[choice.label] = ([1.0 if n == value else 0.0 for n in choice.names], 0.0)
+            else:
+                chosen = set(value)
+                probs = [1.0 if i in chosen else 0.0 for i in range(choice.n_candidates)]
+                ordered[choice.label] = (probs, 0.0)
+        return ordered
 
     def _skip_penalty(self, p: torch.Tensor) -> torch.Tensor:
         """sum_i KL(Bernoulli(pi_i) || Bernoulli(skip_target)) over the inputs of the

@@ -340,6 +340,28 @@ class EnasTrainer(SamplingTrainer):
         arch, prob = self.greedy_arch()
         return {"arch": arch, "arch_prob": json_floats([prob])[0]}
 
+    def architecture_probabilities(self) -> dict[str, list[float]]:
+        """For the run record, each decision's distribution along the controller's greedy
+        path (:meth:`Controller.greedy_distributions`: the distribution the controller gives
+        a decision when every earlier one took its most likely value; not marginals over
+        its samples): a LayerChoice's over its candidates, an InputChoice's as each input's
+        probability of being among the chosen (they sum to ``n_chosen``)."""
+        return {
+            label: probs for label, (probs, _) in self.controller.greedy_distributions().items()
+        }
+
+    def architecture_entropy(self) -> dict[str, float]:
+        """The entropy (nats) of each decision's distribution along the greedy path, over the
+        decision's values (for an InputChoice of ``n_chosen = k``, over its ``C(n, k)``
+        sets): the terms of the controller's own entropy bonus."""
+        return {label: h for label, (_, h) in self.controller.greedy_distributions().items()}
+
+    def current_architecture(self) -> dict[str, Any]:
+        """The controller's greedy decoding (:meth:`greedy_arch`), not :meth:`export`'s
+        sampled-and-scored architecture, which runs the architecture half for every sample:
+        too slow for every epoch (``export_mode="greedy"`` exports this one)."""
+        return self.greedy_arch()[0]
+
     def checkpointables(self) -> dict[str, Any]:
         return {
             **super().checkpointables(),

@@ -18,6 +18,7 @@ The data, epoch loop, progress, reporting and checkpoints are the core's
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -148,6 +149,29 @@ class RandomOneShotTrainer(SamplingTrainer):
         """Empty: uniform sampling learns no architecture parameters (the search is
         ``export()``'s evaluation), so this is an empty list."""
         return []
+
+    def architecture_probabilities(self) -> dict[str, list[float]]:
+        """The sampling distribution, for the run record, the same every epoch: uniform, each
+        candidate of a LayerChoice ``1 / len(candidates)``, each input of an InputChoice
+        its probability of being among the chosen, ``n_chosen / n_candidates``."""
+        found: dict[str, list[float]] = {}
+        for choice in self.space.choices:
+            if choice.kind == "layer":
+                found[choice.label] = [1.0 / len(choice.names)] * len(choice.names)
+            else:
+                share = choice.n_chosen / choice.n_candidates
+                found[choice.label] = [share] * choice.n_candidates
+        return found
+
+    def architecture_entropy(self) -> dict[str, float]:
+        """The entropy (nats) of the uniform distribution over each decision's values
+        (``log`` of their number: for an InputChoice, of its sets of ``n_chosen`` inputs)."""
+        return {choice.label: math.log(choice.size) for choice in self.space.choices}
+
+    def current_architecture(self) -> None:
+        """``None``: uniform sampling prefers no architecture; only :meth:`export` chooses
+        one, by scoring candidates on the architecture half, too slow for every epoch."""
+        return None
 
     # --- export: evaluate architectures with the shared weights -----------------------------
 
