@@ -29,7 +29,13 @@ from nastrain import plugins
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FIRST_PARTY = ("nastrain_darts", "nastrain_enas", "nastrain_classic", "nastrain_cpu")
+FIRST_PARTY = (
+    "nastrain_darts",
+    "nastrain_enas",
+    "nastrain_classic",
+    "nastrain_cpu",
+    "nastrain_tensorboard",
+)
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 _NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>.+?)\s*-->\s*$")
 
