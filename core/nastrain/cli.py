@@ -226,17 +226,105 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds > 0 (anything else exits 2, saying so)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
+def _htmlreport() -> Any:
+    """:mod:`nastrain.htmlreport`, imported when a report is asked for (it loads the report's
+    page frame; an experiment's report then loads the experiments package, and torch)."""
+    from nastrain import htmlreport  # see the docstring
+
+    return htmlreport
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.report_parser
+    if args.output is None:
+        if args.watch:
+            parser.error("--watch needs -o/--output: the page it rewrites")
+        if args.interval is not None:
+            parser.error("--interval goes with --watch and -o/--output")
+        return _print_report(args)
+    if args.json or args.top is not None:
+        parser.error(
+            "-o/--output writes the HTML page; --json and --top print the table (without -o)"
+        )
+    if args.interval is not None and not args.watch:
+        parser.error("--interval goes with --watch")
+    htmlreport = _htmlreport()
+    kind, _ = htmlreport.source_kind(args.source)
+    what = "experiment" if kind == "experiment" else "run"
+    if not args.watch:
+        written = htmlreport.report(args.source, args.output)
+        print(printable(f"wrote {written} ({_report_summary(kind, written)})"))
+        return 0
+    interval = 5.0 if args.interval is None else args.interval
+    writes = 0
+
+    def on_write(path: Path) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 1:
+            print(
+                printable(
+                    f"wrote {path} ({_report_summary(kind, path)}); rewriting it every "
+                    f"{interval:g} s until the {what} ends (Ctrl-C stops)"
+                ),
+                flush=True,
+            )
+
+    try:
+        written = htmlreport.watch(args.source, args.output, interval=interval, on_write=on_write)
+    except KeyboardInterrupt:
+        print(printable(f"stopped watching; {args.output} is the page written last"))
+        return 0
+    print(
+        printable(
+            f"wrote {written} ({_report_summary(kind, written)}); the {what} has ended "
+            f"({writes} write{'' if writes == 1 else 's'})"
+        )
+    )
+    return 0
+
+
+def _report_summary(kind: str, page: Path) -> str:
+    """What the page at ``page`` shows, in a few words: how many trials (or epochs)."""
+    data = _htmlreport().read_embedded(page.read_text(encoding="utf-8"))
+    if kind == "experiment":
+        count = len(data.get("trials") or ())
+        return f"{count} trial{'' if count == 1 else 's'}"
+    epochs = data.get("epochs")
+    if isinstance(epochs, list):
+        return f"{len(epochs)} epoch{'' if len(epochs) == 1 else 's'}"
+    return "a one-shot run"
+
+
+def _print_report(args: argparse.Namespace) -> int:
+    """``nastrain report STORE`` without ``-o``: the trials of an experiment store, as text."""
     # The experiments package imports torch: only the commands that run or read one load it.
     from nastrain.experiments.records import ExperimentResult
     from nastrain.experiments.store import Store
 
+    source = Path(args.source)
+    if _is_run_record(source):
+        raise ValueError(
+            f"{source} is a one-shot run record: its report is a page, written with "
+            f"nastrain report {source} -o report.html"
+        )
     converter = _converter()
-    with Store.read(args.store) as store:
+    with Store.read(args.source) as store:
         record = store.record
         # A trial left "running" by a process that is gone shows as interrupted.
         trials = store.observed_trials()
-    result = ExperimentResult(trials=tuple(trials), mode=record.mode, store=str(args.store))
+    result = ExperimentResult(trials=tuple(trials), mode=record.mode, store=str(args.source))
     ranked = result.ranked()
     ranks = {t.index: i + 1 for i, t in enumerate(ranked)}
     ordered = ranked + [t for t in trials if t.index not in ranks]
@@ -245,7 +333,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         document = {
             "schema_version": record.schema_version,
-            "store": str(args.store),
+            "store": str(args.source),
             "experiment": converter.unstructure(record),
             "counts": result.counts(),
             "best_arch": result.best_arch,
@@ -257,7 +345,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
     print(
         printable(
-            f"{args.store}: {len(trials)} trials ({counts or 'none yet'}); strategy "
+            f"{args.source}: {len(trials)} trials ({counts or 'none yet'}); strategy "
             f"{record.strategy.name}, trainer {record.trainer.name}, "
             f"{'larger' if record.mode == 'max' else 'smaller'} is better"
         )
@@ -280,6 +368,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[6])
     return 0
+
+
+def _is_run_record(path: Path) -> bool:
+    """Whether ``path`` is a one-shot run record (or a folder holding one); a folder without
+    one is an error saying so. Anything else is left to the store to name."""
+    htmlreport = _htmlreport()
+    if path.is_dir():
+        htmlreport.source_kind(path)  # a folder without a run record: says so
+        return True
+    try:
+        return path.is_file() and htmlreport.source_kind(path)[0] == "run"
+    except htmlreport.ReportError:
+        return False  # the store says what it is not
 
 
 def _cmd_new_plugin(args: argparse.Namespace) -> int:
@@ -373,16 +474,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command(
         "report",
-        help="show the trials of an experiment store, best first",
-        description="Show every trial recorded in STORE: the succeeded ones ranked by their "
+        help="write an HTML report of an experiment or a one-shot run (-o), or show the "
+        "trials of a store, best first",
+        description="With -o REPORT.html: write one self-contained HTML page (it opens "
+        "anywhere, offline) reporting on STORE_OR_RUN, an experiment's SQLite store or a "
+        "one-shot run (its run record run.jsonl, or the checkpoint or log folder holding "
+        "it); its data is embedded as JSON. --watch rewrites it until the run ends. Without "
+        "-o: show every trial recorded in the store, the succeeded ones ranked by their "
         "final result, then the others with the reason they failed or were interrupted. "
         "Safe while the experiment runs; trials left running by an experiment process that "
         "is gone show as interrupted.",
     )
-    p.add_argument("store", metavar="STORE", help="an experiment's SQLite store")
-    p.add_argument("--json", action="store_true", help="print the experiment and trials as JSON")
-    p.add_argument("--top", type=_count(1), help="show only the first TOP trials")
-    p.set_defaults(func=_cmd_report)
+    p.add_argument(
+        "source",
+        metavar="STORE_OR_RUN",
+        help="an experiment's SQLite store, or a one-shot run record (or its folder)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="REPORT.html",
+        help="write the HTML report to this file (its folder must exist)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="with -o: rewrite the report every --interval seconds until the run ends "
+        "(Ctrl-C stops)",
+    )
+    p.add_argument(
+        "--interval",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --watch: seconds between rewrites (default: 5)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="without -o: print the experiment and trials as JSON"
+    )
+    p.add_argument("--top", type=_count(1), help="without -o: show only the first TOP trials")
+    p.set_defaults(func=_cmd_report, report_parser=p)
 
     p = add_command(
         "new-plugin",

@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -71,6 +72,7 @@ __all__ = [
     "load_space",
     "run_trial",
     "trial_space",
+    "worker_name",
 ]
 
 _REASON_LIMIT = 4000
@@ -118,6 +120,11 @@ class WorkerSetup:
 class TrialHandler(Protocol):
     """What an executor tells the experiment."""
 
+    def on_start(self, index: int, worker: str) -> None:
+        """Trial ``index`` starts on ``worker`` (a free-form name for reports: the local and
+        inline executors give ``"<host>:<pid>"`` of the process that trains it)."""
+        ...
+
     def on_result(self, index: int, metric: Metric, final: bool) -> bool:
         """A reported result of trial ``index``; returning ``True`` stops the trial."""
         ...
@@ -125,6 +132,11 @@ class TrialHandler(Protocol):
     def on_end(self, index: int, status: str, reason: str | None) -> None:
         """Trial ``index`` ended: ``succeeded``, ``failed`` or ``early_stopped``."""
         ...
+
+
+def worker_name(pid: int) -> str:
+    """``"<host>:<pid>"``: how the local and inline executors name the process of a trial."""
+    return f"{socket.gethostname()}:{pid}"
 
 
 def available_cpus() -> int:
@@ -329,6 +341,7 @@ class InlineExecutor:
 
     def submit(self, job: TrialJob) -> None:
         """Run the trial to its end."""
+        self.handler.on_start(job.index, worker_name(os.getpid()))
         status, reason = _outcome(
             lambda: run_trial(self.space, job, lambda m, f: self.handler.on_result(job.index, m, f))
         )
@@ -449,6 +462,8 @@ class _Worker:
         self.conn = conn
         self.lifeline = lifeline
         self.ready = False
+        #: The worker's pid, as it says when ready (its process's pid until then).
+        self.pid = process.pid
         self.job: TrialJob | None = None
         self.deadline: float | None = None
 
@@ -536,6 +551,7 @@ class LocalExecutor:
         """Send ``job`` to an idle worker."""
         worker = next(w for w in self.workers if w.ready and w.job is None)
         worker.job = job
+        self.handler.on_start(job.index, worker_name(worker.pid or 0))
         if self.trial_timeout is not None:
             worker.deadline = time.monotonic() + self.trial_timeout
         # If it died since it said it was ready, poll() fails the trial and replaces it.
@@ -574,6 +590,7 @@ class LocalExecutor:
         kind = message["type"]
         if kind == "ready":
             worker.ready = True
+            worker.pid = int(message.get("pid") or worker.pid or 0)
         elif kind == "setup_failed":
             raise ExecutorError(f"a worker process could not set up: {message['reason']}")
         elif kind == "result":

@@ -471,6 +471,14 @@ class _Run:
         return len(self.interrupted) + max(0, self.experiment.max_trials - len(self.trials))
 
     def execute(self) -> ExperimentResult:
+        experiment = self.experiment
+        self.store.record_run(  # for reports: what the store's record does not say
+            {
+                "max_trials": experiment.max_trials,
+                "concurrency": experiment.concurrency,
+                "executor": experiment.executor,
+            }
+        )
         self.strategy.setup(
             self.experiment.search_space, seed=self.experiment.seed, mode=self.experiment.mode
         )
@@ -552,6 +560,9 @@ class _Run:
         )
 
     # --- the executor's handler ---------------------------------------------------------------
+
+    def on_start(self, index: int, worker: str) -> None:
+        self.trials[index] = self.store.set_worker(self.trials[index], worker)
 
     def on_result(self, index: int, metric: Metric, final: bool) -> bool:
         trial = self.trials[index]

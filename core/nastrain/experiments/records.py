@@ -116,6 +116,10 @@ class Trial:
     ended: float | None = None
     #: The order in which trials ended (0 for the first to end).
     end_order: int | None = None
+    #: Where the trial's latest attempt ran, as its executor names it (the local and inline
+    #: executors: ``"<host>:<pid>"`` of the process that trained it); ``None`` when not
+    #: recorded (before it started, a result reused untrained, a store from before workers).
+    worker: str | None = None
 
     @property
     def value(self) -> float | None:

@@ -3,7 +3,9 @@
 The file holds the experiment's description (its search space, trainer spec,
 strategy spec, seed and mode, as a JSON document through nastrain's one
 converter), every trial (architecture, trainer spec, seed, status, reason,
-attempts, timings) and every reported result, each as JSON text. It is written
+attempts, timings, the worker it ran on) and every reported result, each as JSON
+text. (A store written before workers were recorded reads as worker ``None``; a run on
+it adds the column when it takes the lease.) It is written
 ahead (SQLite's WAL journal) and every report is committed as it arrives, so a
 dead experiment process loses nothing that was reported; opening the file again
 resumes the experiment.
@@ -98,7 +100,8 @@ CREATE TABLE trials (
     attempts INTEGER NOT NULL,
     started REAL,
     ended REAL,
-    end_order INTEGER
+    end_order INTEGER,
+    worker TEXT
 );
 CREATE TABLE results (
     trial INTEGER NOT NULL REFERENCES trials (trial),
@@ -305,17 +308,20 @@ class Store:
     def trials(self) -> list[Trial]:
         """Every trial, in index order, with the results of its latest attempt."""
         results: dict[int, list[tuple[bool, Metric]]] = {}
+        # Stores written before workers were recorded have no such column: None.
+        worker = "worker" if self._has_worker_column() else "NULL"
+
         for trial, final, metric in self.connection.execute(
             "SELECT r.trial, r.final, r.metric FROM results r JOIN trials t "
             "ON r.trial = t.trial AND r.attempt = t.attempts ORDER BY r.rowid"
         ):
             results.setdefault(trial, []).append((bool(final), self._metric(trial, metric)))
         rows = self.connection.execute(
-            "SELECT trial, arch, seed, status, reason, attempts, started, ended, end_order "
-            "FROM trials ORDER BY trial"
+            "SELECT trial, arch, seed, status, reason, attempts, started, ended, end_order, "
+            f"{worker} FROM trials ORDER BY trial"
         )
         trials = []
-        for index, arch, seed, status, reason, attempts, started, ended, end_order in rows:
+        for index, arch, seed, status, reason, attempts, started, ended, end_order, who in rows:
             reported = results.get(index, [])
             finals = [metric for final, metric in reported if final]
             trials.append(
@@ -331,9 +337,27 @@ class Store:
                     started=started,
                     ended=ended,
                     end_order=end_order,
+                    worker=who,
                 )
             )
         return trials
+
+    def _has_worker_column(self) -> bool:
+        columns = self.connection.execute("PRAGMA table_info(trials)")
+        return any(row[1] == "worker" for row in columns)
+
+    def run_settings(self) -> dict[str, Any] | None:
+        """What the last run on this store said of itself (:meth:`record_run`: its
+        ``max_trials``, ``concurrency``, ``executor``, and when it started), or ``None``
+        for a store no run described (written before runs were recorded)."""
+        row = self.connection.execute("SELECT value FROM meta WHERE key = 'last_run'").fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+        except (TypeError, json.JSONDecodeError):
+            return None  # for people only: a bad entry is as good as none
+        return value if isinstance(value, dict) else None
 
     def observed_trials(self, stale_after: float = STALE_SECONDS) -> list[Trial]:
         """:meth:`trials` as a reader should show them: in a store that no live process
@@ -400,6 +424,24 @@ class Store:
             )
         return Trial(index=index, arch=arch, status="running", seed=seed, started=now)
 
+    def record_run(self, settings: dict[str, Any]) -> None:
+        """Record how this run was started (JSON ``settings``: ``max_trials``,
+        ``concurrency``, ``executor``...), for reports; it replaces the last run's."""
+        with self._write():
+            self.connection.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_run', ?)",
+                (_json({**settings, "started": time.time()}),),
+            )
+
+    def set_worker(self, trial: Trial, worker: str) -> Trial:
+        """Record where ``trial``'s current attempt runs (a free-form name: the local
+        executor's ``"<host>:<pid>"``); returns it with its worker."""
+        with self._write():
+            self.connection.execute(
+                "UPDATE trials SET worker = ? WHERE trial = ?", (worker, trial.index)
+            )
+        return attrs.evolve(trial, worker=worker)
+
     def restart_trial(self, trial: Trial) -> Trial:
         """Run an interrupted trial (``interrupted``, or left ``running`` by a process that
         died) again: a new attempt, with no results yet."""
@@ -408,7 +450,7 @@ class Store:
         with self._write():
             self.connection.execute(
                 "UPDATE trials SET status = 'running', reason = NULL, attempts = ?, started = ?, "
-                "ended = NULL, end_order = NULL WHERE trial = ?",
+                "ended = NULL, end_order = NULL, worker = NULL WHERE trial = ?",
                 (attempts, now, trial.index),
             )
         return attrs.evolve(
@@ -421,6 +463,7 @@ class Store:
             end_order=None,
             intermediate=(),
             final=None,
+            worker=None,
         )
 
     def add_result(self, trial: Trial, metric: Metric, final: bool) -> None:
@@ -575,6 +618,9 @@ def _take_lease(
                     f"with: nastrain report {path})",
                     previous,
                 )
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(trials)")}
+        if "worker" not in columns:  # stores written before workers were recorded
+            connection.execute("ALTER TABLE trials ADD COLUMN worker TEXT")
         connection.execute(
             "INSERT OR REPLACE INTO lease (id, token, pid, host, process, started, heartbeat) "
             "VALUES (1, ?, ?, ?, ?, ?, ?)",

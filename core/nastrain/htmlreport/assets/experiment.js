@@ -1,0 +1,330 @@
+// The report of a multi-trial experiment (nastrain.htmlreport.experiment collects its data).
+// Sections: the experiment (best architecture, configuration, search space), the
+// optimization history, intermediate curves, the trial table, per-choice distributions,
+// parallel coordinates over the choices and a timeline of trials per worker. "Best"
+// follows the experiment's mode ("max": larger is better, "min": smaller).
+"use strict";
+
+NASTRAIN.run((data) => {
+  const { el, section, chart, table, card, facts, fmt } = NASTRAIN;
+  const trials = data.trials;
+  const mode = data.experiment.mode;
+  const better = (a, b) => (mode === "min" ? a < b : a > b);
+  const betterWord = mode === "min" ? "smaller" : "larger";
+  const STATUS_COLORS = {
+    succeeded: "#2e9d57", failed: "#d64541", early_stopped: "#e8a33d",
+    interrupted: "#8a8f98", running: "#2f6fdb",
+  };
+  const statusColor = (s) => STATUS_COLORS[s] || "#555";
+  const archText = (arch) => Object.entries(arch).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
+  const firstLine = (text) => (text ? String(text).split("\n")[0] : null);
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    if (seconds < 60) return `${seconds.toFixed(1)} s`;
+    const m = Math.floor(seconds / 60), s = Math.round(seconds % 60);
+    if (m < 60) return `${m}m ${String(s).padStart(2, "0")}s`;
+    return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
+  }
+
+  // --- the intermediate results: float64 columns in base64 (one per metric key) ----------
+  const inter = data.intermediate;
+  const columnCache = {};
+  function column(key) {
+    if (!(key in columnCache)) {
+      const binary = atob(inter.columns[key]);
+      const view = new DataView(new ArrayBuffer(binary.length));
+      for (let i = 0; i < binary.length; i++) view.setUint8(i, binary.charCodeAt(i));
+      const values = new Array(inter.count);
+      for (let i = 0; i < inter.count; i++) {
+        const v = view.getFloat64(i * 8, true);
+        values[i] = Number.isNaN(v) ? null : v; // NaN: this result has no such key
+      }
+      columnCache[key] = values;
+    }
+    return columnCache[key];
+  }
+  // The curve of the i-th trial for one key: its values, null where a result lacks the key.
+  const curve = (i, key) => column(key).slice(inter.offsets[i], inter.offsets[i + 1]);
+  // For tests and the curious: the decoded curves, per trial (in the order of data.trials).
+  window.NASTRAIN_EXPERIMENT = { curves: (key) => trials.map((_, i) => curve(i, key)) };
+
+  // --- header -------------------------------------------------------------------------------
+  const counts = Object.entries(data.counts).map(([s, n]) => `${n} ${s}`).join(", ");
+  const exp = data.experiment;
+  document.getElementById("subtitle").textContent =
+    `${trials.length} trials${counts ? ` (${counts})` : ""} · strategy ${exp.strategy.name} · trainer ` +
+    `${exp.trainer.name} · ${betterWord} is better · ` +
+    (data.ended ? "not running" : `running (${data.writer})`) + ` · written ${data.generated_at}`;
+
+  // --- the experiment ---------------------------------------------------------------------
+  const top = section("experiment", "Experiment");
+  const cards = el("div", { class: "cards" });
+  top.append(cards);
+  if (data.best) {
+    const best = card(cards, `Best architecture: trial ${data.best.index}`);
+    best.id = "best";
+    facts(best, [["value", data.best.value], ...Object.entries(data.best.arch)]);
+    if (data.best.final && typeof data.best.final === "object") {
+      best.append(el("h3", {}, "final metrics"));
+      facts(best, Object.entries(data.best.final));
+    }
+  } else {
+    const none = card(cards, "Best architecture");
+    none.id = "best";
+    none.append(el("p", { class: "note" }, trials.length ? "no trial has succeeded yet" : "no trials yet"));
+  }
+  const config = card(cards, "Configuration");
+  facts(config, [
+    ["store", data.store],
+    ["space", exp.space_name],
+    ["trainer", exp.trainer.name],
+    ["trainer kwargs", exp.trainer.kwargs],
+    ["strategy", exp.strategy.name],
+    ["strategy kwargs", exp.strategy.kwargs],
+    ["seed", exp.seed],
+    ["mode", `${mode} (${betterWord} is better)`],
+    ["max_trials", exp.max_trials],
+    ["concurrency", exp.concurrency],
+    ["executor", exp.executor],
+    ["status", data.ended ? "no process is running it" : `running: ${data.writer}`],
+  ]);
+  // Each label's candidates: a layer choice's names; an input choice's input combinations
+  // (or, when there are many, the single inputs a trial may choose among others).
+  function candidates(choice) {
+    if (choice.kind === "layer") return choice.names.map(String);
+    if (choice.size <= 12) {
+      const out = [];
+      const pick = (start, chosen) => {
+        if (chosen.length === choice.n_chosen) { out.push(JSON.stringify(chosen)); return; }
+        for (let i = start; i < choice.n_candidates; i++) pick(i + 1, [...chosen, i]);
+      };
+      pick(0, []);
+      return out;
+    }
+    return Array.from({ length: choice.n_candidates }, (_, i) => `input ${i}`);
+  }
+  // Which of candidates(choice) an architecture's value counts for (several for inputs).
+  function chosen(choice, value) {
+    if (choice.kind === "layer") return [String(value)];
+    if (choice.size <= 12) return [JSON.stringify(value)];
+    return (value || []).map((i) => `input ${i}`);
+  }
+  const space = card(cards, `Search space (${data.space.length} labels)`);
+  space.id = "space";
+  facts(space, data.space.map((c) => [
+    c.label,
+    c.kind === "layer" ? c.names.join(", ") : `${c.n_chosen} of ${c.n_candidates} inputs (${c.size} ways)`,
+  ]));
+
+  if (!trials.length) {
+    top.append(el("p", { class: "empty", id: "no-trials" },
+      "This experiment has no trials yet: nothing to plot. Run it (nastrain run), then write this report again."));
+    return;
+  }
+
+  // --- optimization history ---------------------------------------------------------------
+  const scored = trials.filter((t) => t.status === "succeeded" && t.value !== null);
+  const t0 = Math.min(...trials.map((t) => t.started).filter((s) => s !== null), data.generated);
+  const historyBody = section("history", "Optimization history",
+    `The final value of each succeeded trial and the best so far (${betterWord} is better), against the trial index or the wall time its trial ended.`);
+  const historyAxis = el("select", { id: "history-axis", "aria-label": "history x axis" },
+    el("option", { value: "index" }, "trial index"), el("option", { value: "time" }, "wall time"));
+  historyBody.append(el("div", { class: "controls" }, el("label", {}, "x axis: ", historyAxis)));
+  const history = chart(historyBody, {}, { id: "history-chart", height: 320 });
+  function drawHistory() {
+    const byTime = historyAxis.value === "time";
+    const ordered = byTime
+      ? [...scored].sort((a, b) => a.ended - b.ended)
+      : [...scored].sort((a, b) => a.index - b.index);
+    const x = (t) => (byTime ? t.ended - t0 : t.index);
+    let best = null;
+    const bestLine = [];
+    for (const t of ordered) {
+      if (best === null || better(t.value, best)) best = t.value;
+      bestLine.push([x(t), best, t.index]);
+    }
+    history.setOption({
+      tooltip: { trigger: "item", formatter: (p) => `trial ${p.data[2]}<br>${p.seriesName}: ${fmt(p.data[1])}` },
+      legend: { top: 0 },
+      grid: { left: 60, right: 20, top: 30, bottom: 40 },
+      xAxis: {
+        type: "value", name: byTime ? "seconds since the first trial started" : "trial", nameLocation: "middle", nameGap: 26,
+        axisLabel: byTime ? { formatter: (v) => duration(v) } : {}, min: "dataMin", max: "dataMax",
+      },
+      yAxis: { type: "value", scale: true, name: "value" },
+      series: [
+        { name: "trial", type: "scatter", symbolSize: 6, data: ordered.map((t) => [x(t), t.value, t.index]), itemStyle: { color: "#7a8bb0" } },
+        { name: "best so far", type: "line", step: "end", showSymbol: false, data: bestLine, lineStyle: { width: 2, color: "#d64541" }, itemStyle: { color: "#d64541" } },
+      ],
+    }, { notMerge: true });
+  }
+  historyAxis.addEventListener("change", drawHistory);
+  drawHistory();
+
+  // --- intermediate curves ------------------------------------------------------------------
+  if (inter.count > 0) {
+    const TOP = 20;
+    const curvesBody = section("curves", "Intermediate curves",
+      `Each trial's intermediate results, step by step. With many trials, the ${TOP} best are drawn (coloured); "all trials" adds every other one in grey.`);
+    const keySelect = el("select", { id: "curve-metric", "aria-label": "metric key" },
+      inter.keys.map((k) => el("option", { value: k }, k)));
+    const everyone = trials.map((_, i) => i);
+    const ranked = [...everyone].sort((a, b) => (trials[a].rank ?? Infinity) - (trials[b].rank ?? Infinity) || a - b);
+    const many = trials.length > 50;
+    const allBox = el("input", { type: "checkbox", id: "curve-all", checked: !many });
+    curvesBody.append(el("div", { class: "controls" },
+      el("label", {}, "metric: ", keySelect),
+      el("label", {}, allBox, ` all ${trials.length} trials`)));
+    const curves = chart(curvesBody, {}, { id: "curves-chart", height: 360 });
+    function drawCurves() {
+      const key = keySelect.value;
+      const shown = many ? ranked.slice(0, TOP) : everyone;
+      const series = shown.map((i) => ({
+        name: `trial ${trials[i].index}`, type: "line", showSymbol: false, connectNulls: false,
+        data: curve(i, key).map((v, step) => [step, v]),
+      }));
+      if (many && allBox.checked) {
+        // Every other trial as one series, broken by nulls between trials: fast with thousands.
+        const rest = [];
+        const drawn = new Set(shown);
+        for (const i of everyone) {
+          if (drawn.has(i)) continue;
+          curve(i, key).forEach((v, step) => rest.push([step, v]));
+          rest.push([null, null]);
+        }
+        series.unshift({
+          name: "other trials", type: "line", showSymbol: false, connectNulls: false, silent: true,
+          data: rest, lineStyle: { color: "#b9c0cc", width: 1, opacity: 0.35 }, itemStyle: { color: "#b9c0cc" },
+          z: 1,
+        });
+      }
+      curves.setOption({
+        tooltip: { trigger: "item", formatter: (p) => `${p.seriesName}<br>step ${p.data[0]}: ${fmt(p.data[1])}` },
+        legend: { type: "scroll", top: 0 },
+        grid: { left: 60, right: 20, top: 34, bottom: 40 },
+        xAxis: { type: "value", name: "step", nameLocation: "middle", nameGap: 26, min: 0, minInterval: 1 },
+        yAxis: { type: "value", scale: true, name: key },
+        series,
+      }, { notMerge: true });
+    }
+    keySelect.addEventListener("change", drawCurves);
+    allBox.addEventListener("change", drawCurves);
+    drawCurves();
+  }
+
+  // --- the trial table -----------------------------------------------------------------------
+  const tableBody = section("table", "Trials",
+    "Click a header to sort (again: the other way); the box filters rows. Succeeded trials are ranked by their final value.");
+  table(tableBody, [
+    { key: "rank", label: "rank", numeric: true },
+    { key: "index", label: "trial", numeric: true },
+    { key: "status", label: "status" },
+    { key: "value", label: "value", numeric: true },
+    { key: "reason", label: "reason", format: (v) => firstLine(v) || "", title: (row) => row.reason },
+    { key: "seed", label: "seed", numeric: true },
+    { key: "seconds", label: "duration", numeric: true, format: (v) => duration(v) },
+    { key: "attempts", label: "attempts", numeric: true },
+    { key: "worker", label: "worker", format: (v) => v ?? "–" },
+    { key: "archText", label: "architecture" },
+  ], trials.map((t) => ({ ...t, archText: archText(t.arch) })), { id: "trials", initialSort: { key: "rank", dir: 1 } });
+
+  // --- per-choice distributions ------------------------------------------------------------
+  if (scored.length) {
+    const distBody = section("choices", "Per-choice distributions",
+      `For each label, the final values of the succeeded trials that chose each candidate (box: quartiles; dots: trials). The candidate with the best median (${betterWord} is better) is named.`);
+    const grid = el("div", { class: "grid" });
+    distBody.append(grid);
+    const quantile = (sorted, q) => {
+      const pos = (sorted.length - 1) * q, lo = Math.floor(pos), hi = Math.ceil(pos);
+      return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+    };
+    for (const choice of data.space) {
+      const names = candidates(choice);
+      const values = Object.fromEntries(names.map((n) => [n, []]));
+      for (const t of scored) {
+        for (const name of chosen(choice, t.arch[choice.label])) if (name in values) values[name].push(t.value);
+      }
+      const boxes = names.map((n) => {
+        const v = [...values[n]].sort((a, b) => a - b);
+        return v.length ? [v[0], quantile(v, 0.25), quantile(v, 0.5), quantile(v, 0.75), v[v.length - 1]] : [];
+      });
+      let bestName = null;
+      names.forEach((n, i) => {
+        if (boxes[i].length && (bestName === null || better(boxes[i][2], boxes[names.indexOf(bestName)][2]))) bestName = n;
+      });
+      const dots = [];
+      names.forEach((n, i) => values[n].forEach((v, j) => dots.push([i + (((j * 0.618) % 1) - 0.5) * 0.5, v])));
+      const box = el("div");
+      grid.append(box);
+      chart(box, {
+        title: { text: choice.label, subtext: bestName === null ? "" : `best median: ${bestName}`, left: "center", textStyle: { fontSize: 13 } },
+        tooltip: { trigger: "item" },
+        grid: { left: 55, right: 15, top: 50, bottom: 50 },
+        xAxis: [
+          { type: "category", data: names, axisLabel: { interval: 0, rotate: names.length > 6 ? 30 : 0 } },
+          { type: "value", min: -0.5, max: names.length - 0.5, show: false },
+        ],
+        yAxis: { type: "value", scale: true },
+        series: [
+          { name: choice.label, type: "boxplot", data: boxes, itemStyle: { color: "#e8eefb", borderColor: "#2f6fdb" } },
+          { name: "trials", type: "scatter", xAxisIndex: 1, data: dots, symbolSize: 4, itemStyle: { color: "#d64541", opacity: 0.6 }, silent: true },
+        ],
+      }, { height: 260 });
+    }
+  }
+
+  // --- parallel coordinates ---------------------------------------------------------------
+  if (scored.length && data.space.length) {
+    const parallelBody = section("parallel", "Parallel coordinates",
+      `One line per succeeded trial through the candidate it chose for each label, coloured by its final value (darker is better: ${betterWord}).`);
+    const axes = data.space.map((choice, i) => ({ dim: i, name: choice.label, type: "category", data: candidates(choice) }));
+    const values = scored.map((t) => t.value);
+    const lo = Math.min(...values), hi = Math.max(...values);
+    axes.push({ dim: data.space.length, name: "value", type: "value", scale: true });
+    const rows = scored.map((t) => [...data.space.map((c) => chosen(c, t.arch[c.label]).join(", ")), t.value]);
+    const palette = ["#fde9c9", "#f4a259", "#d64541", "#6d1a36"];
+    chart(parallelBody, {
+      parallelAxis: axes,
+      parallel: { left: 60, right: 90, top: 40, bottom: 30 },
+      visualMap: {
+        type: "continuous", min: lo, max: hi === lo ? lo + 1 : hi, dimension: data.space.length, right: 0, top: "middle",
+        calculable: true, text: ["value", ""], inRange: { color: mode === "min" ? [...palette].reverse() : palette },
+      },
+      series: [{ type: "parallel", lineStyle: { width: 1, opacity: 0.5 }, data: rows, progressive: 500 }],
+    }, { id: "parallel-chart", height: 380 });
+  }
+
+  // --- timeline of trials per worker --------------------------------------------------------
+  const placed = trials.filter((t) => t.started !== null);
+  if (placed.length) {
+    const workers = [...new Set(placed.map((t) => t.worker ?? "(not recorded)"))].sort();
+    const timelineBody = section("timeline", "Timeline",
+      "Each trial's latest attempt on the worker that ran it, from its start to its end (still running: to when this page was written), coloured by status.");
+    const bars = placed.map((t) => ({
+      value: [workers.indexOf(t.worker ?? "(not recorded)"), t.started - t0, (t.ended ?? data.generated) - t0, t.index, t.status],
+      itemStyle: { color: statusColor(t.status) },
+    }));
+    chart(timelineBody, {
+      tooltip: { formatter: (p) => `trial ${p.value[3]} (${p.value[4]})<br>${workers[p.value[0]]}<br>${duration(p.value[1])} → ${duration(p.value[2])}` },
+      grid: { left: 140, right: 20, top: 20, bottom: 40 },
+      xAxis: { type: "value", name: "seconds since the first trial started", nameLocation: "middle", nameGap: 26, axisLabel: { formatter: (v) => duration(v) } },
+      yAxis: { type: "category", data: workers },
+      series: [{
+        type: "custom",
+        encode: { x: [1, 2], y: 0 },
+        data: bars,
+        renderItem: (params, api) => {
+          const start = api.coord([api.value(1), api.value(0)]);
+          const end = api.coord([api.value(2), api.value(0)]);
+          const height = api.size([0, 1])[1] * 0.6;
+          const shape = echarts.graphic.clipRectByRect(
+            { x: start[0], y: start[1] - height / 2, width: Math.max(end[0] - start[0], 1), height },
+            { x: params.coordSys.x, y: params.coordSys.y, width: params.coordSys.width, height: params.coordSys.height },
+          );
+          return shape && { type: "rect", shape, style: api.style() };
+        },
+      }],
+    }, { id: "timeline-chart", height: Math.max(160, 60 + 28 * workers.length) });
+  }
+});
