@@ -4,7 +4,7 @@ Installed, the plugin does nothing until ``NASTRAIN_TENSORBOARD`` names a log di
 then every process that loads the plugins (an experiment's worker processes too, which
 inherit the environment) logs through one :class:`~nastrain_tensorboard.TensorBoardLogger`
 for that folder. The variable is read at each call, so setting it later in a process takes
-effect at the next fit. A folder that cannot be written to is refused with one
+effect at the next call. A folder that cannot be written to is refused with one
 :class:`~nastrain_tensorboard.TensorBoardWarning` naming it (when a fit starts), and the
 search goes on without logging.
 """
