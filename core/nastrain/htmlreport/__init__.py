@@ -96,13 +96,22 @@ def report(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> Pa
 
     ``source`` is an experiment's SQLite store, or a one-shot search's run record
     (``run.jsonl``) or the folder holding it. A source that is neither, or an ``output``
-    in a folder that does not exist, is an error and nothing is written."""
+    in a folder that does not exist, is an error and nothing is written. A run whose
+    record draws cells (a DARTS space) also gets each cell of its final architecture as
+    Graphviz text beside the page, ``<output stem>.<cell>.dot``."""
     target = Path(output)
     if not target.parent.is_dir():
         raise ReportError(
             f"cannot write the report to {target}: the folder {target.parent} does not exist"
         )
-    return write_page(target, render(source))
+    kind, path = source_kind(source)
+    data = collect(path)
+    written = write_page(target, render_page(kind, str(data.get("title") or path.name), data))
+    if kind == "run":
+        from nastrain.htmlreport import run  # imported when asked for, like the experiment's
+
+        run.write_dot_files(data, written)  # each cell as Graphviz text beside the page
+    return written
 
 
 def watch(
