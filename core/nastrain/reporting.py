@@ -140,14 +140,18 @@ def _report(metric: Any, final: bool) -> Metric:
     checked = check_metric(metric)
     trainer = _trainer.get()
     reporter = _reporter.get()
-    if reporter is not None:
-        reporter.report(trainer, checked, final)
-    elif trainer is not None:
-        if final:
-            trainer.final_result = checked
-        else:
-            trainer.intermediate_results.append(checked)
-    plugins.call_on_report(trainer, checked, final, _trial.get())
+    try:
+        if reporter is not None:
+            reporter.report(trainer, checked, final)
+        elif trainer is not None:
+            if final:
+                trainer.final_result = checked
+            else:
+                trainer.intermediate_results.append(checked)
+    finally:
+        # Also when the reporter stops the trial here (an early stop): the result is
+        # stored, so every logger hears it too.
+        plugins.call_on_report(trainer, checked, final, _trial.get())
     return checked
 
 

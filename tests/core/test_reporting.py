@@ -124,3 +124,27 @@ def test_the_hook_hears_which_trial_a_result_belongs_to(nastrain_plugin, trials,
     listener.heard.clear()
     Counting().fit()  # outside an experiment: no trial
     assert {trial for trial, _ in listener.heard} == {None}
+
+
+def test_a_result_that_stops_the_trial_is_still_heard(nastrain_plugin) -> None:
+    class Stop(Exception):
+        pass
+
+    class Stopping:
+        """A reporter that stops the trial at its second result, as an early stop does."""
+
+        def __init__(self) -> None:
+            self.stored: list[object] = []
+
+        def report(self, trainer, metric, final) -> None:
+            self.stored.append(metric)
+            if len(self.stored) == 2:
+                raise Stop
+
+    listener = Listener()
+    nastrain_plugin(listener, name="listener")
+    reporter = Stopping()
+    with nastrain.use_reporter(reporter), pytest.raises(Stop):
+        Counting().fit()
+    assert reporter.stored == [0.0, 0.1]
+    assert [metric for _, metric, _ in listener.heard] == [0.0, 0.1]  # the stopping one too
