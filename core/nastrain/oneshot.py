@@ -116,19 +116,23 @@ def _check_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise TypeError(f"{attribute.name} must be True or False, got {value!r}")
 
 
-def _optional_path(name: str) -> Callable[[Any], Path | None]:
-    """The converter of the folder option ``name``: a path (str or os.PathLike) or None."""
+def _optional_path(value: Any, name: str) -> Path | None:
+    """The folder option ``name``'s ``value`` as a path: a str or os.PathLike, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"{name} must be a path (str or os.PathLike) or None, got {type(value).__name__}"
+        )
+    return Path(value)
 
-    def convert(value: Any) -> Path | None:
-        if value is None:
-            return None
-        if not isinstance(value, (str, os.PathLike)):
-            raise TypeError(
-                f"{name} must be a path (str or os.PathLike) or None, got {type(value).__name__}"
-            )
-        return Path(value)
 
-    return convert
+def _to_checkpoint_dir(value: Any) -> Path | None:
+    return _optional_path(value, "checkpoint_dir")
+
+
+def _to_log_dir(value: Any) -> Path | None:
+    return _optional_path(value, "log_dir")
 
 
 def _check_scheduler(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -168,9 +172,7 @@ class OneShotOptions:
     reproducible run. ``None``: torch's global generator is never reseeded and the data
     order is drawn from it, so the user's own ``torch.manual_seed`` reproduces the search."""
 
-    checkpoint_dir: Path | None = attrs.field(
-        default=None, converter=_optional_path("checkpoint_dir")
-    )
+    checkpoint_dir: Path | None = attrs.field(default=None, converter=_to_checkpoint_dir)
     """A folder to write a checkpoint into after every epoch (one file, replaced atomically);
     ``fit()`` resumes from the checkpoint there. ``None``: no checkpoints. A folder that
     cannot be written is refused when the trainer is built."""
@@ -192,7 +194,7 @@ class OneShotOptions:
     """A scheduler of the weights' optimizer (so pass that optimizer too), stepped once after
     every epoch and saved in the checkpoints under ``"lr_scheduler"``."""
 
-    log_dir: Path | None = attrs.field(default=None, converter=_optional_path("log_dir"))
+    log_dir: Path | None = attrs.field(default=None, converter=_to_log_dir)
     """A folder for the run record, ``run.jsonl`` (:mod:`nastrain.runrecord`: per epoch the
     metrics, each label's architecture probabilities and entropy, the architecture that
     would be exported), which ``nastrain report DIR`` draws. ``None``: the record goes to
@@ -391,15 +393,21 @@ class SupernetTrainer(BaseOneShotTrainer):
     stderr). After every epoch a checkpoint is written to ``checkpoint_dir`` (one
     file, replaced atomically: see :meth:`save_checkpoint`); a trainer built with a
     ``checkpoint_dir`` that holds one resumes from it in :meth:`fit`, ending where an
-    uninterrupted run ends.
+    uninterrupted run ends. Each epoch also gets a line in the run record, ``run.jsonl``
+    in ``log_dir`` or else ``checkpoint_dir`` (:mod:`nastrain.runrecord`: metrics,
+    architecture probabilities and entropy, the architecture that would be exported, from
+    :meth:`architecture_probabilities`, :meth:`architecture_entropy`,
+    :meth:`current_architecture` and :meth:`architecture_graph`), and every plugin's
+    ``nastrain_on_epoch`` hears it once the epoch's checkpoint is written.
 
     The arguments are the NNI-compatible ones (``loss``, ``metrics``, ``num_epochs``,
     ``dataset``, ``batch_size``, ``workers``, ``device``, ``log_frequency``) and
     ``valid_dataset``; every other keyword is one of the :class:`OneShotOptions`
     (``seed``, ``checkpoint_dir``, ``progress``, ``channels_last``, ``rewrite_model``,
-    ``lr_scheduler``), or ``options=`` gives them as one record. A subclass takes
+    ``lr_scheduler``, ``log_dir``), or ``options=`` gives them as one record. A subclass takes
     ``**options`` and passes them on. A ``device`` this machine lacks and a
-    ``checkpoint_dir`` that cannot be written are refused when the trainer is built.
+    ``checkpoint_dir`` or ``log_dir`` that cannot be written are refused when the trainer
+    is built.
 
     A subclass calls ``super().__init__`` first, then replaces the choices
     (:func:`nastrain.utils.replace_choices` or ``replace_layer_choice``), calls

@@ -78,7 +78,7 @@ class DartsTrainer(SupernetTrainer):
       inputs, as in NNI.
     - ``**options``: the one-shot options of :class:`nastrain.oneshot.OneShotOptions`
       (``seed``, ``checkpoint_dir``, ``progress``, ``channels_last``, ``rewrite_model``,
-      ``lr_scheduler``) as keywords, or ``options=OneShotOptions(...)``.
+      ``lr_scheduler``, ``log_dir``) as keywords, or ``options=OneShotOptions(...)``.
 
     After ``fit``, :attr:`history` holds each epoch's mean metrics and
     ``alphas`` (softmax weights per label), for plotting.
