@@ -85,9 +85,17 @@ def test_a_real_store_draws_every_section_with_no_console_error(
         best = max((t for t in reader.trials() if t.value is not None), key=lambda t: t.value)
     card = browser.find_element("id", "best").text
     assert card.startswith(f"Best architecture: trial {best.index}")
-    # The per-choice charts: one per label; parallel coordinates: one line per succeeded trial.
-    charts = browser.execute_script("return document.querySelectorAll('#choices .chart').length;")
-    assert charts == 3
+    # Per choice: a box per candidate of each label (here with every trial as a dot), from
+    # the values of the trials that chose it; parallel coordinates: a line per succeeded one.
+    boxes = {s["name"]: s["data"] for s in _series(browser, "choices-chart")}
+    assert sorted(boxes) == ["a", "a: trials", "b", "b: trials", "c", "c: trials"]
+    with Store.read(store) as reader:
+        done = [t for t in reader.trials() if t.value is not None]
+    for label, candidates in (("a", ["x", "y", "z"]), ("b", ["p", "q"])):
+        for candidate, box in zip(candidates, boxes[label], strict=True):
+            values = sorted(t.value for t in done if t.arch[label] == candidate)
+            assert (box[0], box[-1]) == (values[0], values[-1])  # the whiskers: the extremes
+        assert len(boxes[f"{label}: trials"]) == len(done)
     (parallel,) = _series(browser, "parallel-chart")
     assert len(parallel["data"]) == 15
 

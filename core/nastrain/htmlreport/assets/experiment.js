@@ -154,7 +154,10 @@ NASTRAIN.run((data) => {
       },
       yAxis: { type: "value", scale: true, name: "value" },
       series: [
-        { name: "trial", type: "scatter", symbolSize: 6, data: ordered.map((t) => [x(t), t.value, t.index]), itemStyle: { color: "#7a8bb0" } },
+        {
+          name: "trial", type: "scatter", symbolSize: 6, data: ordered.map((t) => [x(t), t.value, t.index]),
+          itemStyle: { color: "#7a8bb0" }, large: true, largeThreshold: 500,
+        },
         { name: "best so far", type: "line", step: "end", showSymbol: false, data: bestLine, lineStyle: { width: 2, color: "#d64541" }, itemStyle: { color: "#d64541" } },
       ],
     }, { notMerge: true });
@@ -231,15 +234,17 @@ NASTRAIN.run((data) => {
 
   // --- per-choice distributions ------------------------------------------------------------
   if (scored.length) {
+    const dotted = scored.length <= 300; // beyond, the dots are a smear and slow to draw
     const distBody = section("choices", "Per-choice distributions",
-      `For each label, the final values of the succeeded trials that chose each candidate (box: quartiles; dots: trials). The candidate with the best median (${betterWord} is better) is named.`);
-    const grid = el("div", { class: "grid" });
-    distBody.append(grid);
+      `For each label, the final values of the succeeded trials that chose each candidate (box: quartiles and extremes${dotted ? "; dots: trials" : ""}). The candidate with the best median (${betterWord} is better) is named.`);
     const quantile = (sorted, q) => {
       const pos = (sorted.length - 1) * q, lo = Math.floor(pos), hi = Math.ceil(pos);
       return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
     };
-    for (const choice of data.space) {
+    // One chart (one ECharts instance: cheap with many labels), a cell per label.
+    const columns = Math.min(3, data.space.length), rowHeight = 270;
+    const option = { title: [], grid: [], xAxis: [], yAxis: [], series: [], tooltip: { trigger: "item" } };
+    data.space.forEach((choice, cell) => {
       const names = candidates(choice);
       const values = Object.fromEntries(names.map((n) => [n, []]));
       for (const t of scored) {
@@ -249,29 +254,35 @@ NASTRAIN.run((data) => {
         const v = [...values[n]].sort((a, b) => a - b);
         return v.length ? [v[0], quantile(v, 0.25), quantile(v, 0.5), quantile(v, 0.75), v[v.length - 1]] : [];
       });
-      let bestName = null;
-      names.forEach((n, i) => {
-        if (boxes[i].length && (bestName === null || better(boxes[i][2], boxes[names.indexOf(bestName)][2]))) bestName = n;
+      let bestAt = null;
+      boxes.forEach((box, i) => {
+        if (box.length && (bestAt === null || better(box[2], boxes[bestAt][2]))) bestAt = i;
       });
-      const dots = [];
-      names.forEach((n, i) => values[n].forEach((v, j) => dots.push([i + (((j * 0.618) % 1) - 0.5) * 0.5, v])));
-      const box = el("div");
-      grid.append(box);
-      chart(box, {
-        title: { text: choice.label, subtext: bestName === null ? "" : `best median: ${bestName}`, left: "center", textStyle: { fontSize: 13 } },
-        tooltip: { trigger: "item" },
-        grid: { left: 55, right: 15, top: 50, bottom: 50 },
-        xAxis: [
-          { type: "category", data: names, axisLabel: { interval: 0, rotate: names.length > 6 ? 30 : 0 } },
-          { type: "value", min: -0.5, max: names.length - 0.5, show: false },
-        ],
-        yAxis: { type: "value", scale: true },
-        series: [
-          { name: choice.label, type: "boxplot", data: boxes, itemStyle: { color: "#e8eefb", borderColor: "#2f6fdb" } },
-          { name: "trials", type: "scatter", xAxisIndex: 1, data: dots, symbolSize: 4, itemStyle: { color: "#d64541", opacity: 0.6 }, silent: true },
-        ],
-      }, { height: 260 });
-    }
+      const left = (100 / columns) * (cell % columns), top = rowHeight * Math.floor(cell / columns);
+      option.title.push({
+        text: choice.label, subtext: bestAt === null ? "" : `best median: ${names[bestAt]}`,
+        left: `${left + 50 / columns}%`, top, textAlign: "center", textStyle: { fontSize: 13 }, subtextStyle: { fontSize: 11 },
+      });
+      option.grid.push({ left: `${left + 4}%`, width: `${100 / columns - 6}%`, top: top + 50, height: rowHeight - 105 });
+      option.xAxis.push(
+        { type: "category", gridIndex: cell, data: names, axisLabel: { interval: 0, rotate: names.length > 4 ? 30 : 0, fontSize: 11 } },
+        { type: "value", gridIndex: cell, min: -0.5, max: names.length - 0.5, show: false },
+      );
+      option.yAxis.push({ type: "value", gridIndex: cell, scale: true, axisLabel: { fontSize: 11 } });
+      option.series.push({
+        name: choice.label, type: "boxplot", xAxisIndex: 2 * cell, yAxisIndex: cell, data: boxes,
+        itemStyle: { color: "#e8eefb", borderColor: "#2f6fdb" },
+      });
+      if (dotted) {
+        const dots = [];
+        names.forEach((n, i) => values[n].forEach((v, j) => dots.push([i + (((j * 0.618) % 1) - 0.5) * 0.5, v])));
+        option.series.push({
+          name: `${choice.label}: trials`, type: "scatter", xAxisIndex: 2 * cell + 1, yAxisIndex: cell, data: dots,
+          symbolSize: 4, itemStyle: { color: "#d64541", opacity: 0.6 }, silent: true,
+        });
+      }
+    });
+    chart(distBody, option, { id: "choices-chart", height: rowHeight * Math.ceil(data.space.length / columns) });
   }
 
   // --- parallel coordinates ---------------------------------------------------------------
@@ -301,30 +312,29 @@ NASTRAIN.run((data) => {
     const workers = [...new Set(placed.map((t) => t.worker ?? "(not recorded)"))].sort();
     const timelineBody = section("timeline", "Timeline",
       "Each trial's latest attempt on the worker that ran it, from its start to its end (still running: to when this page was written), coloured by status.");
-    const bars = placed.map((t) => ({
-      value: [workers.indexOf(t.worker ?? "(not recorded)"), t.started - t0, (t.ended ?? data.generated) - t0, t.index, t.status],
-      itemStyle: { color: statusColor(t.status) },
+    // One "lines" series per status (large mode: thousands of trials draw at once); each
+    // trial a thick segment from its start to its end on its worker's row.
+    const statuses = [...new Set(placed.map((t) => t.status))];
+    const ends = placed.map((t) => t.ended ?? data.generated);
+    const series = statuses.map((status) => ({
+      name: status, type: "lines", coordinateSystem: "cartesian2d", polyline: false, large: true, largeThreshold: 300,
+      lineStyle: { color: statusColor(status), width: Math.max(4, Math.min(18, 300 / workers.length)), opacity: 0.9, cap: "butt" },
+      data: placed.filter((t) => t.status === status).map((t) => {
+        const row = workers.indexOf(t.worker ?? "(not recorded)");
+        return { coords: [[t.started - t0, row], [Math.max((t.ended ?? data.generated) - t0, t.started - t0 + 1e-3), row]], trial: t.index };
+      }),
     }));
     chart(timelineBody, {
-      tooltip: { formatter: (p) => `trial ${p.value[3]} (${p.value[4]})<br>${workers[p.value[0]]}<br>${duration(p.value[1])} → ${duration(p.value[2])}` },
-      grid: { left: 140, right: 20, top: 20, bottom: 40 },
-      xAxis: { type: "value", name: "seconds since the first trial started", nameLocation: "middle", nameGap: 26, axisLabel: { formatter: (v) => duration(v) } },
-      yAxis: { type: "category", data: workers },
-      series: [{
-        type: "custom",
-        encode: { x: [1, 2], y: 0 },
-        data: bars,
-        renderItem: (params, api) => {
-          const start = api.coord([api.value(1), api.value(0)]);
-          const end = api.coord([api.value(2), api.value(0)]);
-          const height = api.size([0, 1])[1] * 0.6;
-          const shape = echarts.graphic.clipRectByRect(
-            { x: start[0], y: start[1] - height / 2, width: Math.max(end[0] - start[0], 1), height },
-            { x: params.coordSys.x, y: params.coordSys.y, width: params.coordSys.width, height: params.coordSys.height },
-          );
-          return shape && { type: "rect", shape, style: api.style() };
-        },
-      }],
-    }, { id: "timeline-chart", height: Math.max(160, 60 + 28 * workers.length) });
+      tooltip: { trigger: "item", formatter: (p) => (p.data && p.data.coords ? `trial ${p.data.trial} (${p.seriesName})<br>${workers[p.data.coords[0][1]]}<br>${duration(p.data.coords[0][0])} → ${duration(p.data.coords[1][0])}` : p.seriesName) },
+      legend: { top: 0 },
+      grid: { left: 140, right: 20, top: 30, bottom: 40 },
+      // Lines series do not set an axis's extent: both are given.
+      xAxis: {
+        type: "value", name: "seconds since the first trial started", nameLocation: "middle", nameGap: 26,
+        axisLabel: { formatter: (v) => duration(v) }, min: 0, max: Math.max(...ends) - t0,
+      },
+      yAxis: { type: "category", data: workers, inverse: true },
+      series,
+    }, { id: "timeline-chart", height: Math.max(180, 70 + 28 * workers.length) });
   }
 });
