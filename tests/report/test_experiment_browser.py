@@ -5,6 +5,7 @@ reads (and the curves it decodes) is what the store holds."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +86,33 @@ def test_a_real_store_draws_every_section_with_no_console_error(
         best = max((t for t in reader.trials() if t.value is not None), key=lambda t: t.value)
     card = browser.find_element("id", "best").text
     assert card.startswith(f"Best architecture: trial {best.index}")
-    # Per choice: a box per candidate of each label (here with every trial as a dot), from
-    # the values of the trials that chose it; parallel coordinates: a line per succeeded one.
-    boxes = {s["name"]: s["data"] for s in _series(browser, "choices-chart")}
-    assert sorted(boxes) == ["a", "a: trials", "b", "b: trials", "c", "c: trials"]
+    # Per choice: a box per candidate of each label, from the final values of the trials
+    # that chose it (with every trial as a dot); parallel coordinates: a line per succeeded one.
+    boxes = browser.execute_script(
+        """
+        return [...document.querySelectorAll("#choices svg.boxes")].map((svg) => [
+          svg.dataset.label,
+          [...svg.querySelectorAll("g.box")].map((g) => ({
+            ...g.dataset, dots: g.querySelectorAll("circle").length,
+          })),
+        ]);
+        """
+    )
+    assert [label for label, _ in boxes] == ["a", "b", "c"]
     with Store.read(store) as reader:
         done = [t for t in reader.trials() if t.value is not None]
-    for label, candidates in (("a", ["x", "y", "z"]), ("b", ["p", "q"])):
-        for candidate, box in zip(candidates, boxes[label], strict=True):
-            values = sorted(t.value for t in done if t.arch[label] == candidate)
-            assert (box[0], box[-1]) == (values[0], values[-1])  # the whiskers: the extremes
-        assert len(boxes[f"{label}: trials"]) == len(done)
+    for label, drawn in boxes:
+        for box in drawn:
+            # A layer choice's candidate is its name; an input choice's, the inputs as JSON.
+            name = {t.index: t.arch[label] for t in done}
+            name = {
+                i: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+                for i, v in name.items()
+            }
+            values = sorted(t.value for t in done if name[t.index] == box["candidate"])
+            assert (float(box["min"]), float(box["max"])) == (values[0], values[-1])
+            assert int(box["count"]) == box["dots"] == len(values)
+        assert sum(box["dots"] for box in drawn) == len(done)
     (parallel,) = _series(browser, "parallel-chart")
     assert len(parallel["data"]) == 15
 
@@ -217,3 +234,24 @@ def test_an_empty_and_a_crashed_experiment_render(
     assert open_page(nastrain.report(crashed, tmp_path / "crashed.html")) == []
     assert _column(browser, "status") == ["interrupted"]
     assert "no experiment process holds the store" in browser.find_element("id", "trials").text
+
+
+def test_a_long_table_draws_its_first_rows_sorted_over_all_and_all_on_request(
+    trials, tmp_path, open_page, browser
+) -> None:
+    experiment = _experiment(trials, tmp_path / "s.sqlite")
+    values = [((i * 37) % 251) / 10 for i in range(250)]  # all different, in no order
+    with Store.open(experiment.store_path, experiment.record) as store:
+        for index, value in enumerate(values):
+            trial = store.add_trial(index, {"a": "x", "b": "p", "c": [0, 1]}, index, "{}")
+            store.add_result(trial, value, True)
+            store.end_trial(trial, "succeeded", None)
+    assert open_page(_write(experiment.store_path, tmp_path)) == []
+    assert len(_column(browser, "trial")) == 200
+    count = browser.find_element("css selector", "#table .count")
+    assert count.text == "250 of 250 rows (the first 200 drawn)"
+    browser.find_element("css selector", '#trials th[data-key="value"]').click()
+    assert [float(v) for v in _column(browser, "value")] == sorted(values)[:200]
+    browser.find_element("css selector", "#table button.more").click()
+    assert [float(v) for v in _column(browser, "value")] == sorted(values)
+    assert count.text == "250 of 250 rows"

@@ -56,7 +56,11 @@ const NASTRAIN = (() => {
   // A sortable, filterable table. columns: [{key, label, numeric, format}]; rows: objects.
   // Clicking a header sorts by it (again: the other way); the filter box keeps the rows
   // whose cells contain its text (case-insensitive). Missing values sort last.
-  function table(parent, columns, rows, { id, filter = true, initialSort } = {}) {
+  // `limit` (optional): draw only the first `limit` rows of the sorted, filtered ones, with
+  // a button that draws them all (thousands of rows take long to lay out).
+  function table(parent, columns, rows, { id, filter = true, initialSort, limit = Infinity } = {}) {
+    let drawn = limit;
+    const more = el("button", { type: "button", class: "more", hidden: true, onclick: () => { drawn = Infinity; draw(); } });
     const state = { key: initialSort ? initialSort.key : null, dir: initialSort ? initialSort.dir : 1, text: "" };
     const tbody = el("tbody");
     const headers = columns.map((c) =>
@@ -70,6 +74,7 @@ const NASTRAIN = (() => {
     parent.append(
       filter ? el("div", { class: "table-tools" }, box, count) : null,
       el("div", { class: "table-wrap" }, el("table", { id, class: "data" }, el("thead", {}, el("tr", {}, headers)), tbody)),
+      more,
     );
     const cellText = (c, row) => (c.format ? c.format(row[c.key], row) : fmt(row[c.key]));
     function sortBy(key) {
@@ -95,11 +100,15 @@ const NASTRAIN = (() => {
         h.setAttribute("aria-sort", key === state.key ? (state.dir > 0 ? "ascending" : "descending") : "none");
       });
       const fragment = document.createDocumentFragment();
+      const all = shown.length;
+      if (all > drawn) shown = shown.slice(0, drawn);
       for (const row of shown) {
         fragment.append(el("tr", {}, columns.map((c) => el("td", { class: c.numeric ? "num" : null, title: c.title ? c.title(row) : null }, cellText(c, row)))));
       }
       tbody.replaceChildren(fragment);
-      count.textContent = `${shown.length} of ${rows.length} rows`;
+      count.textContent = `${all} of ${rows.length} rows` + (shown.length < all ? ` (the first ${shown.length} drawn)` : "");
+      more.hidden = shown.length === all;
+      more.textContent = `draw all ${all} rows`;
     }
     draw();
     return { sortBy, draw };

@@ -145,6 +145,7 @@ NASTRAIN.run((data) => {
       bestLine.push([x(t), best, t.index]);
     }
     history.setOption({
+      animation: false, // notMerge drops what chart() set
       tooltip: { trigger: "item", formatter: (p) => `trial ${p.data[2]}<br>${p.seriesName}: ${fmt(p.data[1])}` },
       legend: { top: 0 },
       grid: { left: 60, right: 20, top: 30, bottom: 40 },
@@ -203,6 +204,7 @@ NASTRAIN.run((data) => {
         });
       }
       curves.setOption({
+        animation: false, // notMerge drops what chart() set
         tooltip: { trigger: "item", formatter: (p) => `${p.seriesName}<br>step ${p.data[0]}: ${fmt(p.data[1])}` },
         legend: { type: "scroll", top: 0 },
         grid: { left: 60, right: 20, top: 34, bottom: 40 },
@@ -218,7 +220,7 @@ NASTRAIN.run((data) => {
 
   // --- the trial table -----------------------------------------------------------------------
   const tableBody = section("table", "Trials",
-    "Click a header to sort (again: the other way); the box filters rows. Succeeded trials are ranked by their final value.");
+    "Click a header to sort (again: the other way); the box filters rows; sorting and filtering take every trial, of which the first 200 are drawn until \"draw all\" is clicked. Succeeded trials are ranked by their final value.");
   table(tableBody, [
     { key: "rank", label: "rank", numeric: true },
     { key: "index", label: "trial", numeric: true },
@@ -230,80 +232,130 @@ NASTRAIN.run((data) => {
     { key: "attempts", label: "attempts", numeric: true },
     { key: "worker", label: "worker", format: (v) => v ?? "–" },
     { key: "archText", label: "architecture" },
-  ], trials.map((t) => ({ ...t, archText: archText(t.arch) })), { id: "trials", initialSort: { key: "rank", dir: 1 } });
+  ], trials.map((t) => ({ ...t, archText: archText(t.arch) })), { id: "trials", initialSort: { key: "rank", dir: 1 }, limit: 200 });
 
   // --- per-choice distributions ------------------------------------------------------------
+  // Drawn as small SVG box plots of our own (one per label): cheap with many labels.
   if (scored.length) {
-    const dotted = scored.length <= 300; // beyond, the dots are a smear and slow to draw
+    const dotted = scored.length <= 300; // beyond, the dots are a smear
     const distBody = section("choices", "Per-choice distributions",
-      `For each label, the final values of the succeeded trials that chose each candidate (box: quartiles and extremes${dotted ? "; dots: trials" : ""}). The candidate with the best median (${betterWord} is better) is named.`);
+      `For each label, the final values of the succeeded trials that chose each candidate (box: quartiles, median; whiskers: the extremes${dotted ? "; dots: trials" : ""}; hover for numbers). The candidate with the best median (${betterWord} is better) is named.`);
+    const grid = el("div", { class: "grid" });
+    distBody.append(grid);
     const quantile = (sorted, q) => {
       const pos = (sorted.length - 1) * q, lo = Math.floor(pos), hi = Math.ceil(pos);
       return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
     };
-    // One chart (one ECharts instance: cheap with many labels), a cell per label.
-    const columns = Math.min(3, data.space.length), rowHeight = 270;
-    const option = { title: [], grid: [], xAxis: [], yAxis: [], series: [], tooltip: { trigger: "item" } };
-    data.space.forEach((choice, cell) => {
+    const all = scored.map((t) => t.value);
+    let lo = Math.min(...all), hi = Math.max(...all);
+    if (lo === hi) { lo -= 0.5; hi += 0.5; }
+    const pad = (hi - lo) * 0.05;
+    lo -= pad; hi += pad;
+    // A few round numbers for the value axis.
+    const step = (() => {
+      const raw = (hi - lo) / 4, power = 10 ** Math.floor(Math.log10(raw));
+      return [1, 2, 2.5, 5, 10].map((m) => m * power).find((m) => m >= raw);
+    })();
+    const ticks = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi; v += step) ticks.push(v);
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = (tag, attrs, ...children) => {
+      const node = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+      for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+      return node;
+    };
+    const W = 420, H = 230, left = 52, right = 10, top = 10, bottom = 46;
+    const y = (v) => top + (H - top - bottom) * (1 - (v - lo) / (hi - lo));
+    for (const choice of data.space) {
       const names = candidates(choice);
       const values = Object.fromEntries(names.map((n) => [n, []]));
       for (const t of scored) {
         for (const name of chosen(choice, t.arch[choice.label])) if (name in values) values[name].push(t.value);
       }
-      const boxes = names.map((n) => {
+      const stats = names.map((n) => {
         const v = [...values[n]].sort((a, b) => a - b);
-        return v.length ? [v[0], quantile(v, 0.25), quantile(v, 0.5), quantile(v, 0.75), v[v.length - 1]] : [];
+        return v.length ? { min: v[0], q1: quantile(v, 0.25), median: quantile(v, 0.5), q3: quantile(v, 0.75), max: v[v.length - 1], count: v.length } : null;
       });
       let bestAt = null;
-      boxes.forEach((box, i) => {
-        if (box.length && (bestAt === null || better(box[2], boxes[bestAt][2]))) bestAt = i;
+      stats.forEach((st, i) => {
+        if (st && (bestAt === null || better(st.median, stats[bestAt].median))) bestAt = i;
       });
-      const left = (100 / columns) * (cell % columns), top = rowHeight * Math.floor(cell / columns);
-      option.title.push({
-        text: choice.label, subtext: bestAt === null ? "" : `best median: ${names[bestAt]}`,
-        left: `${left + 50 / columns}%`, top, textAlign: "center", textStyle: { fontSize: 13 }, subtextStyle: { fontSize: 11 },
-      });
-      option.grid.push({ left: `${left + 4}%`, width: `${100 / columns - 6}%`, top: top + 50, height: rowHeight - 105 });
-      option.xAxis.push(
-        { type: "category", gridIndex: cell, data: names, axisLabel: { interval: 0, rotate: names.length > 4 ? 30 : 0, fontSize: 11 } },
-        { type: "value", gridIndex: cell, min: -0.5, max: names.length - 0.5, show: false },
-      );
-      option.yAxis.push({ type: "value", gridIndex: cell, scale: true, axisLabel: { fontSize: 11 } });
-      option.series.push({
-        name: choice.label, type: "boxplot", xAxisIndex: 2 * cell, yAxisIndex: cell, data: boxes,
-        itemStyle: { color: "#e8eefb", borderColor: "#2f6fdb" },
-      });
-      if (dotted) {
-        const dots = [];
-        names.forEach((n, i) => values[n].forEach((v, j) => dots.push([i + (((j * 0.618) % 1) - 0.5) * 0.5, v])));
-        option.series.push({
-          name: `${choice.label}: trials`, type: "scatter", xAxisIndex: 2 * cell + 1, yAxisIndex: cell, data: dots,
-          symbolSize: 4, itemStyle: { color: "#d64541", opacity: 0.6 }, silent: true,
-        });
+      const plot = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", class: "boxes", "data-label": choice.label, role: "img" });
+      for (const v of ticks) {
+        plot.append(
+          svg("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), stroke: "#e6e9ef" }),
+          svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#5b6475" }, fmt(v, 3)),
+        );
       }
-    });
-    chart(distBody, option, { id: "choices-chart", height: rowHeight * Math.ceil(data.space.length / columns) });
+      const band = (W - left - right) / names.length;
+      names.forEach((name, i) => {
+        const cx = left + band * (i + 0.5), half = Math.min(band * 0.3, 28);
+        const st = stats[i];
+        const label = svg("text", {
+          x: cx, y: H - bottom + 16, "text-anchor": names.length > 4 ? "end" : "middle", "font-size": 11, fill: "#1d2330",
+          transform: names.length > 4 ? `rotate(-30 ${cx} ${H - bottom + 16})` : "",
+        }, name);
+        plot.append(label);
+        if (!st) return;
+        const g = svg("g", {
+          class: "box", "data-candidate": name, "data-min": st.min, "data-q1": st.q1, "data-median": st.median,
+          "data-q3": st.q3, "data-max": st.max, "data-count": st.count,
+        }, svg("title", {}, `${choice.label} = ${name}: ${st.count} trials; min ${fmt(st.min)}, quartiles ${fmt(st.q1)} / ${fmt(st.median)} / ${fmt(st.q3)}, max ${fmt(st.max)}`));
+        const color = i === bestAt ? "#d64541" : "#2f6fdb";
+        g.append(
+          svg("line", { x1: cx, x2: cx, y1: y(st.max), y2: y(st.q3), stroke: color }),
+          svg("line", { x1: cx, x2: cx, y1: y(st.q1), y2: y(st.min), stroke: color }),
+          svg("line", { x1: cx - half / 2, x2: cx + half / 2, y1: y(st.max), y2: y(st.max), stroke: color }),
+          svg("line", { x1: cx - half / 2, x2: cx + half / 2, y1: y(st.min), y2: y(st.min), stroke: color }),
+          svg("rect", { x: cx - half, width: 2 * half, y: y(st.q3), height: Math.max(1, y(st.q1) - y(st.q3)), fill: "#e8eefb", stroke: color }),
+          svg("line", { x1: cx - half, x2: cx + half, y1: y(st.median), y2: y(st.median), stroke: color, "stroke-width": 2 }),
+        );
+        if (dotted) {
+          values[name].forEach((v, j) => g.append(svg("circle", { cx: cx + (((j * 0.618) % 1) - 0.5) * half * 1.6, cy: y(v), r: 2, fill: "#d64541", "fill-opacity": 0.55 })));
+        }
+        plot.append(g);
+      });
+      grid.append(el("div", { class: "card" },
+        el("h3", {}, choice.label, bestAt === null ? null : el("span", { class: "note" }, ` · best median: ${names[bestAt]}`)),
+        plot));
+    }
   }
 
   // --- parallel coordinates ---------------------------------------------------------------
   if (scored.length && data.space.length) {
+    const LINES = 500; // drawn at once; all of them on request (thousands take a while)
+    const best = [...scored].sort((a, b) => a.rank - b.rank);
     const parallelBody = section("parallel", "Parallel coordinates",
-      `One line per succeeded trial through the candidate it chose for each label, coloured by its final value (darker is better: ${betterWord}).`);
+      `One line per succeeded trial through the candidate it chose for each label, coloured by its final value (darker is better: ${betterWord})` +
+      (best.length > LINES ? `; the ${LINES} best, unless "all" is ticked.` : "."));
+    const allLines = el("input", { type: "checkbox", id: "parallel-all" });
+    if (best.length > LINES) {
+      parallelBody.append(el("div", { class: "controls" }, el("label", {}, allLines, ` all ${best.length} succeeded trials`)));
+    }
     const axes = data.space.map((choice, i) => ({ dim: i, name: choice.label, type: "category", data: candidates(choice) }));
     const values = scored.map((t) => t.value);
     const lo = Math.min(...values), hi = Math.max(...values);
     axes.push({ dim: data.space.length, name: "value", type: "value", scale: true });
-    const rows = scored.map((t) => [...data.space.map((c) => chosen(c, t.arch[c.label]).join(", ")), t.value]);
     const palette = ["#fde9c9", "#f4a259", "#d64541", "#6d1a36"];
-    chart(parallelBody, {
-      parallelAxis: axes,
-      parallel: { left: 60, right: 90, top: 40, bottom: 30 },
-      visualMap: {
-        type: "continuous", min: lo, max: hi === lo ? lo + 1 : hi, dimension: data.space.length, right: 0, top: "middle",
-        calculable: true, text: ["value", ""], inRange: { color: mode === "min" ? [...palette].reverse() : palette },
-      },
-      series: [{ type: "parallel", lineStyle: { width: 1, opacity: 0.5 }, data: rows, progressive: 500 }],
-    }, { id: "parallel-chart", height: 380 });
+    const parallel = chart(parallelBody, {}, { id: "parallel-chart", height: 380 });
+    function drawParallel() {
+      const shown = allLines.checked ? best : best.slice(0, LINES);
+      // Worst first, so that the best lines are drawn on top.
+      const rows = shown.map((t) => [...data.space.map((c) => chosen(c, t.arch[c.label]).join(", ")), t.value]).reverse();
+      parallel.setOption({
+        animation: false, // notMerge drops what chart() set
+        parallelAxis: axes,
+        parallel: { left: 60, right: 90, top: 40, bottom: 30 },
+        visualMap: {
+          type: "continuous", min: lo, max: hi === lo ? lo + 1 : hi, dimension: data.space.length, right: 0, top: "middle",
+          calculable: true, text: ["value", ""], inRange: { color: mode === "min" ? [...palette].reverse() : palette },
+        },
+        series: [{ type: "parallel", lineStyle: { width: 1, opacity: 0.5 }, data: rows, progressive: 500 }],
+      }, { notMerge: true });
+    }
+    allLines.addEventListener("change", drawParallel);
+    drawParallel();
   }
 
   // --- timeline of trials per worker --------------------------------------------------------
