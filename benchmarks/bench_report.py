@@ -56,7 +56,14 @@ INTRO = """\
 How fast `nastrain report STORE -o report.html` writes the page of a large experiment, how
 big the page is and how fast Chromium draws it ([`bench_report.py`](bench_report.py), which
 says how each is measured): a synthetic store of 2,000 trials x 100 intermediate results
-(random full-precision floats), written through the store's API.
+(random full-precision floats), written through the store's API. Most of the command's
+time is the interpreter starting and importing torch (about 2.5 s here; the store's records
+import it); the rendering itself is the in-process row. Chromium's time covers parsing the
+page, ECharts and the data and drawing every section.
+
+```sh
+.venv/bin/python benchmarks/bench_report.py --write
+```
 """
 
 
