@@ -334,8 +334,6 @@ NASTRAIN.run((data) => {
       parallelBody.append(el("div", { class: "controls" }, el("label", {}, allLines, ` all ${best.length} succeeded trials`)));
     }
     const axes = data.space.map((choice, i) => ({ dim: i, name: choice.label, type: "category", data: candidates(choice) }));
-    const values = scored.map((t) => t.value);
-    const lo = Math.min(...values), hi = Math.max(...values);
     axes.push({ dim: data.space.length, name: "value", type: "value", scale: true });
     const palette = ["#fde9c9", "#f4a259", "#d64541", "#6d1a36"];
     const parallel = chart(parallelBody, {}, { id: "parallel-chart", height: 380 });
@@ -343,13 +341,15 @@ NASTRAIN.run((data) => {
       const shown = allLines.checked ? best : best.slice(0, LINES);
       // Worst first, so that the best lines are drawn on top.
       const rows = shown.map((t) => [...data.space.map((c) => chosen(c, t.arch[c.label]).join(", ")), t.value]).reverse();
+      const values = shown.map((t) => t.value); // the colours span the lines drawn
+      const lo = Math.min(...values), hi = Math.max(...values);
       parallel.setOption({
         animation: false, // notMerge drops what chart() set
         parallelAxis: axes,
         parallel: { left: 60, right: 90, top: 40, bottom: 30 },
         visualMap: {
           type: "continuous", min: lo, max: hi === lo ? lo + 1 : hi, dimension: data.space.length, right: 0, top: "middle",
-          calculable: true, text: ["value", ""], inRange: { color: mode === "min" ? [...palette].reverse() : palette },
+          calculable: true, precision: 3, text: ["value", ""], inRange: { color: mode === "min" ? [...palette].reverse() : palette },
         },
         series: [{ type: "parallel", lineStyle: { width: 1, opacity: 0.5 }, data: rows, progressive: 500 }],
       }, { notMerge: true });
