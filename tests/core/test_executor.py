@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from nastrain import plugins
+import nastrain
 from nastrain.experiments import executor
 from nastrain.experiments.executor import (
     LocalExecutor,
@@ -119,7 +119,7 @@ def test_a_worker_imports_the_users_modules_under_a_fixed_seed_and_builds_nothin
         space_ref=f"{name}:build",
         modules=(name,),
         threads=torch.get_num_threads(),
-        plugins=os.environ.get(plugins.ENV_VAR),
+        environ=executor.nastrain_environ(),
     )
     state = torch.random.get_rng_state()
     try:
@@ -140,3 +140,27 @@ def test_a_named_space_that_is_neither_a_model_nor_a_function_is_refused() -> No
         executor.trial_space("math:pi")
     with pytest.raises(ValueError, match="space 'torch.nn.Linear' must be given as 'module:attr'"):
         executor.trial_space("torch.nn.Linear")
+
+
+def test_workers_get_the_nastrain_variables_the_experiment_has_now(trials, tmp_path, monkeypatch):
+    # Workers come from a fork server that keeps the environment it started with; each
+    # experiment hands its workers its own NASTRAIN_* variables (a logger's switch, say), also
+    # ones set or removed after an earlier experiment started that server.
+    def probe(name: str) -> float:
+        result = nastrain.Experiment(
+            trials.SmallSpace(),
+            nastrain.TrainerSpec(name="test-environ"),
+            max_trials=1,
+            store=tmp_path / f"{name}.sqlite",
+        ).run()
+        (trial,) = result.trials
+        assert trial.status == "succeeded", trial.reason
+        assert trial.worker is not None and trial.worker.rsplit(":", 1)[1] != str(os.getpid())
+        return trial.value
+
+    monkeypatch.delenv("NASTRAIN_TEST_PROBE", raising=False)
+    assert probe("unset") == 0.0
+    monkeypatch.setenv("NASTRAIN_TEST_PROBE", "7")
+    assert probe("set") == 7.0
+    monkeypatch.delenv("NASTRAIN_TEST_PROBE")
+    assert probe("removed") == 0.0

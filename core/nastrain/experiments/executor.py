@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 _REASON_LIMIT = 4000
+#: The prefix of the environment variables that configure nastrain and its plugins.
+ENV_PREFIX = "NASTRAIN_"
 
 
 class ExecutorError(RuntimeError):
@@ -112,9 +114,17 @@ class WorkerSetup:
     #: first so that their ``@register_trainer`` classes are known.
     modules: tuple[str, ...] = ()
     threads: int = 1
-    #: ``NASTRAIN_PLUGINS`` in the experiment's process (``None``: unset).
-    plugins: str | None = None
+    #: The ``NASTRAIN_*`` variables of the experiment's process (``NASTRAIN_PLUGINS``, a
+    #: logger's ``NASTRAIN_TENSORBOARD``, ...) when it started the workers: a worker's own
+    #: environment is the fork server's, from when that started (maybe an earlier experiment).
+    environ: dict[str, str] = attrs.field(factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+
+def nastrain_environ() -> dict[str, str]:
+    """The ``NASTRAIN_*`` variables of this process, which its workers get
+    (:attr:`WorkerSetup.environ`)."""
+    return {name: value for name, value in os.environ.items() if name.startswith(ENV_PREFIX)}
 
 
 class TrialHandler(Protocol):
@@ -375,10 +385,10 @@ def _watch_lifeline(lifeline: Connection) -> None:
 
 
 def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module | SeededSpace:
-    if setup.plugins is None:
-        os.environ.pop(plugins.ENV_VAR, None)
-    else:
-        os.environ[plugins.ENV_VAR] = setup.plugins
+    for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
+        if name not in setup.environ:
+            del os.environ[name]
+    os.environ.update(setup.environ)
     with warnings.catch_warnings():
         # The experiment's process has shown these already.
         warnings.simplefilter("ignore", plugins.PluginWarning)

@@ -46,6 +46,7 @@ from nastrain.experiments.executor import (
     WorkerSetup,
     available_cpus,
     load_space,
+    nastrain_environ,
     trial_space,
 )
 from nastrain.experiments.records import (
@@ -455,7 +456,7 @@ class _Run:
             space_kwargs=experiment.space_kwargs,
             modules=experiment.worker_modules,
             threads=max(1, available_cpus() // experiment.concurrency),
-            plugins=os.environ.get(plugins.ENV_VAR),
+            environ=nastrain_environ(),
         )
         return LocalExecutor(
             setup=setup,
