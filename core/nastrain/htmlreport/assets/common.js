@@ -42,6 +42,10 @@ const NASTRAIN = (() => {
   }
   window.addEventListener("resize", () => charts.forEach((c) => c.resize()));
 
+  // Text made safe for HTML: ECharts renders a tooltip formatter's string as markup, and a
+  // store or record may come from anyone.
+  const esc = (value) => String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
   function fmt(value, digits = 4) {
     if (value === null || value === undefined) return "–";
     if (typeof value === "number") {
@@ -142,5 +146,5 @@ const NASTRAIN = (() => {
     }
   }
 
-  return { data, el, section, chart, charts, fmt, table, card, facts, run };
+  return { data, el, section, chart, charts, esc, fmt, table, card, facts, run };
 })();

@@ -6,7 +6,7 @@
 "use strict";
 
 NASTRAIN.run((data) => {
-  const { el, section, chart, table, card, facts, fmt } = NASTRAIN;
+  const { el, section, chart, table, card, facts, fmt, esc } = NASTRAIN;
   const trials = data.trials;
   const mode = data.experiment.mode;
   const better = (a, b) => (mode === "min" ? a < b : a > b);
@@ -146,7 +146,7 @@ NASTRAIN.run((data) => {
     }
     history.setOption({
       animation: false, // notMerge drops what chart() set
-      tooltip: { trigger: "item", formatter: (p) => `trial ${p.data[2]}<br>${p.seriesName}: ${fmt(p.data[1])}` },
+      tooltip: { trigger: "item", formatter: (p) => `trial ${esc(p.data[2])}<br>${esc(p.seriesName)}: ${esc(fmt(p.data[1]))}` },
       legend: { top: 0 },
       grid: { left: 60, right: 20, top: 30, bottom: 40 },
       xAxis: {
@@ -205,7 +205,7 @@ NASTRAIN.run((data) => {
       }
       curves.setOption({
         animation: false, // notMerge drops what chart() set
-        tooltip: { trigger: "item", formatter: (p) => `${p.seriesName}<br>step ${p.data[0]}: ${fmt(p.data[1])}` },
+        tooltip: { trigger: "item", formatter: (p) => `${esc(p.seriesName)}<br>step ${esc(p.data[0])}: ${esc(fmt(p.data[1]))}` },
         legend: { type: "scroll", top: 0 },
         grid: { left: 60, right: 20, top: 34, bottom: 40 },
         xAxis: { type: "value", name: "step", nameLocation: "middle", nameGap: 26, min: 0, minInterval: 1 },
@@ -377,7 +377,7 @@ NASTRAIN.run((data) => {
       }),
     }));
     chart(timelineBody, {
-      tooltip: { trigger: "item", formatter: (p) => (p.data && p.data.coords ? `trial ${p.data.trial} (${p.seriesName})<br>${workers[p.data.coords[0][1]]}<br>${duration(p.data.coords[0][0])} → ${duration(p.data.coords[1][0])}` : p.seriesName) },
+      tooltip: { trigger: "item", formatter: (p) => (p.data && p.data.coords ? `trial ${esc(p.data.trial)} (${esc(p.seriesName)})<br>${esc(workers[p.data.coords[0][1]])}<br>${esc(duration(p.data.coords[0][0]))} → ${esc(duration(p.data.coords[1][0]))}` : esc(p.seriesName)) },
       legend: { top: 0 },
       grid: { left: 140, right: 20, top: 30, bottom: 40 },
       // Lines series do not set an axis's extent: both are given.

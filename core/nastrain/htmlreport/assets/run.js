@@ -6,7 +6,7 @@
 "use strict";
 
 NASTRAIN.run((data) => {
-  const { el, section, chart, table, card, facts, fmt } = NASTRAIN;
+  const { el, section, chart, table, card, facts, fmt, esc } = NASTRAIN;
   const header = data.header;
   const epochs = data.epochs;
   const xs = epochs.map((e) => e.epoch);
@@ -191,11 +191,18 @@ NASTRAIN.run((data) => {
   if (withProbs.length) {
     const probBody = section("probabilities", "Architecture probabilities",
       "Per label, what the search believes of each candidate after each epoch (the trainer's architecture_probabilities: DARTS' softmax of alpha, ENAS' controller, uniform sampling's distribution).");
-    // One colour scale for every label (comparable), up to the largest probability seen.
-    let top = 0;
-    for (const e of epochs) for (const p of Object.values(e.probabilities || {})) for (const v of p) if (v > top) top = v;
+    // One colour scale for every label (comparable), from the smallest probability seen to
+    // the largest: early in a search every candidate sits near uniform, and a scale from 0
+    // would paint them all alike.
+    let top = 0, low = 1;
+    for (const e of epochs) for (const p of Object.values(e.probabilities || {})) for (const v of p) {
+      if (v > top) top = v;
+      if (v < low) low = v;
+    }
     top = Math.min(1, top > 0 ? top : 1);
-    probBody.append(el("p", { class: "note" }, `Colours from 0 to ${fmt(top)}, the largest probability of the run.`));
+    low = Math.min(low, top);
+    if (top - low < 1e-9) low = 0;
+    probBody.append(el("p", { class: "note" }, `Colours from ${fmt(low)} to ${fmt(top)}, the smallest and largest probability of the run.`));
     const grid = el("div", { class: "grid" });
     probBody.append(grid);
     for (const c of withProbs) {
@@ -207,11 +214,11 @@ NASTRAIN.run((data) => {
       const box = el("div", { class: "heatmap", "data-label": c.label }, el("h3", {}, c.label));
       grid.append(box);
       chart(box, {
-        tooltip: { formatter: (p) => `${c.label}<br>epoch ${xs[p.value[0]]}: ${c.candidates[p.value[1]]} ${fmt(p.value[2])}` },
+        tooltip: { formatter: (p) => `${esc(c.label)}<br>epoch ${esc(xs[p.value[0]])}: ${esc(c.candidates[p.value[1]])} ${esc(fmt(p.value[2]))}` },
         grid: { left: 110, right: 70, top: 8, bottom: 36 },
         xAxis: { type: "category", data: xs, name: "epoch", nameLocation: "middle", nameGap: 24 },
         yAxis: { type: "category", data: c.candidates },
-        visualMap: { min: 0, max: top, calculable: false, text: [fmt(top), "0"], orient: "vertical", right: 0, top: "middle", itemHeight: 80,
+        visualMap: { min: low, max: top, calculable: false, text: [fmt(top), fmt(low)], orient: "vertical", right: 0, top: "middle", itemHeight: 80,
           inRange: { color: ["#f4f6f9", "#9ec1f5", "#2f6fdb", "#173a7a"] } },
         series: [{ type: "heatmap", name: c.label, data: cells }],
       }, { height: 60 + 24 * c.candidates.length });
