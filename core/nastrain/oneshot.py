@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, SubsetRandomSampler
 
 from nastrain import __version__, plugins
+from nastrain._files import fsync_directory
 from nastrain.mutables import LayerChoice
 from nastrain.reporting import report_intermediate_result
 from nastrain.runrecord import FORMAT as RECORD_FORMAT
@@ -334,17 +335,6 @@ def _check_checkpoint_dir(directory: Path, option: str = "checkpoint_dir") -> No
         what = "is" if existing == directory else f"would be created in {existing}, which is"
         could = "could not be saved" if option == "checkpoint_dir" else "could not be written"
         raise PermissionError(f"{option} {directory} {what} not writable; {written} {could}")
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; elsewhere a no-op)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_batch(batch: Any, what: str) -> None:
@@ -1133,7 +1123,7 @@ class SupernetTrainer(BaseOneShotTrainer):
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, directory / CHECKPOINT_FILE)
-        _fsync_directory(directory)
+        fsync_directory(directory)
         return directory
 
     def load_checkpoint(self, directory: str | os.PathLike[str]) -> None:

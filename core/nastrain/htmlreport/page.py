@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from nastrain._files import atomic_write_text, finite
 
 __all__ = ["DATA_ELEMENT_ID", "embed_json", "read_embedded", "render_page", "write_page"]
 
@@ -33,20 +33,9 @@ _ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
 _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def embed_json(data: Any) -> str:
     """``data`` as JSON text that is safe inside a ``<script>`` element."""
-    text = json.dumps(_finite(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(finite(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.translate(_ESCAPES)
 
 
@@ -100,15 +89,4 @@ def write_page(path: str | os.PathLike[str], page: str) -> Path:
         raise FileNotFoundError(
             f"cannot write the report to {target}: the folder {folder} does not exist"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(target, page)
