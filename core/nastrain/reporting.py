@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import math
 import numbers
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -140,6 +141,7 @@ def _report(metric: Any, final: bool) -> Metric:
     checked = check_metric(metric)
     trainer = _trainer.get()
     reporter = _reporter.get()
+    trial = _trial.get()
     try:
         if reporter is not None:
             reporter.report(trainer, checked, final)
@@ -148,10 +150,20 @@ def _report(metric: Any, final: bool) -> Metric:
                 trainer.final_result = checked
             else:
                 trainer.intermediate_results.append(checked)
-    finally:
-        # Also when the reporter stops the trial here (an early stop): the result is
-        # stored, so every logger hears it too.
-        plugins.call_on_report(trainer, checked, final, _trial.get())
+    except BaseException:
+        # The reporter stopped the trial (an early stop) after storing the result: every
+        # logger hears it too, and a logger's own error must not hide why the trial ends.
+        try:
+            plugins.call_on_report(trainer, checked, final, trial)
+        except Exception as exc:
+            warnings.warn(
+                f"a nastrain_on_report implementation failed on the result that ended the "
+                f"trial ({type(exc).__name__}: {exc}); the trial ends as its reporter decided",
+                plugins.PluginWarning,
+                stacklevel=3,
+            )
+        raise
+    plugins.call_on_report(trainer, checked, final, trial)
     return checked
 
 

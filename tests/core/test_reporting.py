@@ -148,3 +148,25 @@ def test_a_result_that_stops_the_trial_is_still_heard(nastrain_plugin) -> None:
         Counting().fit()
     assert reporter.stored == [0.0, 0.1]
     assert [metric for _, metric, _ in listener.heard] == [0.0, 0.1]  # the stopping one too
+
+
+def test_a_failing_logger_does_not_hide_an_early_stop(nastrain_plugin) -> None:
+    class Stop(Exception):
+        pass
+
+    class StopAtOnce:
+        def report(self, trainer, metric, final) -> None:
+            raise Stop
+
+    class Broken:
+        @nastrain.hookimpl
+        def nastrain_on_report(self, metric):
+            raise RuntimeError("logger down")
+
+    nastrain_plugin(Broken(), name="broken-logger")
+    with (
+        nastrain.use_reporter(StopAtOnce()),
+        pytest.warns(nastrain.plugins.PluginWarning, match="logger down"),
+        pytest.raises(Stop),
+    ):
+        Counting().fit()

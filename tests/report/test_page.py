@@ -105,3 +105,21 @@ def test_a_source_that_is_neither_a_store_nor_a_run_record_is_named(tmp_path: Pa
     with pytest.raises(htmlreport.ReportError):
         htmlreport.report(text, output)
     assert not output.exists()
+
+
+def test_a_report_is_never_written_over_its_source_or_other_data(tmp_path: Path) -> None:
+    record = tmp_path / "run" / "run.jsonl"
+    record.parent.mkdir()
+    record.write_text('{"type": "header", "format": "nastrain-run"}\n')
+    store = tmp_path / "other.sqlite"
+    store.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    before = (record.read_bytes(), store.read_bytes())
+    for source, output, match in [
+        (record, record, "over its own source"),
+        (record.parent, record, "over its own source"),  # the folder's record is the source
+        (record, store, "over .*other.sqlite: it is an experiment store"),
+        (store, tmp_path / "run", "it is a folder"),
+    ]:
+        with pytest.raises(htmlreport.ReportError, match=match):
+            htmlreport.report(source, output)
+    assert (record.read_bytes(), store.read_bytes()) == before

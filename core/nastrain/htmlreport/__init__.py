@@ -86,9 +86,35 @@ def collect(source: str | os.PathLike[str]) -> dict[str, Any]:
 
 def render(source: str | os.PathLike[str]) -> str:
     """The HTML page reporting on ``source`` (an experiment store or a run record)."""
-    kind, path = source_kind(source)
+    return _render(*source_kind(source))[0]
+
+
+def _render(kind: Kind, path: Path) -> tuple[str, dict[str, Any]]:
     data = collect(path)
-    return render_page(kind, str(data.get("title") or path.name), data)
+    return render_page(kind, str(data.get("title") or path.name), data), data
+
+
+def _check_output(target: Path, source: Path) -> None:
+    """Refuse an output that would overwrite data: the source itself, or any other
+    experiment store or run record (a page is written over an old page, nothing else)."""
+    if not target.parent.is_dir():
+        raise ReportError(
+            f"cannot write the report to {target}: the folder {target.parent} does not exist"
+        )
+    if not target.exists():
+        return
+    if target.is_dir():
+        raise ReportError(f"cannot write the report to {target}: it is a folder")
+    if os.path.samefile(target, source):
+        raise ReportError(
+            f"refusing to write the report over its own source {target}; choose another -o"
+        )
+    try:
+        kind, _ = source_kind(target)
+    except ReportError:
+        return  # not a store or a record: an old page, or another file the user names
+    what = "an experiment store" if kind == "experiment" else "a one-shot run record"
+    raise ReportError(f"refusing to write the report over {target}: it is {what}")
 
 
 def report(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
@@ -100,13 +126,10 @@ def report(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> Pa
     record draws cells (a DARTS space) also gets each cell of its final architecture as
     Graphviz text beside the page, ``<output stem>.<cell>.dot``."""
     target = Path(output)
-    if not target.parent.is_dir():
-        raise ReportError(
-            f"cannot write the report to {target}: the folder {target.parent} does not exist"
-        )
     kind, path = source_kind(source)
-    data = collect(path)
-    written = write_page(target, render_page(kind, str(data.get("title") or path.name), data))
+    _check_output(target, path)
+    page, data = _render(kind, path)
+    written = write_page(target, page)
     if kind == "run":
         from nastrain.htmlreport import run  # imported when asked for, like the experiment's
 
