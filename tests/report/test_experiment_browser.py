@@ -289,3 +289,37 @@ def test_a_strangers_store_cannot_put_markup_into_the_page(trials, tmp_path, ope
     assert HOSTILE in browser.find_element("id", "trials").text  # shown, as text
     assert browser.execute_script("return document.querySelectorAll('img').length") == 0
     assert browser.execute_script("return window.pwned === undefined")
+
+
+def test_labels_named_like_object_properties_and_many_input_ways_draw(
+    trials, tmp_path, open_page, browser
+):
+    # "constructor" & co. are properties of every JavaScript object: the page must look them
+    # up as the store's own keys. An input choice of 2 among 6 has too many ways to list: its
+    # parallel axis holds the ways trials chose, and every line reaches every axis.
+    store = tmp_path / "odd.sqlite"
+    nastrain.Experiment(
+        trials.OddNamesSpace(),
+        trials.ScoreTrainer(None, epochs=2),
+        "random",
+        max_trials=12,
+        executor="inline",
+        store=store,
+        progress=False,
+    ).run()
+    assert open_page(_write(store, tmp_path)) == []
+    axes, rows = browser.execute_script(
+        """
+        const box = document.getElementById("parallel-chart");
+        const option = echarts.getInstanceByDom(box).getOption();
+        return [option.parallelAxis.map((a) => a.data || null), option.series[0].data];
+        """
+    )
+    assert len(rows) == 12
+    for row in rows:
+        for value, categories in zip(row, axes):
+            assert categories is None or value in categories, (value, categories)
+    boxes = browser.execute_script(
+        "return [...document.querySelectorAll('svg.boxes')].map((s) => s.dataset.label);"
+    )
+    assert boxes == ["constructor", "__proto__", "toString"]

@@ -46,6 +46,19 @@ const NASTRAIN = (() => {
   // store or record may come from anyone.
   const esc = (value) => String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
+  // obj[key] when obj has its own key, else undefined: keys come from a store or record
+  // and may be names such as "constructor" that every object inherits.
+  const own = (obj, key) => (obj !== null && typeof obj === "object" && Object.hasOwn(obj, key) ? obj[key] : undefined);
+
+  // Seconds as "12.3 s", "4m 05s" or "2h 03m".
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    if (seconds < 60) return `${seconds.toFixed(1)} s`;
+    const m = Math.floor(seconds / 60), s = Math.round(seconds % 60);
+    if (m < 60) return `${m}m ${String(s).padStart(2, "0")}s`;
+    return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
+  }
+
   function fmt(value, digits = 4) {
     if (value === null || value === undefined) return "–";
     if (typeof value === "number") {
@@ -146,5 +159,5 @@ const NASTRAIN = (() => {
     }
   }
 
-  return { data, el, section, chart, charts, esc, fmt, table, card, facts, run };
+  return { data, el, section, chart, charts, duration, esc, fmt, own, table, card, facts, run };
 })();

@@ -6,7 +6,7 @@
 "use strict";
 
 NASTRAIN.run((data) => {
-  const { el, section, chart, table, card, facts, fmt, esc } = NASTRAIN;
+  const { el, section, chart, table, card, facts, fmt, esc, duration, own } = NASTRAIN;
   const trials = data.trials;
   const mode = data.experiment.mode;
   const better = (a, b) => (mode === "min" ? a < b : a > b);
@@ -15,23 +15,15 @@ NASTRAIN.run((data) => {
     succeeded: "#2e9d57", failed: "#d64541", early_stopped: "#e8a33d",
     interrupted: "#8a8f98", running: "#2f6fdb",
   };
-  const statusColor = (s) => STATUS_COLORS[s] || "#555";
+  const statusColor = (s) => own(STATUS_COLORS, s) || "#555";
   const archText = (arch) => Object.entries(arch).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
   const firstLine = (text) => (text ? String(text).split("\n")[0] : null);
-
-  function duration(seconds) {
-    if (seconds === null || seconds === undefined) return "–";
-    if (seconds < 60) return `${seconds.toFixed(1)} s`;
-    const m = Math.floor(seconds / 60), s = Math.round(seconds % 60);
-    if (m < 60) return `${m}m ${String(s).padStart(2, "0")}s`;
-    return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
-  }
 
   // --- the intermediate results: float64 columns in base64 (one per metric key) ----------
   const inter = data.intermediate;
   const columnCache = {};
   function column(key) {
-    if (!(key in columnCache)) {
+    if (!Object.hasOwn(columnCache, key)) {
       const binary = atob(inter.columns[key]);
       const view = new DataView(new ArrayBuffer(binary.length));
       for (let i = 0; i < binary.length; i++) view.setUint8(i, binary.charCodeAt(i));
@@ -271,7 +263,7 @@ NASTRAIN.run((data) => {
       const names = candidates(choice);
       const values = Object.fromEntries(names.map((n) => [n, []]));
       for (const t of scored) {
-        for (const name of chosen(choice, t.arch[choice.label])) if (name in values) values[name].push(t.value);
+        for (const name of chosen(choice, own(t.arch, choice.label))) if (Object.hasOwn(values, name)) values[name].push(t.value);
       }
       const stats = names.map((n) => {
         const v = [...values[n]].sort((a, b) => a - b);
@@ -333,14 +325,20 @@ NASTRAIN.run((data) => {
     if (best.length > LINES) {
       parallelBody.append(el("div", { class: "controls" }, el("label", {}, allLines, ` all ${best.length} succeeded trials`)));
     }
-    const axes = data.space.map((choice, i) => ({ dim: i, name: choice.label, type: "category", data: candidates(choice) }));
+    // A trial's point on a label's axis: its candidate (or, for an input choice, its chosen
+    // inputs together). Too many ways to list for an input choice: the ways trials chose.
+    const point = (c, t) => chosen(c, own(t.arch, c.label)).join(", ");
+    const axisData = (c) => (c.kind === "layer" || c.size <= 12
+      ? candidates(c)
+      : [...new Set(best.map((t) => point(c, t)))].sort());
+    const axes = data.space.map((choice, i) => ({ dim: i, name: choice.label, type: "category", data: axisData(choice) }));
     axes.push({ dim: data.space.length, name: "value", type: "value", scale: true });
     const palette = ["#fde9c9", "#f4a259", "#d64541", "#6d1a36"];
     const parallel = chart(parallelBody, {}, { id: "parallel-chart", height: 380 });
     function drawParallel() {
       const shown = allLines.checked ? best : best.slice(0, LINES);
       // Worst first, so that the best lines are drawn on top.
-      const rows = shown.map((t) => [...data.space.map((c) => chosen(c, t.arch[c.label]).join(", ")), t.value]).reverse();
+      const rows = shown.map((t) => [...data.space.map((c) => point(c, t)), t.value]).reverse();
       const values = shown.map((t) => t.value); // the colours span the lines drawn
       const lo = Math.min(...values), hi = Math.max(...values);
       parallel.setOption({
