@@ -62,7 +62,7 @@ def test_a_page_embeds_its_data_and_loads_nothing_from_outside(monkeypatch, tmp_
     tags = Tags()
     tags.feed(html)
     assert [(tag, name) for tag, name in tags.loads] == []
-    assert "default-src 'none'" in html
+    assert "default-src 'none'" in html and "'unsafe-inline'; img-src" not in html
     # Every script is inline: the data and three scripts, each closed where it should be.
     assert tags.scripts == 4
 
@@ -123,3 +123,19 @@ def test_a_report_is_never_written_over_its_source_or_other_data(tmp_path: Path)
         with pytest.raises(htmlreport.ReportError, match=match):
             htmlreport.report(source, output)
     assert (record.read_bytes(), store.read_bytes()) == before
+
+
+def test_markup_that_slips_into_a_page_cannot_run(monkeypatch, tmp_path, open_page, browser):
+    # The page's policy lets only its own three scripts run (by hash): an event handler that
+    # a missed escape let in is refused by the browser, which says so on the console.
+    hostile = '<img src=x onerror="window.pwned = 1"><b id="injected">x</b>'
+    probe = f"NASTRAIN.run(() => {{ document.getElementById('report').innerHTML = {hostile!r}; }});"
+    real = page._asset
+    monkeypatch.setattr(
+        page, "_asset", lambda *parts: probe if parts[-1] == "probe.js" else real(*parts)
+    )
+    target = page.write_page(tmp_path / "p.html", page.render_page("probe", "probe", {}))
+    errors = open_page(target)
+    assert browser.find_elements("id", "injected")  # the markup is there...
+    assert browser.execute_script("return window.pwned === undefined")  # ...but did not run
+    assert any("Content Security Policy" in e["message"] for e in errors), errors

@@ -15,6 +15,8 @@ reloads, ``--watch``) sees the old page or the new one, never half of one.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import os
@@ -47,28 +49,40 @@ def render_page(kind: str, title: str, data: Any) -> str:
     """The whole page of one ``kind`` of report (``"experiment"`` or ``"run"``): its
     script is ``assets/<kind>.js``, which draws ``data`` into the page's ``<main>``."""
     script = _asset("assets", f"{kind}.js")
-    # A literal "</script" inside inlined code would end its element early.
-    for name, code in (("echarts", _asset("vendor", "echarts.min.js")), (kind, script)):
+    scripts = [
+        ("echarts", _asset("vendor", "echarts.min.js")),
+        ("common", _asset("assets", "common.js")),
+        (kind, script),
+    ]
+    for name, code in scripts:
+        # A literal "</script" inside inlined code would end its element early.
         if "</script" in code.lower():
             raise ValueError(f"the {name} script contains '</script', which cannot be inlined")
+    bodies = [f"\n{code}\n" for _, code in scripts]
+    # Only these three scripts may run: each is allowed by its hash, so markup that a missed
+    # escape let into the page (an onerror= attribute, a <script> element) does not run.
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+        for body in bodies
+    )
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        # No network: the page may only use what it carries (inline scripts, styles, data:).
+        # No network: the page may only use what it carries (its scripts, styles, data:).
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
+        f"script-src {hashes}; style-src 'unsafe-inline'; img-src data:; "
         'font-src data:">\n'
         f"<title>{html.escape(title)}</title>\n"
         f"<style>\n{_asset('assets', 'report.css')}\n</style>\n"
         f'<script type="application/json" id="{DATA_ELEMENT_ID}">{embed_json(data)}</script>\n'
         "</head>\n<body>\n"
         f'<header><h1>{html.escape(title)}</h1><p id="subtitle"></p></header>\n'
-        '<main id="report" data-kind="' + html.escape(kind) + '"></main>\n'
-        f"<script>\n{_asset('vendor', 'echarts.min.js')}\n</script>\n"
-        f"<script>\n{_asset('assets', 'common.js')}\n</script>\n"
-        f"<script>\n{script}\n</script>\n"
-        "</body>\n</html>\n"
+        '<main id="report" data-kind="'
+        + html.escape(kind)
+        + '"></main>\n'
+        + "".join(f"<script>{body}</script>\n" for body in bodies)
+        + "</body>\n</html>\n"
     )
 
 
