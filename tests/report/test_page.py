@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
@@ -62,7 +63,10 @@ def test_a_page_embeds_its_data_and_loads_nothing_from_outside(monkeypatch, tmp_
     tags = Tags()
     tags.feed(html)
     assert [(tag, name) for tag, name in tags.loads] == []
-    assert "default-src 'none'" in html and "'unsafe-inline'; img-src" not in html
+    assert "default-src 'none'" in html
+    script_src = re.search(r"script-src ([^;]*);", html)
+    assert script_src and "unsafe" not in script_src.group(1)  # only hashed scripts run
+    assert script_src.group(1).count("'sha256-") == 3
     # Every script is inline: the data and three scripts, each closed where it should be.
     assert tags.scripts == 4
 
