@@ -108,7 +108,10 @@ def test_a_checkpoint_is_one_file_synced_then_renamed_then_its_folder_synced(
     monkeypatch.setattr(os, "replace", replace)
     Tiny(tmp_path).fit()
     one_save = ["sync checkpoint.pt.tmp", "rename checkpoint.pt.tmp -> checkpoint.pt"]
-    # (The run record beside it, run.jsonl, is written and synced on its own.)
+    # (The run record beside it, run.jsonl, is written and synced on its own: its start is
+    # renamed into place and the folder synced, before the first epoch.)
+    started = next(i for i, event in enumerate(events) if event.endswith("-> run.jsonl"))
+    assert events.pop(started + 1) == "sync folder"
     events = [event for event in events if "run.jsonl" not in event]
     assert events == 2 * [*one_save, "sync folder"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "run.jsonl"]

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,14 @@ import nastrain
 from nastrain import htmlreport, testing
 from nastrain.htmlreport import run as run_report
 from nastrain.oneshot import SupernetTrainer
-from nastrain.runrecord import FORMAT, read_record
+from nastrain.runrecord import (
+    FORMAT,
+    RunRecordError,
+    RunRecordWriter,
+    json_line,
+    read_record,
+    writer_identity,
+)
 from nastrain.serialization import SCHEMA_VERSION
 from nastrain.utils import replace_choices, replace_layer_choice
 
@@ -519,3 +532,269 @@ def test_read_record_is_the_reader_loggers_use(soft_run) -> None:
     record = read_record(soft_run / "run.jsonl")
     assert record.header["trainer"] == "soft" and len(record.epochs) == 3
     assert record.end is not None and record.end["status"] == "completed"
+
+
+# --- robust reading and resuming ---------------------------------------------------------------
+
+
+def _record(folder: Path, labels: list[str], epochs: int = 3) -> tuple[dict[str, Any], list[str]]:
+    """A hand-made record of ``epochs`` epochs over ``labels`` in ``folder``: its header and
+    its lines as written (``json_line``: non-ASCII kept as it is)."""
+    header = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "type": "header",
+        "trainer": "soft",
+        "choices": [
+            {"label": label, "kind": "layer", "candidates": ["a", "b"], "n_chosen": 1}
+            for label in labels
+        ],
+        "num_epochs": epochs,
+    }
+    written = [json_line(header)]
+    for epoch in range(1, epochs + 1):
+        p = round(0.5 + 0.1 * epoch, 3)
+        written.append(
+            json_line(
+                {
+                    "type": "epoch",
+                    "epoch": epoch,
+                    "time": float(epoch),
+                    "metrics": {"loss": 1.0 / epoch},
+                    "probabilities": {label: [round(1 - p, 3), p] for label in labels},
+                    "entropy": {},
+                    "architecture": dict.fromkeys(labels, "b"),
+                    "graph": None,
+                }
+            )
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.jsonl").write_bytes("".join(written).encode("utf-8"))
+    return header, written
+
+
+def test_a_last_line_cut_mid_character_is_dropped_and_a_resume_keeps_the_epochs(tmp_path):
+    labels = ["ребро_01", "边_02"]
+    header, written = _record(tmp_path, labels)
+    last = written[-1].encode("utf-8")
+    inside = last.index("边".encode()) + 1  # the kill came in the middle of a 3-byte character
+    (tmp_path / "run.jsonl").write_bytes("".join(written[:-1]).encode("utf-8") + last[:inside])
+    record = read_record(tmp_path / "run.jsonl")
+    assert [e["epoch"] for e in record.epochs] == [1, 2] and record.end is None
+    assert record.notes == [
+        "line 4 of run.jsonl is cut short (the run was stopped while writing it) and was ignored"
+    ]
+    assert set(record.epochs[1]["probabilities"]) == set(labels)
+    # The search resumes from epoch 2's checkpoint: the record keeps epochs 1-2.
+    assert RunRecordWriter(tmp_path).start(header, epoch=2) is True
+    entries = lines(tmp_path / "run.jsonl")
+    assert [e.get("epoch") for e in entries] == [None, 1, 2]
+    assert entries[1:] == [json.loads(line) for line in written[1:3]]
+    assert list(tmp_path.iterdir()) == [tmp_path / "run.jsonl"]  # nothing moved aside
+
+
+@pytest.mark.parametrize("cut", ["in JSON", "mid-character"])
+def test_an_epoch_line_cut_short_then_an_end_line_keeps_the_end_and_drops_the_cut(tmp_path, cut):
+    # A disk full while epoch 3's line was written: part of it reached the file, fit() failed
+    # and its end line (written once space was free) continues the cut line.
+    header, written = _record(tmp_path, ["边_01"])
+    third = written[3].encode("utf-8")
+    part = third[: third.index("边".encode()) + 1] if cut == "mid-character" else third[:40]
+    end = json_line({"type": "end", "time": 9.0, "epochs": 2, "status": "failed", "error": "E"})
+    (tmp_path / "run.jsonl").write_bytes(
+        "".join(written[:3]).encode("utf-8") + part + end.encode("utf-8")
+    )
+    record = read_record(tmp_path / "run.jsonl")
+    assert [e["epoch"] for e in record.epochs] == [1, 2]
+    assert record.end == json.loads(end)
+    assert (
+        len(record.notes) == 1
+        and "line 4 of run.jsonl starts with a line cut short" in (record.notes[0])
+    )
+    data = run_report.collect(tmp_path)
+    assert data["status"] == "failed" and data["notes"] == record.notes
+    assert run_report.ended(tmp_path)
+    # A resume from epoch 2 keeps epochs 1-2 and drops the end line.
+    assert RunRecordWriter(tmp_path).start(header, epoch=2) is True
+    assert [e["type"] for e in lines(tmp_path / "run.jsonl")] == ["header", "epoch", "epoch"]
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("[" * 100_000, r"bad\.jsonl: line 2 is JSON nested too deeply to read"),
+        ('{"type": "epoch", "epoch": ' + "1" * 5000 + "}", r"line 2 is JSON that cannot be read"),
+        ("\udcff", r"bad\.jsonl: line 2 is not UTF-8 text"),
+    ],
+)
+def test_json_python_cannot_read_is_refused_by_file_and_line(tmp_path, line, match) -> None:
+    bad = tmp_path / "bad.jsonl"
+    head = json.dumps({"format": FORMAT, "schema_version": 1}) + "\n"
+    bad.write_bytes(head.encode() + line.encode("utf-8", "surrogateescape") + b"\n{}\n")
+    with pytest.raises(htmlreport.ReportError, match=match):
+        run_report.collect(bad)
+    # As a last line, not newline-ended, the same is a line cut short.
+    bad.write_bytes(head.encode() + line.encode("utf-8", "surrogateescape"))
+    assert "line 2 of bad.jsonl is cut short" in read_record(bad).notes[0]
+    # As the first line: not a run record.
+    bad.write_bytes(line.encode("utf-8", "surrogateescape") + b"\n")
+    with pytest.raises(RunRecordError, match=r"bad\.jsonl is not a run record: its first line"):
+        read_record(bad)
+
+
+def test_a_resume_moves_an_unreadable_record_aside_and_never_overwrites_it(tmp_path, caplog):
+    header, written = _record(tmp_path, ["x"])
+    record = tmp_path / "run.jsonl"
+    garbage = ("".join(written[:2]) + "not json\n" + written[2]).encode("utf-8")
+    record.write_bytes(garbage)
+    with caplog.at_level("WARNING", logger="nastrain.runrecord"):
+        assert RunRecordWriter(tmp_path).start(header, epoch=2) is False
+    aside = tmp_path / "run.jsonl.unreadable-1"
+    assert aside.read_bytes() == garbage
+    assert [e["type"] for e in lines(record)] == ["header"]  # afresh
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert str(record) in message and str(aside) in message and "line 3 is not JSON" in message
+    # Again: the next free name; the earlier one stays.
+    record.write_bytes(b"\xff\xfe\n")
+    RunRecordWriter(tmp_path).start(header, epoch=2)
+    assert (tmp_path / "run.jsonl.unreadable-2").read_bytes() == b"\xff\xfe\n"
+    assert aside.read_bytes() == garbage
+    # Another trainer's record is moved aside too; a fresh start (epoch 0) replaces it.
+    _record(tmp_path, ["x"])
+    RunRecordWriter(tmp_path).start({**header, "trainer": "other"}, epoch=2)
+    assert read_record(tmp_path / "run.jsonl.other-1").header["trainer"] == "soft"
+    RunRecordWriter(tmp_path).start(header)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run.jsonl",
+        "run.jsonl.other-1",
+        "run.jsonl.unreadable-1",
+        "run.jsonl.unreadable-2",
+    ]
+
+
+KILL_IN_START = """
+import os, signal, sys
+from pathlib import Path
+from nastrain import _files
+from nastrain.runrecord import RunRecordWriter, read_record
+
+folder, stage = Path(sys.argv[1]), sys.argv[2]
+real_fsync, real_replace = os.fsync, os.replace
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+
+def fsync(fd):
+    if stage == "writing":  # the new record is in its temporary file, not yet synced
+        die()
+    real_fsync(fd)
+
+def replace(src, dst):
+    if stage == "renaming":
+        die()
+    real_replace(src, dst)
+    if stage == "renamed":  # in place, the folder not yet synced
+        die()
+
+os.fsync, os.replace = fsync, replace
+RunRecordWriter(folder).start(read_record(folder / "run.jsonl").header, epoch=2)
+"""
+
+
+@pytest.mark.parametrize("stage", ["writing", "renaming", "renamed"])
+def test_a_kill_at_any_moment_in_start_leaves_a_record_that_resumes(tmp_path, stage) -> None:
+    header, _ = _record(tmp_path, ["x"])
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_IN_START, str(tmp_path), stage], capture_output=True
+    )
+    assert killed.returncode == -9, killed.stderr
+    record = read_record(tmp_path / "run.jsonl")  # the old record or the new, whole
+    old, new = [1, 2, 3], [1, 2]
+    assert [e["epoch"] for e in record.epochs] == (old if stage != "renamed" else new)
+    assert record.notes == []
+    assert RunRecordWriter(tmp_path).start(header, epoch=2) is True
+    assert [e.get("epoch") for e in lines(tmp_path / "run.jsonl")] == [None, 1, 2]
+
+
+def test_a_resumed_record_has_this_run_s_header_and_the_first_run_s_start(tmp_path) -> None:
+    SoftTrainer(num_epochs=2, checkpoint_dir=tmp_path).fit()
+    first = lines(tmp_path / "run.jsonl")[0]
+    assert first["pid"] == os.getpid() and first["host"] == socket.gethostname()
+    resumed = SoftTrainer(num_epochs=4, checkpoint_dir=tmp_path, channels_last=False)
+    resumed.fit()
+    entries = lines(tmp_path / "run.jsonl")
+    header = entries[0]
+    assert [e.get("epoch") for e in entries[1:-1]] == [1, 2, 3, 4]
+    assert header["num_epochs"] == 4 and header["options"]["channels_last"] is False  # this run's
+    assert (header["started"], header["time"]) == (first["started"], first["time"])
+    assert timeless([header]) == timeless([resumed._record_header() | writer_identity()])
+
+
+WRITE_AND_WAIT = """
+import sys, time
+from nastrain.runrecord import FORMAT, RunRecordWriter
+from nastrain.serialization import SCHEMA_VERSION
+
+header = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "type": "header",
+          "trainer": "soft", "choices": [], "num_epochs": 2}
+RunRecordWriter(sys.argv[1]).start(header)
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_watch_of_a_record_whose_writer_was_killed_ends(tmp_path) -> None:
+    folder = tmp_path / "run"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITE_AND_WAIT, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "started\n"
+        header = read_record(folder / "run.jsonl").header
+        assert header["pid"] == writer.pid and header["host"] == socket.gethostname()
+        assert not run_report.ended(folder)  # its writer runs
+        pages: list[Path] = []
+        watch = threading.Thread(
+            target=htmlreport.watch,
+            args=(folder, tmp_path / "page.html"),
+            kwargs={"interval": 0.1, "on_write": pages.append},
+            daemon=True,
+        )
+        watch.start()
+        watch.join(1.0)
+        assert watch.is_alive() and pages  # it rewrites the page while the search runs
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+        watch.join(30)
+        assert not watch.is_alive()  # no end line, but the writer is gone
+        assert run_report.ended(folder)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_record_from_another_host_ends_when_unchanged_for_an_hour(tmp_path) -> None:
+    header, _ = _record(tmp_path, ["x"])
+    record = tmp_path / "run.jsonl"
+    for stamp in ({"pid": 1, "host": "elsewhere.invalid"}, {}):  # and a record without them
+        record.write_text(json_line({**header, **stamp}))
+        assert not run_report.ended(record)
+        an_hour_ago = time.time() - run_report.STALE_SECONDS - 1
+        os.utime(record, (an_hour_ago, an_hour_ago))
+        assert run_report.ended(record)
+        assert not run_report.ended(record, stale_after=2 * run_report.STALE_SECONDS)
+
+
+def test_cells_whose_names_come_out_alike_get_a_dot_file_each(tmp_path) -> None:
+    names = ["a b", "a_b", "A_B", "a_b-2", "", "/"]
+    data = {"dot": {name: f"digraph {json.dumps(name)} {{}}\n" for name in names}}
+    paths = run_report.dot_paths(data, tmp_path / "page.html")
+    assert [p.name for p in paths.values()] == [
+        "page.a_b.dot",
+        "page.a_b-2.dot",
+        "page.A_B-3.dot",
+        "page.a_b-2-2.dot",
+        "page.cell.dot",
+        "page._.dot",
+    ]
+    written = run_report.write_dot_files(data, tmp_path / "page.html")
+    assert len(set(written)) == len(names)
+    assert [p.read_text() for p in written] == list(data["dot"].values())

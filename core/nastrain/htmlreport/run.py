@@ -19,6 +19,8 @@ import json
 import math
 import os
 import re
+import socket
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,15 @@ from nastrain.htmlreport import RUN_RECORD, ReportError
 from nastrain.htmlreport.page import write_page
 from nastrain.runrecord import RunRecord, RunRecordError, read_record
 
-__all__ = ["cell_dot", "cell_svg", "collect", "dot_paths", "ended", "write_dot_files"]
+__all__ = [
+    "STALE_SECONDS",
+    "cell_dot",
+    "cell_svg",
+    "collect",
+    "dot_paths",
+    "ended",
+    "write_dot_files",
+]
 
 # The diagrams' geometry (pixels).
 _COLUMN = 190
@@ -60,10 +70,44 @@ def _read(path: str | os.PathLike[str]) -> RunRecord:
         raise ReportError(str(exc)) from None
 
 
-def ended(path: str | os.PathLike[str]) -> bool:
-    """Whether the run record at ``path`` (the file, or the folder holding it) has its end
-    line (its ``fit()`` returned or raised); a killed run's never does."""
-    return _read(path).end is not None
+#: How long (seconds) a record written on another host (or by a nastrain that did not note
+#: its writer) may stay unchanged before :func:`ended` takes its run as gone: an hour.
+STALE_SECONDS = 3600.0
+
+
+def ended(path: str | os.PathLike[str], *, stale_after: float = STALE_SECONDS) -> bool:
+    """Whether the run of the record at ``path`` (the file, or the folder holding it) is
+    over, so that ``--watch`` stops: its record has an end line (its ``fit()`` returned or
+    raised), or its writer is gone. A killed run writes no end line; then the header's
+    ``pid`` and ``host`` say who wrote it: on this host, a process that no longer runs
+    (ended; a pid taken since by another process reads as alive); written elsewhere (or
+    by a record without them), a file unchanged for ``stale_after`` seconds (an hour: an
+    epoch longer than that on another host ends a watch early)."""
+    record = _read(path)
+    if record.end is not None:
+        return True
+    pid, host = record.header.get("pid"), record.header.get("host")
+    local = host == socket.gethostname()
+    if local and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+        return not _alive(pid)
+    try:
+        unchanged = time.time() - record.path.stat().st_mtime
+    except OSError:
+        return True  # gone since it was read
+    return unchanged >= stale_after
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:  # not a pid this system has
+        return False
+    return True
 
 
 def collect(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -311,10 +355,23 @@ def _file_part(name: str) -> str:
 
 def dot_paths(data: Mapping[str, Any], page: str | os.PathLike[str]) -> dict[str, Path]:
     """Where :func:`write_dot_files` puts each cell of ``data`` (:func:`collect`'s) for the
-    page at ``page``: ``<page stem>.<cell>.dot`` beside it."""
+    page at ``page``: ``<page stem>.<cell>.dot`` beside it, the cell's name kept to letters,
+    digits, ``_`` and ``-``. Names that come out alike (``"a b"`` and ``"a_b"``, or ``"A"``
+    and ``"a"`` on a case-blind disk) get ``-2``, ``-3``, ... in the order of the cells, so
+    that no cell's file overwrites another's."""
     page = Path(page)
     stem = page.name[: -len(page.suffix)] if page.suffix else page.name
-    return {name: page.with_name(f"{stem}.{_file_part(name)}.dot") for name in data.get("dot", {})}
+    paths: dict[str, Path] = {}
+    taken: set[str] = set()
+    for name in data.get("dot", {}):
+        base = part = _file_part(name)
+        n = 1
+        while part.casefold() in taken:
+            n += 1
+            part = f"{base}-{n}"
+        taken.add(part.casefold())
+        paths[name] = page.with_name(f"{stem}.{part}.dot")
+    return paths
 
 
 def write_dot_files(data: Mapping[str, Any], page: str | os.PathLike[str]) -> list[Path]:

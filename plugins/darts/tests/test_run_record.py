@@ -48,10 +48,10 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def timeless(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The record without times and folders, which differ between two runs of a search."""
+    """The record without times, folders and pids, which differ between two runs of a search."""
     out = []
     for entry in entries:
-        entry = {k: v for k, v in entry.items() if k not in ("time", "seconds", "started")}
+        entry = {k: v for k, v in entry.items() if k not in ("time", "seconds", "started", "pid")}
         if "options" in entry:
             entry["options"] = {k: v for k, v in entry["options"].items() if not k.endswith("_dir")}
         out.append(entry)
@@ -133,7 +133,8 @@ def test_a_killed_and_resumed_search_leaves_an_uninterrupted_one_s_record(tmp_pa
     record = tmp_path / "killed" / "run.jsonl"
     before = lines(record)
     assert [e.get("epoch") for e in before[1:]] == [1, 2, 3]  # no end line: killed
-    assert not run_report.ended(record)
+    # The writer is gone (its pid on this host no longer runs): a watch of it ends.
+    assert before[0]["pid"] != os.getpid() and run_report.ended(record)
     assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["epoch"] == 2
     resumed = run(tmp_path / "killed")
     assert resumed.returncode == 0, resumed.stderr
