@@ -74,3 +74,26 @@ def open_page(browser: Any) -> Callable[[Path], list[dict[str, Any]]]:
         return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
     return open_
+
+
+#: Shows the tooltip of (up to 50) data items of every series of every chart of the page,
+#: one after another (ECharts renders tooltips as HTML); returns how many were shown.
+_SHOW_EVERY_TOOLTIP = """
+let shown = 0;
+for (const chart of NASTRAIN.charts) {
+  (chart.getOption().series || []).forEach((series, seriesIndex) => {
+    const count = Array.isArray(series.data) ? Math.min(series.data.length, 50) : 0;
+    for (let dataIndex = 0; dataIndex < count; dataIndex++) {
+      chart.dispatchAction({ type: "showTip", seriesIndex, dataIndex });
+      shown++;
+    }
+  });
+}
+return shown;
+"""
+
+
+@pytest.fixture
+def show_every_tooltip(browser: Any) -> Callable[[], int]:
+    """Show every chart's tooltips on the open page (for tests of what markup they hold)."""
+    return lambda: browser.execute_script(_SHOW_EVERY_TOOLTIP)
