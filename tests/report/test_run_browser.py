@@ -189,3 +189,63 @@ def test_a_strangers_record_cannot_put_markup_into_the_page(
     assert HOSTILE in browser.find_element("tag name", "main").text  # shown, as text
     assert script(browser, "return document.querySelectorAll('img').length") == 0
     assert script(browser, "return window.pwned === undefined")
+
+
+def test_labels_named_like_object_properties_are_read_as_the_record_s_own(
+    open_page, browser, tmp_path
+) -> None:
+    # "constructor" and "toString" are properties of every JS object and "__proto__" its
+    # prototype: the page must read only what the record holds under such a label or key.
+    labels = ["constructor", "__proto__", "toString"]
+    header = {
+        "format": "nastrain-run",
+        "schema_version": 1,
+        "type": "header",
+        "trainer": "soft",
+        "choices": [
+            {"label": label, "kind": "layer", "candidates": ["a", "b"], "n_chosen": 1}
+            for label in labels
+        ],
+        "num_epochs": 2,
+    }
+    epochs = [
+        {
+            "type": "epoch",
+            "epoch": epoch,
+            "time": float(epoch),
+            "metrics": {"loss": 1.0 / epoch, **({"constructor": 0.5} if epoch == 2 else {})},
+            "probabilities": {"__proto__": [0.3, 0.7]},  # "constructor", "toString": none
+            "entropy": {"__proto__": 0.61},
+            "architecture": {"constructor": "a", "__proto__": "b", "toString": "a"},
+            "graph": None,
+        }
+        for epoch in (1, 2)
+    ]
+    record = _write(tmp_path / "run.jsonl", [header, *epochs])
+    assert open_page(htmlreport.report(record, tmp_path / "page.html")) == []
+    # (As JSON text: chromedriver's own serializer calls this object circular.)
+    drawn = json.loads(
+        script(
+            browser,
+            """const series = (id) => echarts.getInstanceByDom(document.getElementById(id))
+             .getOption().series;
+           const select = document.getElementById('metric-key');
+           select.value = 'constructor'; select.dispatchEvent(new Event('change'));
+           const out = {
+             heatmaps: [...document.querySelectorAll('#probabilities .heatmap')]
+               .map((box) => box.dataset.label),
+             entropy: series('entropy-chart').map((s) => s.name),
+             rows: [...document.querySelectorAll('#final-arch-table tbody tr')]
+               .map((tr) => [...tr.cells].map((td) => td.textContent)),
+             metric: series('metric-chart')[0].data,
+           };
+           return JSON.stringify(out);""",
+        )
+    )
+    assert drawn["heatmaps"] == ["__proto__"] and drawn["entropy"] == ["__proto__"]
+    assert drawn["rows"] == [
+        ["constructor", "a", "–"],
+        ["__proto__", "b", "0.7"],
+        ["toString", "a", "–"],
+    ]
+    assert drawn["metric"] == [[1, None], [2, 0.5]]  # epoch 1 has no "constructor" metric

@@ -6,27 +6,21 @@
 "use strict";
 
 NASTRAIN.run((data) => {
-  const { el, section, chart, table, card, facts, fmt, esc } = NASTRAIN;
+  // own(obj, key): a record's labels, candidates and metric keys are anyone's names, and
+  // "constructor" or "__proto__" must read the record's own entry, never a prototype's.
+  const { el, section, chart, table, card, facts, fmt, esc, own, duration } = NASTRAIN;
   const header = data.header;
   const epochs = data.epochs;
   const xs = epochs.map((e) => e.epoch);
   const choices = header.choices || [];
   const valueText = (v) => (v === null || v === undefined ? "–" : typeof v === "string" ? v : JSON.stringify(v));
-
-  function duration(seconds) {
-    if (seconds === null || seconds === undefined) return "–";
-    if (seconds < 60) return `${seconds.toFixed(1)} s`;
-    const m = Math.floor(seconds / 60), s = Math.round(seconds % 60);
-    if (m < 60) return `${m}m ${String(s).padStart(2, "0")}s`;
-    return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
-  }
   const when = (t) => (typeof t === "number" ? new Date(t * 1000).toISOString().replace(".000Z", "Z") : "–");
 
   // --- header -------------------------------------------------------------------------------
-  const statusText = {
+  const statusText = own({
     running: "running, or stopped without an end line (killed)",
     completed: "completed", failed: "failed", interrupted: "interrupted",
-  }[data.status] || data.status;
+  }, data.status) || data.status;
   document.getElementById("subtitle").textContent =
     `${header.trainer} · ${epochs.length}${header.num_epochs ? `/${header.num_epochs}` : ""} epochs · ` +
     `${statusText} · started ${header.started || when(header.time)}`;
@@ -86,13 +80,12 @@ NASTRAIN.run((data) => {
     archBody.append(archCards);
     const finalCard = card(archCards, `Final architecture (after epoch ${finalEntry.epoch})`);
     finalCard.id = "final-architecture";
-    const probs = finalEntry.probabilities || {};
     const rows = choices.map((c) => {
-      const value = finalEntry.architecture[c.label];
-      const p = probs[c.label];
+      const value = own(finalEntry.architecture, c.label);
+      const p = own(finalEntry.probabilities, c.label);
       let share = null;
-      if (p) {
-        const picked = c.kind === "layer" ? [c.candidates.indexOf(value)] : (value || []).map(Number);
+      if (Array.isArray(p)) {
+        const picked = c.kind === "layer" ? [c.candidates.indexOf(value)] : (Array.isArray(value) ? value : []).map(Number);
         share = picked.reduce((sum, i) => sum + (i >= 0 && i < p.length ? p[i] : 0), 0);
       }
       return { label: c.label, value: valueText(value), probability: share };
@@ -108,7 +101,7 @@ NASTRAIN.run((data) => {
       const before = epochs[i - 1].architecture, now = epochs[i].architecture;
       if (!before || !now) continue;
       for (const c of choices) {
-        const a = valueText(before[c.label]), b = valueText(now[c.label]);
+        const a = valueText(own(before, c.label)), b = valueText(own(now, c.label));
         if (a !== b) changes.push({ epoch: epochs[i].epoch, label: c.label, from: a, to: b });
       }
     }
@@ -179,7 +172,7 @@ NASTRAIN.run((data) => {
         xAxis: { type: "value", name: "epoch", nameLocation: "middle", nameGap: 28, minInterval: 1 },
         yAxis: { type: "value", name: key, scale: true },
         series: [{ type: "line", name: key, showSymbol: epochs.length < 60,
-          data: epochs.map((e) => [e.epoch, e.metrics && e.metrics[key] !== undefined ? e.metrics[key] : null]) }],
+          data: epochs.map((e) => [e.epoch, own(e.metrics, key) !== undefined ? own(e.metrics, key) : null]) }],
       }, true);
     };
     select.addEventListener("change", draw);
@@ -187,7 +180,11 @@ NASTRAIN.run((data) => {
   }
 
   // --- probabilities: a heat-map per label --------------------------------------------------
-  const withProbs = choices.filter((c) => epochs.some((e) => e.probabilities && e.probabilities[c.label]));
+  const probsOf = (e, c) => {
+    const p = own(e.probabilities, c.label);
+    return Array.isArray(p) ? p : [];
+  };
+  const withProbs = choices.filter((c) => epochs.some((e) => probsOf(e, c).length > 0));
   if (withProbs.length) {
     const probBody = section("probabilities", "Architecture probabilities",
       "Per label, what the search believes of each candidate after each epoch (the trainer's architecture_probabilities: DARTS' softmax of alpha, ENAS' controller, uniform sampling's distribution).");
@@ -195,7 +192,7 @@ NASTRAIN.run((data) => {
     // the largest: early in a search every candidate sits near uniform, and a scale from 0
     // would paint them all alike.
     let top = 0, low = 1;
-    for (const e of epochs) for (const p of Object.values(e.probabilities || {})) for (const v of p) {
+    for (const e of epochs) for (const c of withProbs) for (const v of probsOf(e, c)) {
       if (v > top) top = v;
       if (v < low) low = v;
     }
@@ -208,8 +205,7 @@ NASTRAIN.run((data) => {
     for (const c of withProbs) {
       const cells = [];
       epochs.forEach((e, xi) => {
-        const p = e.probabilities && e.probabilities[c.label];
-        if (p) p.forEach((v, yi) => cells.push([xi, yi, v]));
+        probsOf(e, c).forEach((v, yi) => cells.push([xi, yi, v]));
       });
       const box = el("div", { class: "heatmap", "data-label": c.label }, el("h3", {}, c.label));
       grid.append(box);
@@ -226,7 +222,7 @@ NASTRAIN.run((data) => {
   }
 
   // --- entropy ------------------------------------------------------------------------------
-  const withEntropy = choices.filter((c) => epochs.some((e) => e.entropy && typeof e.entropy[c.label] === "number"));
+  const withEntropy = choices.filter((c) => epochs.some((e) => typeof own(e.entropy, c.label) === "number"));
   if (withEntropy.length) {
     const entropyBody = section("entropy", "Entropy",
       "Per label, the entropy (nats) of its distribution: it falls as the search commits to a candidate.");
@@ -238,7 +234,7 @@ NASTRAIN.run((data) => {
       yAxis: { type: "value", name: "nats", min: 0 },
       series: withEntropy.map((c) => ({
         type: "line", name: c.label, showSymbol: epochs.length < 60,
-        data: epochs.map((e) => [e.epoch, e.entropy && typeof e.entropy[c.label] === "number" ? e.entropy[c.label] : null]),
+        data: epochs.map((e) => [e.epoch, typeof own(e.entropy, c.label) === "number" ? own(e.entropy, c.label) : null]),
       })),
     }, { id: "entropy-chart", height: 340 });
   }
