@@ -169,3 +169,21 @@ def nastrain_register_datasets(register: Callable[..., None]) -> None:
     not there. ``nastrain.get_dataset(name)`` returns the
     factory. Two plugins registering one name is an error naming both.
     """
+
+
+@hookspec
+def nastrain_register_executors(register: Callable[..., None]) -> None:
+    """Make executors (where an experiment's trials run) known by name.
+
+    Called once per plugin when the plugin manager loads. Call ``register(factory)`` or
+    ``register(factory, name="...")`` (the name defaults to the factory's attribute
+    ``name``, else its ``__name__``). A factory is called with a
+    :class:`nastrain.experiments.executor.ExecutorContext` and returns a
+    :class:`nastrain.experiments.executor.Executor` (a class whose ``__init__`` takes the
+    context works); it refuses options it does not know
+    (:func:`nastrain.experiments.executor.check_options`). An experiment
+    (``Experiment(executor="name", executor_options={...})``, or an ``[executor]`` table
+    with ``name`` in a config file) builds its executor by that name. The core's ``local``
+    and ``inline`` are registered through this hook too. Two plugins registering one name
+    is an error naming both.
+    """

@@ -1,5 +1,5 @@
-"""The plugin manager: loading plugins, the registries of trainers, strategies and
-datasets, and the typed hook facade.
+"""The plugin manager: loading plugins, the registries of trainers, strategies, datasets
+and executors, and the typed hook facade.
 
 Plugins are found through entry points in the group ``nastrain``; the core's
 own hook implementations (:data:`BUILTIN_PLUGINS`) are registered by the same
@@ -29,6 +29,7 @@ from nastrain import hookspecs
 if TYPE_CHECKING:
     from torch import nn
 
+    from nastrain.experiments.executor import ExecutorFactory
     from nastrain.experiments.strategies import Strategy
     from nastrain.reporting import Metric
     from nastrain.trainer import BaseTrainer
@@ -45,8 +46,11 @@ __all__ = [
     "dataset_names",
     "dataset_providers",
     "declare_registry_base",
+    "executor_names",
+    "executor_providers",
     "failed_plugins",
     "get_dataset",
+    "get_executor",
     "get_strategy",
     "get_trainer",
     "loaded_plugins",
@@ -150,6 +154,14 @@ def _check_dataset(obj: Any, name: str, provider: str) -> None:
         )
 
 
+def _check_executor(obj: Any, name: str, provider: str) -> None:
+    if not callable(obj):
+        raise TypeError(
+            f"{provider} registered {obj!r} as executor {name!r}, but an executor is a "
+            "callable (a factory or a class) taking an ExecutorContext"
+        )
+
+
 @attrs.frozen
 class _Kind:
     """One kind of registered thing: its words, its registration hook and its check."""
@@ -166,7 +178,11 @@ class _Kind:
 TRAINERS = _Kind("trainer", "trainers", _check_subclass("trainer"))
 STRATEGIES = _Kind("strategy", "strategies", _check_subclass("strategy"))
 DATASETS = _Kind("dataset", "datasets", _check_dataset)
-_KINDS = (TRAINERS, STRATEGIES, DATASETS)
+EXECUTORS = _Kind("executor", "executors", _check_executor)
+_KINDS = (TRAINERS, STRATEGIES, DATASETS, EXECUTORS)
+
+#: Executors of first-party plugins: name -> the distribution to install for it.
+_EXECUTOR_DISTRIBUTIONS = {"ray": "nastrain-ray"}
 
 
 class _Registry:
@@ -497,6 +513,37 @@ def get_dataset(name: str) -> Callable[..., Any]:
     Call it with keyword arguments to get ``(train, valid)`` datasets.
     """
     return _lookup(DATASETS, name)
+
+
+def executor_providers() -> dict[str, list[Provider]]:
+    """Every executor name with every factory that provides it (more than one is a conflict)."""
+    return _providers(EXECUTORS)
+
+
+def executor_names() -> list[str]:
+    """Every executor name that a loaded plugin (the core's ``local`` and ``inline``
+    included) made known, sorted."""
+    return list(executor_providers())
+
+
+def get_executor(name: str) -> ExecutorFactory:
+    """The executor factory registered as ``name`` (errors as for :func:`get_trainer`; an
+    executor of a first-party plugin that is not installed, ``"ray"``, says which
+    distribution to install).
+
+    Call it with an :class:`nastrain.experiments.executor.ExecutorContext` to get the
+    executor."""
+    try:
+        return _lookup(EXECUTORS, name)
+    except UnknownNameError as exc:
+        distribution = _EXECUTOR_DISTRIBUTIONS.get(name)
+        if distribution is None:
+            raise
+        raise UnknownNameError(
+            f"unknown executor {name!r}: it is provided by the {distribution} plugin (pip "
+            f"install {distribution}), which is not installed or not loaded (check "
+            f"NASTRAIN_PLUGINS); known executors: {executor_names()}"
+        ) from exc
 
 
 # --- the typed facade: the only places the core calls hooks -----------------------------

@@ -270,7 +270,6 @@ def _experiment(trials, tmp_path, **options):
         ({"mode": "maximize"}, "mode must be 'max' or 'min', got 'maximize'"),
         ({"trial_timeout": 0}, "trial_timeout must be a number of seconds > 0"),
         ({"executor": "inline", "concurrency": 2}, "executor='inline'.*concurrency=1"),
-        ({"executor": "cluster"}, "executor must be 'local' or 'inline'"),
         ({"space": nn.Linear(2, 2)}, "has no LayerChoice or InputChoice"),
         ({"space": "nastrain_test_trials"}, "must be given as 'module:attr'"),
         ({"space": "no_such_module_xyz:Net"}, "cannot import module 'no_such_module_xyz'"),

@@ -20,6 +20,16 @@ from nastrain._lazy import lazy_names
 
 #: public name -> the module that defines it
 _EXPORTS = {
+    "Executor": "nastrain.experiments.executor",
+    "ExecutorContext": "nastrain.experiments.executor",
+    "ExecutorSpec": "nastrain.experiments.experiment",
+    "TrialHandler": "nastrain.experiments.executor",
+    "TrialJob": "nastrain.experiments.executor",
+    "WorkerSetup": "nastrain.experiments.executor",
+    "check_options": "nastrain.experiments.executor",
+    "describe_exception": "nastrain.experiments.executor",
+    "prepare_worker": "nastrain.experiments.executor",
+    "run_trial": "nastrain.experiments.executor",
     "Experiment": "nastrain.experiments.experiment",
     "ExperimentConfig": "nastrain.experiments.experiment",
     "ExperimentRecord": "nastrain.experiments.records",
@@ -33,6 +43,9 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Executor",
+    "ExecutorContext",
+    "ExecutorSpec",
     "Experiment",
     "ExperimentConfig",
     "ExperimentRecord",
@@ -41,12 +54,35 @@ __all__ = [
     "Strategy",
     "StrategySpec",
     "Trial",
+    "TrialHandler",
+    "TrialJob",
     "TrialStatus",
+    "WorkerSetup",
+    "check_options",
+    "describe_exception",
     "load_config",
+    "prepare_worker",
+    "run_trial",
 ]
 
 if TYPE_CHECKING:
-    from nastrain.experiments.experiment import Experiment, ExperimentConfig, load_config
+    from nastrain.experiments.executor import (
+        Executor,
+        ExecutorContext,
+        TrialHandler,
+        TrialJob,
+        WorkerSetup,
+        check_options,
+        describe_exception,
+        prepare_worker,
+        run_trial,
+    )
+    from nastrain.experiments.experiment import (
+        ExecutorSpec,
+        Experiment,
+        ExperimentConfig,
+        load_config,
+    )
     from nastrain.experiments.records import (
         ExperimentRecord,
         ExperimentResult,

@@ -31,6 +31,7 @@ trial under the trial's seed (:class:`SeededSpace`).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import importlib
 import json
@@ -43,9 +44,10 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -54,12 +56,15 @@ from torch import nn
 from nastrain import plugins
 from nastrain.reporting import Metric, check_metric, running_trial, use_reporter
 from nastrain.seeding import seed_everything
-from nastrain.serialization import SCHEMA_VERSION, converter, structure
+from nastrain.serialization import SCHEMA_VERSION, converter, dumps, loads, structure
 from nastrain.space import Architecture, apply_arch
 from nastrain.trainer import BaseTrainer, TrainerSpec
 
 __all__ = [
+    "Executor",
+    "ExecutorContext",
     "ExecutorError",
+    "ExecutorFactory",
     "InlineExecutor",
     "LocalExecutor",
     "SeededSpace",
@@ -68,8 +73,13 @@ __all__ = [
     "TrialStopped",
     "WorkerSetup",
     "available_cpus",
+    "check_options",
+    "describe_exception",
     "initialize_from_seed",
+    "inline_executor",
     "load_space",
+    "local_executor",
+    "prepare_worker",
     "run_trial",
     "trial_space",
     "worker_name",
@@ -93,13 +103,25 @@ class TrialStopped(BaseException):
 
 @attrs.frozen(kw_only=True)
 class TrialJob:
-    """One trial as a worker receives it."""
+    """One trial as a worker receives it: which trial (``index``, and ``attempt``, counted
+    from 1 over the runs of the experiment), its architecture, its seed and its trainer's
+    spec. All JSON (:meth:`to_json`), so any executor can send it to another process or
+    machine."""
 
     index: int
     attempt: int
     arch: Architecture
     seed: int
     trainer: TrainerSpec
+
+    def to_json(self) -> str:
+        """This job as a JSON string (what an executor sends to its worker)."""
+        return dumps(self)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TrialJob:
+        """The job :meth:`to_json` wrote; a bad document names its bad key."""
+        return loads(text, cls, what="trial job")
 
 
 @attrs.frozen(kw_only=True)
@@ -119,6 +141,15 @@ class WorkerSetup:
     #: environment is the fork server's, from when that started (maybe an earlier experiment).
     environ: dict[str, str] = attrs.field(factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        """This setup as a JSON string (what an executor sends to each worker once)."""
+        return dumps(self)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerSetup:
+        """The setup :meth:`to_json` wrote; a bad document names its bad key."""
+        return loads(text, cls, what="worker setup")
 
 
 def nastrain_environ() -> dict[str, str]:
@@ -142,6 +173,92 @@ class TrialHandler(Protocol):
     def on_end(self, index: int, status: str, reason: str | None) -> None:
         """Trial ``index`` ended: ``succeeded``, ``failed`` or ``early_stopped``."""
         ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where an experiment's trials run: what every executor is (the built-in ``local`` and
+    ``inline`` ones too), built by a registered factory from an :class:`ExecutorContext`.
+
+    The experiment calls :meth:`start` once, after opening its store and before it records
+    anything of the run; then, as long as there are trials, it calls :meth:`submit` as often as
+    :meth:`free_slots` says, and :meth:`poll`; finally it calls :meth:`close`, also when
+    :meth:`start` or anything else raised. Every event of a trial goes to the context's
+    :class:`TrialHandler`, from the thread that calls :meth:`submit` or :meth:`poll`: the
+    handler writes the store, and only it does."""
+
+    def start(self) -> None:
+        """Get ready to run trials (start workers, connect to a cluster). May raise an error
+        saying what is wrong (an unreachable address, a missing resource): the experiment
+        has recorded nothing of this run yet."""
+        ...
+
+    def free_slots(self) -> int:
+        """How many more jobs :meth:`submit` takes now."""
+        ...
+
+    def running(self) -> int:
+        """How many submitted jobs have not ended (``on_end`` not called yet)."""
+        ...
+
+    def submit(self, job: TrialJob) -> None:
+        """Start ``job`` (``on_start`` is called when it starts, maybe before this returns)."""
+        ...
+
+    def poll(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` seconds (``None``: until something happens) for events of
+        the running trials, and hand each to the handler: ``on_result`` (whose answer
+        ``True`` stops the trial), ``on_end``."""
+        ...
+
+    def close(self) -> None:
+        """Stop everything still running and free what :meth:`start` took; safe to call when
+        :meth:`start` was not called or failed."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class ExecutorContext:
+    """What a registered executor factory is given: all it needs to know of the experiment."""
+
+    #: What each worker does once before its first trial (:func:`prepare_worker`); JSON.
+    setup: WorkerSetup
+    #: The space object when it was not named as ``module:attr`` (``setup.space_ref`` is then
+    #: ``None``); an executor that cannot send it to its workers refuses it in its factory.
+    space: nn.Module | None
+    #: How many trials may run at once: ``Experiment(concurrency=...)``, at most the trials
+    #: still to run.
+    concurrency: int
+    #: Seconds a trial may run (``Experiment(trial_timeout=...)``), or ``None``.
+    trial_timeout: float | None
+    #: Where every event of a trial goes.
+    handler: TrialHandler
+    #: The executor's JSON options: ``Experiment(executor_options=...)``, or the keys of a
+    #: config's ``[executor]`` table but ``name``. Check them with :func:`check_options`.
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The experiment's SQLite store (only the experiment writes it; for names and logs).
+    store_path: Path
+    #: The name the executor was asked for by (``Experiment(executor=...)``).
+    name: str = ""
+
+
+#: What ``nastrain_register_executors`` registers: called with the context, returns the
+#: executor (a class whose ``__init__`` takes the context works).
+ExecutorFactory = Callable[[ExecutorContext], Executor]
+
+
+def check_options(
+    executor: str, options: Mapping[str, Any], known: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``options`` as a dict, or a ``ValueError`` naming an option ``executor`` does not take
+    (with a close match, if any) and the ones it does; for executor factories."""
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        takes = f"its options: {', '.join(known)}" if known else "it takes no options"
+        raise ValueError(f"executor {executor!r} has no option {unknown[0]!r}{hint}; {takes}")
+    return dict(options)
 
 
 def worker_name(pid: int) -> str:
@@ -299,6 +416,10 @@ def run_trial(
 
     Every result the trainer reports goes to ``report(metric, final)``; when
     that returns ``True`` the trial stops (:class:`TrialStopped` is raised).
+
+    What every executor's worker calls for every trial, in a process prepared by
+    :func:`prepare_worker`: returning is ``succeeded``, :class:`TrialStopped`
+    ``early_stopped``, any other exception ``failed`` (:func:`describe_exception`).
     """
     seed_everything(job.seed)
     if isinstance(space, SeededSpace):
@@ -311,7 +432,10 @@ def run_trial(
 
 
 def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` on the first line, then the traceback (shortened)."""
+    """How a failed trial's ``reason`` reads: ``Type: message`` on the first line, then the
+    traceback (its last 4000 characters). An executor's worker calls it on what
+    :func:`run_trial` raised (anything but :class:`TrialStopped`, which is an early stop)
+    and passes it to ``on_end(index, "failed", reason)``."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
     if len(text) > _REASON_LIMIT:
         text = "...\n" + text[-_REASON_LIMIT:]
@@ -384,6 +508,24 @@ def _watch_lifeline(lifeline: Connection) -> None:
         os._exit(3)
 
 
+def prepare_worker(setup: WorkerSetup) -> nn.Module | SeededSpace:
+    """Prepare this process to run trials, once, as every worker of every executor does, and
+    return what its trials are built from (pass it to :func:`run_trial`).
+
+    Takes the experiment's ``NASTRAIN_*`` variables (and drops others), loads the plugins
+    again, sets torch's threads, imports the user's modules and then the space named as
+    ``setup.space_ref`` (:func:`trial_space`), under a fixed seed that leaves torch's
+    generator as it was. A setup without a ``space_ref`` (a space object, which only the
+    local executor sends, in memory) is a ``ValueError``.
+    """
+    if setup.space_ref is None:
+        raise ValueError(
+            "this worker setup has no space_ref: the model space must be named as "
+            "'module:attr' (importable where the worker runs) for this executor"
+        )
+    return _prepare_worker(setup, None)
+
+
 def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module | SeededSpace:
     for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
         if name not in setup.environ:
@@ -416,7 +558,7 @@ def worker_main(conn: Connection, lifeline: Connection, setup_json: str) -> None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True).start()
     try:
-        setup = structure(json.loads(setup_json), WorkerSetup, what="worker setup")
+        setup = WorkerSetup.from_json(setup_json)
         space_bytes = conn.recv_bytes() if setup.space_ref is None else None
         space = _prepare_worker(setup, space_bytes)
     except BaseException as exc:
@@ -496,7 +638,7 @@ class LocalExecutor:
         trial_timeout: float | None,
         handler: TrialHandler,
     ) -> None:
-        self.setup_json = json.dumps(converter.unstructure(setup))
+        self.setup_json = setup.to_json()
         self.space_bytes = None
         if space is not None:
             try:
@@ -675,3 +817,35 @@ class LocalExecutor:
                 worker.process.join()
             worker.close()
         self.workers = []
+
+
+# --- the built-in executors' factories (registered by nastrain.experiments.builtin) ---------
+
+
+def local_executor(context: ExecutorContext) -> LocalExecutor:
+    """``executor="local"``, the default: :class:`LocalExecutor` with the experiment's
+    concurrency and ``trial_timeout``; it takes no options."""
+    check_options(context.name or "local", context.options)
+    return LocalExecutor(
+        setup=context.setup,
+        space=context.space,
+        concurrency=context.concurrency,
+        trial_timeout=context.trial_timeout,
+        handler=context.handler,
+    )
+
+
+def inline_executor(context: ExecutorContext) -> InlineExecutor:
+    """``executor="inline"``: :class:`InlineExecutor`, trials one at a time in this process
+    (a space named as ``module:attr`` is what :func:`trial_space` makes of it, as in each
+    local worker); it takes no options, and no ``trial_timeout``."""
+    check_options(context.name or "inline", context.options)
+    if context.trial_timeout is not None:
+        raise ValueError("executor 'inline' runs trials in this process: it takes no trial_timeout")
+    space: nn.Module | SeededSpace
+    if context.space is not None:
+        space = context.space
+    else:
+        assert context.setup.space_ref is not None
+        space = trial_space(context.setup.space_ref, context.setup.space_kwargs)
+    return InlineExecutor(space, context.handler)

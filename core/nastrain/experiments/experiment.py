@@ -40,14 +40,13 @@ from torch import nn
 
 from nastrain import plugins
 from nastrain.experiments.executor import (
-    InlineExecutor,
-    LocalExecutor,
+    Executor,
+    ExecutorContext,
     TrialJob,
     WorkerSetup,
     available_cpus,
     load_space,
     nastrain_environ,
-    trial_space,
 )
 from nastrain.experiments.records import (
     UNFINISHED,
@@ -60,12 +59,19 @@ from nastrain.experiments.records import (
 from nastrain.experiments.store import Store, StoreError
 from nastrain.experiments.strategies import Strategy
 from nastrain.reporting import Metric
-from nastrain.serialization import SCHEMA_VERSION, dumps, structure
+from nastrain.serialization import (
+    SCHEMA_VERSION,
+    check_json_value,
+    converter,
+    dumps,
+    structure,
+)
 from nastrain.space import Architecture, SearchSpace, apply_arch
 from nastrain.terminal import printable
 from nastrain.trainer import BaseOneShotTrainer, BaseTrainer, TrainerSpec
 
 __all__ = [
+    "ExecutorSpec",
     "Experiment",
     "ExperimentConfig",
     "load_config",
@@ -108,8 +114,13 @@ class Experiment:
         mode: ``"max"`` when a larger final result is better, ``"min"`` otherwise.
         trial_timeout: seconds a trial may run before its worker is killed and
             the trial recorded as failed.
-        executor: ``"local"`` (worker processes) or ``"inline"`` (trials in this
-            process, one at a time: for debugging and notebooks).
+        executor: the registered name of where the trials run: ``"local"`` (worker
+            processes on this machine, the default), ``"inline"`` (trials in this
+            process, one at a time: for debugging and notebooks), or a plugin's
+            (``"ray"`` with nastrain-ray); ``nastrain.plugins.executor_names()`` lists them.
+        executor_options: the executor's JSON options (``local`` and ``inline`` take
+            none; a plugin's executor documents its own, e.g. ``{"address": "auto"}``);
+            an option it does not take is refused, naming it.
         modules: modules of the user's code to import first, in this process and
             in every worker (for example, where a trainer is registered).
         progress: ``True`` for a progress bar on stderr, ``"lines"`` for a line
@@ -129,10 +140,11 @@ class Experiment:
         seed: int = 0,
         mode: Mode = "max",
         trial_timeout: float | None = None,
-        executor: Literal["local", "inline"] = "local",
+        executor: str = "local",
         space_kwargs: Mapping[str, Any] | None = None,
         modules: Sequence[str] = (),
         progress: bool | Literal["lines"] | None = None,
+        executor_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.max_trials = _positive_int("max_trials", max_trials)
         self.concurrency = _positive_int("concurrency", concurrency)
@@ -148,8 +160,14 @@ class Experiment:
             raise ValueError(
                 f"trial_timeout must be a number of seconds > 0, got {trial_timeout!r}"
             )
-        if executor not in ("local", "inline"):
-            raise ValueError(f"executor must be 'local' or 'inline', got {executor!r}")
+        if not isinstance(executor, str) or not executor:
+            raise TypeError(f"executor must be a registered executor's name, got {executor!r}")
+        plugins.get_executor(executor)  # an unknown name fails now, listing the known ones
+        self.executor_options = dict(executor_options or {})
+        for key, value in self.executor_options.items():
+            if not isinstance(key, str):
+                raise TypeError(f"executor_options keys must be strings, got {key!r}")
+            check_json_value(value, f"option {key!r} of executor {executor!r}")
         if executor == "inline" and (concurrency != 1 or trial_timeout is not None):
             raise ValueError(
                 "executor='inline' runs one trial at a time in this process: it takes "
@@ -221,7 +239,7 @@ class Experiment:
         for cls in (trainer_cls, type(self.space)):
             if cls.__module__ in ("__main__", "__mp_main__"):
                 main = sys.modules.get("__main__")
-                if self.executor == "local" and getattr(main, "__file__", None) is None:
+                if self.executor != "inline" and getattr(main, "__file__", None) is None:
                     raise ValueError(
                         f"{cls.__qualname__} is defined in an interactive session (a __main__ "
                         "without a file), which worker processes cannot import: move it into a "
@@ -361,6 +379,10 @@ def _strategy(strategy: str | StrategySpec | Strategy) -> Strategy:
     )
 
 
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
 class _Run:
     """One run of an experiment on its open store: the loop, and the executor's handler."""
 
@@ -440,17 +462,9 @@ class _Run:
             )
         return None
 
-    def _executor(self) -> InlineExecutor | LocalExecutor:
+    def _executor(self) -> Executor:
+        """The experiment's executor, built by its registered factory (not started)."""
         experiment = self.experiment
-        if experiment.executor == "inline":
-            # As each local worker does (a space named as module:function is built again for
-            # every trial under its seed).
-            space = (
-                experiment.space
-                if experiment.space_ref is None
-                else trial_space(experiment.space_ref, experiment.space_kwargs)
-            )
-            return InlineExecutor(space, self)
         setup = WorkerSetup(
             space_ref=experiment.space_ref,
             space_kwargs=experiment.space_kwargs,
@@ -458,14 +472,26 @@ class _Run:
             threads=max(1, available_cpus() // experiment.concurrency),
             environ=nastrain_environ(),
         )
-        return LocalExecutor(
+        context = ExecutorContext(
             setup=setup,
             space=None if experiment.space_ref is not None else experiment.space,
-            # The job already taken, plus those still to start.
-            concurrency=min(experiment.concurrency, 1 + self.pending()),
+            concurrency=max(1, min(experiment.concurrency, self.pending())),
             trial_timeout=experiment.trial_timeout,
             handler=self,
+            options=dict(experiment.executor_options),
+            store_path=experiment.store_path,
+            name=experiment.executor,
         )
+        factory = plugins.get_executor(experiment.executor)
+        executor = factory(context)
+        for method in ("start", "free_slots", "running", "submit", "poll", "close"):
+            if not callable(getattr(executor, method, None)):
+                raise TypeError(
+                    f"executor {experiment.executor!r} (factory {_qualname(factory)}) returned "
+                    f"{type(executor).__qualname__}, which has no {method}() method "
+                    "(see nastrain.experiments.executor.Executor)"
+                )
+        return executor
 
     def pending(self) -> int:
         """An upper bound on the trials still to start."""
@@ -473,18 +499,33 @@ class _Run:
 
     def execute(self) -> ExperimentResult:
         experiment = self.experiment
-        self.store.record_run(  # for reports: what the store's record does not say
-            {
-                "max_trials": experiment.max_trials,
-                "concurrency": experiment.concurrency,
-                "executor": experiment.executor,
-            }
-        )
-        self.strategy.setup(
-            self.experiment.search_space, seed=self.experiment.seed, mode=self.experiment.mode
-        )
+        # The executor starts before this run records anything, so that one that cannot
+        # (an unreachable cluster, a bad option) leaves the store as it was.
+        executor = self._executor() if self.has_more() else None
+        if executor is not None:
+            try:
+                executor.start()
+            except BaseException:
+                executor.close()
+                raise
         try:
-            self._loop()
+            try:
+                self.store.record_run(  # for reports: what the store's record does not say
+                    {
+                        "max_trials": experiment.max_trials,
+                        "concurrency": experiment.concurrency,
+                        "executor": experiment.executor,
+                        "executor_options": experiment.executor_options,
+                    }
+                )
+                self.strategy.setup(
+                    experiment.search_space, seed=experiment.seed, mode=experiment.mode
+                )
+                if executor is not None:
+                    self._loop(executor)
+            finally:
+                if executor is not None:
+                    executor.close()
         except BaseException as exc:
             self._interrupted(exc)
             raise
@@ -495,15 +536,10 @@ class _Run:
             stop_reason=self._stop_reason(),
         )
 
-    def _loop(self) -> None:
-        # Ask for the first trial before starting workers: a used-up grid needs none.
-        job = self.next_job() if self.has_more() else None
-        if job is None:
-            return
-        executor = self._executor()
+    def _loop(self, executor: Executor) -> None:
+        job: TrialJob | None = None
         self.progress.start()
         try:
-            executor.start()
             while True:
                 while executor.free_slots() > 0:
                     if job is None and self.has_more():
@@ -516,7 +552,6 @@ class _Run:
                     break
                 executor.poll(None)
         finally:
-            executor.close()
             self.progress.stop()
 
     def _interrupted(self, exc: BaseException) -> None:
@@ -668,14 +703,53 @@ class _Progress:
 
 
 @attrs.frozen(kw_only=True)
+class ExecutorSpec:
+    """A registered executor's name and its JSON options: what ``executor = "inline"``, or an
+    ``[executor]`` table (``name`` and, as its other keys, the options), in a config is."""
+
+    name: str = "local"
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"an executor's name must be a registered name, got {self.name!r}")
+        for key, value in self.options.items():
+            check_json_value(value, f"option {key!r} of executor {self.name!r}")
+
+
+def _structure_executor(value: Any, _: type) -> ExecutorSpec:
+    # ``executor = "ray"``, or ``[executor]`` with ``name = "ray"`` and the options beside it.
+    if isinstance(value, str):
+        return ExecutorSpec(name=value)
+    if not isinstance(value, dict):
+        raise ValueError(  # a ValueError, so that the config's error keeps this message
+            f"expected an executor's name or a table with 'name' and its options, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    options = dict(value)
+    name = options.pop("name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"the executor table needs a 'name' (a registered executor, such as 'local'), got "
+            f"{name!r}; its other keys ({', '.join(sorted(options)) or 'none'}) are the "
+            "executor's options"
+        )
+    return ExecutorSpec(name=name, options=options)
+
+
+converter.register_structure_hook(ExecutorSpec, _structure_executor)
+
+
+@attrs.frozen(kw_only=True)
 class ExperimentConfig:
     """An experiment as a TOML or JSON document, for ``nastrain run``.
 
     ``space`` is ``"module:attr"`` in the user's code; ``trainer`` a table with
     the registered ``name`` and its ``kwargs``; ``strategy`` a registered name
-    or a table with ``name`` and ``kwargs``. A relative ``store`` is relative to
-    the config file; without one, the store is the config's path with the
-    suffix ``.sqlite``.
+    or a table with ``name`` and ``kwargs``; ``executor`` a registered name or a
+    table with ``name`` and, beside it, the executor's options. A relative ``store``
+    is relative to the config file; without one, the store is the config's path with
+    the suffix ``.sqlite``.
     """
 
     space: str
@@ -687,7 +761,7 @@ class ExperimentConfig:
     seed: int = 0
     mode: Mode = "max"
     trial_timeout: float | None = None
-    executor: Literal["local", "inline"] = "local"
+    executor: ExecutorSpec = attrs.field(factory=lambda: ExecutorSpec(name="local"))
     space_kwargs: dict[str, Any] = attrs.field(factory=dict)
     modules: list[str] = attrs.field(factory=list)
     schema_version: int = SCHEMA_VERSION
@@ -711,7 +785,8 @@ class ExperimentConfig:
             "seed": self.seed,
             "mode": self.mode,
             "trial_timeout": self.trial_timeout,
-            "executor": self.executor,
+            "executor": self.executor.name,
+            "executor_options": self.executor.options,
             "space_kwargs": self.space_kwargs,
             "modules": self.modules,
         }
