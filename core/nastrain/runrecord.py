@@ -49,6 +49,7 @@ from nastrain.serialization import SCHEMA_VERSION
 
 __all__ = [
     "FORMAT",
+    "KEPT_ON_RESUME",
     "RunRecord",
     "RunRecordError",
     "RunRecordWriter",
