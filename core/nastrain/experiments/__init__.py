@@ -25,11 +25,13 @@ _EXPORTS = {
     "ExecutorSpec": "nastrain.experiments.experiment",
     "TrialHandler": "nastrain.experiments.executor",
     "TrialJob": "nastrain.experiments.executor",
+    "TrialStopped": "nastrain.experiments.executor",
     "WorkerSetup": "nastrain.experiments.executor",
     "check_options": "nastrain.experiments.executor",
     "describe_exception": "nastrain.experiments.executor",
     "prepare_worker": "nastrain.experiments.executor",
     "run_trial": "nastrain.experiments.executor",
+    "trial_space": "nastrain.experiments.executor",
     "Experiment": "nastrain.experiments.experiment",
     "ExperimentConfig": "nastrain.experiments.experiment",
     "ExperimentRecord": "nastrain.experiments.records",
@@ -57,12 +59,14 @@ __all__ = [
     "TrialHandler",
     "TrialJob",
     "TrialStatus",
+    "TrialStopped",
     "WorkerSetup",
     "check_options",
     "describe_exception",
     "load_config",
     "prepare_worker",
     "run_trial",
+    "trial_space",
 ]
 
 if TYPE_CHECKING:
@@ -71,11 +75,13 @@ if TYPE_CHECKING:
         ExecutorContext,
         TrialHandler,
         TrialJob,
+        TrialStopped,
         WorkerSetup,
         check_options,
         describe_exception,
         prepare_worker,
         run_trial,
+        trial_space,
     )
     from nastrain.experiments.experiment import (
         ExecutorSpec,
