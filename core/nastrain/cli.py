@@ -1,4 +1,5 @@
-"""The ``nastrain`` command line: what is installed (plugins, trainers, strategies, datasets),
+"""The ``nastrain`` command line: what is installed (plugins, trainers, strategies, datasets,
+executors),
 running an experiment described in a file, and reporting on its store.
 
 Importing this module, building the parser, ``--help`` and ``--version`` import no torch:
@@ -434,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for word, plural, providers, empty in (
         ("strategy", "strategies", "strategy_providers", "no strategies registered"),
+        ("executor", "executors", "executor_providers", "no executors registered"),
         (
             "dataset",
             "datasets",
@@ -456,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run (or resume) the experiment a TOML or JSON config describes",
         description="Run a multi-trial experiment described in CONFIG (.toml or .json): "
         "'space' names the model space as module:attr in your code, 'trainer' a registered "
-        "trainer (name and kwargs), 'strategy' a registered strategy. Running it again "
+        "trainer (name and kwargs), 'strategy' a registered strategy, 'executor' where the "
+        "trials run (a registered name, or a table with name and the executor's options). "
+        "Running it again "
         "resumes from its store (by default CONFIG with the suffix .sqlite): trials "
         "interrupted (Ctrl-C) run again. A run that ends before max_trials says why.",
     )

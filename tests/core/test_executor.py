@@ -123,7 +123,7 @@ def test_a_worker_imports_the_users_modules_under_a_fixed_seed_and_builds_nothin
     )
     state = torch.random.get_rng_state()
     try:
-        space = executor._prepare_worker(setup, None)
+        space = executor.prepare_worker(setup)  # what every executor's worker does
         probe = sys.modules[name]
     finally:
         sys.modules.pop(name, None)

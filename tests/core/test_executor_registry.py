@@ -5,6 +5,7 @@ recorded), the config's ``[executor]`` table, and the JSON forms of what travels
 
 from __future__ import annotations
 
+import json
 import textwrap
 import warnings
 from pathlib import Path
@@ -371,3 +372,21 @@ def test_check_options_takes_the_known_and_names_the_unknown() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_options("x", {}) == {}
+
+
+def test_nastrain_executors_lists_the_registered_ones(capsys) -> None:
+    from nastrain.cli import main  # the command line, only for this test
+
+    with builtin_plugins_only():
+        assert main(["executors"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert main(["executors", "--json"]) == 0
+        listing = json.loads(capsys.readouterr().out)
+    assert [line.split()[0] for line in lines] == ["inline", "local"]
+    assert "(from plugin 'nastrain.experiments.builtin' of distribution nastrain)" in lines[1]
+    assert listing["local"] == [
+        {
+            "object": "nastrain.experiments.builtin._local",
+            "provider": "plugin 'nastrain.experiments.builtin' of distribution nastrain",
+        }
+    ]

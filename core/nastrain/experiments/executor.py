@@ -1,5 +1,12 @@
 """Where an experiment's trials run.
 
+Every executor is an :class:`Executor`, built by a factory registered by name through the
+``nastrain_register_executors`` hook (:func:`nastrain.plugins.get_executor`) from an
+:class:`ExecutorContext`; the two below are the core's, registered as ``local`` and
+``inline`` by :mod:`nastrain.experiments.builtin`, and a plugin adds others (nastrain-ray's
+``ray``). A worker of any executor runs :func:`prepare_worker` once and :func:`run_trial` per
+trial; jobs and the worker setup travel as JSON (:meth:`TrialJob.to_json`).
+
 :class:`LocalExecutor` (the default) keeps ``concurrency`` persistent worker
 processes: each imports torch once, loads the plugins and the user's modules
 once, then runs one trial after another, streaming every reported result back
