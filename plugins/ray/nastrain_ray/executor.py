@@ -1,0 +1,391 @@
+"""The driver side of the Ray executor: :class:`RayExecutor`.
+
+Built on Ray core, not Ray Tune: every trial is one remote generator task
+(:func:`nastrain_ray.worker.trial_task`) submitted with the trial's resources; its arguments
+are JSON strings only (the worker setup and the trial job, the space by reference as
+``module:attr``), and it yields every result as a JSON message while the trial trains. The
+driver waits on all running tasks at once (``ray.wait``), hands each result to the
+experiment (which writes it to the store and then asks the strategy) and ends each trial.
+Only the driver, the experiment's process, writes the store.
+
+- A trial that raises is ``failed`` with its traceback, and is not retried.
+- A trial whose worker or node is lost (a system failure) is retried by Ray, up to
+  ``max_retries`` times, on any node that has the resources; the retried attempt reports
+  its steps again from the first, and the steps already recorded are ignored, so each
+  result is stored once.
+- A trial the strategy stops (``median_stop``) is cancelled (``ray.cancel``) and ends
+  ``early_stopped``; one that runs past ``trial_timeout`` is cancelled with force (its worker
+  process is killed) and ends ``failed``.
+
+What Ray pickles: Ray sends the task's function by reference (its module and name, with
+cloudpickle) and its own control messages; nastrain's arguments and results are JSON
+strings. Nothing nastrain writes or reads on disk is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import socket
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import ray
+
+from nastrain.experiments.executor import (
+    ExecutorContext,
+    ExecutorError,
+    TrialHandler,
+    TrialJob,
+    check_options,
+)
+from nastrain.reporting import check_metric
+from nastrain_ray.worker import trial_task
+
+__all__ = ["CONNECT_TIMEOUT", "OPTIONS", "RayExecutor", "check_address"]
+
+#: The options ``executor_options`` (or the config's ``[executor]`` table) may hold.
+OPTIONS = ("address", "num_cpus", "num_gpus", "resources", "max_retries", "runtime_env")
+#: Seconds the driver tries to reach the cluster's head (its GCS port) before giving up.
+CONNECT_TIMEOUT = 5.0
+#: Seconds :meth:`RayExecutor.close` waits for cancelled tasks to end.
+_CLOSE_WAIT = 5.0
+
+
+def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"executor 'ray': option {name!r} must be a number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"executor 'ray': option {name!r} must be >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse, within ``timeout`` seconds, a ``host:port`` where nothing listens: an
+    ``ExecutorError`` naming the address. ``"auto"`` and ``"local"`` are not checked (Ray
+    finds or starts the cluster)."""
+    if address in ("auto", "local"):
+        return
+    if address.startswith("ray://"):
+        raise ExecutorError(
+            f"executor 'ray': address {address!r} is a Ray Client address; nastrain's driver "
+            "must run on a node of the cluster: give the head's GCS address (host:6379, what "
+            "`ray start --head` prints) and run the experiment on a cluster node"
+        )
+    host, sep, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit():
+        raise ExecutorError(
+            f"executor 'ray': address {address!r} must be 'host:port' (the head's GCS address, "
+            "e.g. '10.0.0.1:6379'), 'auto' or 'local'"
+        )
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ExecutorError(
+            f"executor 'ray': cannot reach the Ray cluster at {address!r} within {timeout:g} s "
+            f"({type(exc).__name__}: {exc}); is `ray start --head` running there, and is the "
+            "port open from this machine?"
+        ) from None
+
+
+@attrs.define
+class _Trial:
+    """A submitted trial and what the driver knows of it."""
+
+    job: TrialJob
+    generator: Any
+    #: The next step expected: a retried attempt's earlier steps are below it (ignored).
+    next_step: int = 0
+    started: bool = False
+    deadline: float | None = None
+    attempts: int = 0
+    intermediate: int = 0
+
+
+class RayExecutor:
+    """``executor="ray"``: each trial a Ray task on a cluster (see the module docstring).
+
+    Options (``executor_options``, or the config's ``[executor]`` table):
+
+    - ``address``: the cluster's head, ``"host:port"`` (its GCS port, 6379 by default), or
+      ``"auto"`` (``RAY_ADDRESS``, else the cluster ``ray start`` started on this machine);
+      not given: an existing ``ray.init()`` connection of this process, else ``RAY_ADDRESS``,
+      else a Ray instance started on this machine for the experiment.
+    - ``num_cpus`` (default 1), ``num_gpus`` (default 0), ``resources`` (custom resources,
+      ``{"name": amount}``): what each trial's task asks for.
+    - ``max_retries`` (default 3): how many times Ray reruns a trial after a system failure
+      (its worker or node lost); a trial that raises is not retried.
+    - ``runtime_env``: Ray's runtime environment for the trial tasks, e.g.
+      ``{"working_dir": "."}`` or ``{"py_modules": ["mypackage"]}`` to ship the user's code to
+      the workers, ``{"pip": [...]}``, ``{"env_vars": {...}}``.
+    """
+
+    def __init__(self, context: ExecutorContext) -> None:
+        options = check_options(context.name or "ray", context.options, OPTIONS)
+        setup = context.setup
+        if context.space is not None or setup.space_ref is None:
+            raise ExecutorError(
+                "executor='ray' needs the space named as module:attr, importable on the "
+                "workers (e.g. space='myproject.spaces:Net', with myproject installed there or "
+                "shipped with the runtime_env option); a space object cannot be sent"
+            )
+        if setup.space_ref.partition(":")[0] in ("__main__", "__mp_main__"):
+            raise ExecutorError(
+                f"executor='ray' needs the space named as module:attr, importable on the "
+                f"workers; a space defined in __main__ ({setup.space_ref!r}) is not: move it "
+                "into a module of your project and name it as 'module:attr'"
+            )
+        address = options.get("address")
+        if address is not None and (not isinstance(address, str) or not address):
+            raise ValueError(
+                f"executor 'ray': option 'address' must be 'host:port', got {address!r}"
+            )
+        self.address: str | None = address
+        self.num_cpus = _number("num_cpus", options.get("num_cpus", 1))
+        self.num_gpus = _number("num_gpus", options.get("num_gpus", 0))
+        resources = options.get("resources", {})
+        if not isinstance(resources, Mapping):
+            raise ValueError(
+                f"executor 'ray': option 'resources' must be a table of amounts, got {resources!r}"
+            )
+        self.resources = {
+            str(k): _number(f"resources.{k}", v, minimum=0.0) for k, v in resources.items()
+        }
+        for name in ("CPU", "GPU"):
+            if name in self.resources:
+                raise ValueError(
+                    f"executor 'ray': give {name} as num_{name.lower()}s, not in 'resources'"
+                )
+        max_retries = options.get("max_retries", 3)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(
+                f"executor 'ray': option 'max_retries' must be an integer >= 0, got {max_retries!r}"
+            )
+        self.max_retries = max_retries
+        runtime_env = options.get("runtime_env")
+        if runtime_env is not None and not isinstance(runtime_env, Mapping):
+            raise ValueError(
+                f"executor 'ray': option 'runtime_env' must be a table, got {runtime_env!r}"
+            )
+        self.runtime_env = dict(runtime_env) if runtime_env is not None else None
+        # A worker's torch threads follow the CPUs its task holds.
+        self.setup_json = attrs.evolve(setup, threads=max(1, int(self.num_cpus))).to_json()
+        self.concurrency = context.concurrency
+        self.trial_timeout = context.trial_timeout
+        self.handler: TrialHandler = context.handler
+        self._trials: dict[int, _Trial] = {}
+        self._cancelled: list[Any] = []
+        self._connected_here = False
+        self._remote: Any = None
+
+    # --- starting -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to the cluster (checking the address first) and check that some node has
+        the resources a trial asks for."""
+        if not ray.is_initialized():
+            if self.address is not None:
+                check_address(self.address)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                ray.init(
+                    address=self.address,
+                    include_dashboard=False,
+                    log_to_driver=True,
+                    logging_level="WARNING",
+                )
+            self._connected_here = True
+        self._check_resources()
+        options: dict[str, Any] = {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "max_retries": self.max_retries,
+            "retry_exceptions": False,
+        }
+        if self.resources:
+            options["resources"] = self.resources
+        if self.runtime_env is not None:
+            options["runtime_env"] = self.runtime_env
+        self._remote = ray.remote(trial_task).options(**options)
+
+    def _check_resources(self) -> None:
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
+        wanted = {name: amount for name, amount in wanted.items() if amount > 0}
+        if any(all(n["Resources"].get(k, 0) >= v for k, v in wanted.items()) for n in nodes):
+            return
+        for name, amount in wanted.items():
+            most = max((n["Resources"].get(name, 0.0) for n in nodes), default=0.0)
+            if most < amount:
+                option = {"CPU": "num_cpus", "GPU": "num_gpus"}.get(name, f"resources.{name}")
+                raise ExecutorError(
+                    f"executor 'ray': a trial asks for {amount:g} {name} ({option}), but no node "
+                    f"of the cluster has that much (the most any of its {len(nodes)} nodes has: "
+                    f"{most:g}); lower {option} or add a node that has it"
+                )
+        raise ExecutorError(
+            f"executor 'ray': no node of the cluster has all a trial asks for at once ({wanted}); "
+            f"its nodes have: {[n['Resources'] for n in nodes]}"
+        )
+
+    # --- running --------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        """How many more trials may be submitted (``concurrency`` in all)."""
+        return max(0, self.concurrency - len(self._trials))
+
+    def running(self) -> int:
+        """Trials submitted and not ended (queued in Ray for resources included)."""
+        return len(self._trials)
+
+    def submit(self, job: TrialJob) -> None:
+        """Submit ``job`` as a Ray task; ``on_start`` comes when a worker starts it."""
+        generator = self._remote.remote(self.setup_json, job.to_json())
+        self._trials[job.index] = _Trial(job=job, generator=generator)
+
+    def poll(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` seconds for a message of a running trial; hand every
+        message ready to the experiment, then enforce ``trial_timeout``."""
+        self._reap_cancelled()
+        deadlines = [t.deadline for t in self._trials.values() if t.deadline is not None]
+        if deadlines:
+            until = max(0.0, min(deadlines) - time.monotonic())
+            timeout = until if timeout is None else min(timeout, until)
+        if self._cancelled and (timeout is None or timeout > 1.0):
+            timeout = 1.0  # look at the cancelled tasks again soon
+        wait = timeout
+        while self._trials:
+            by_generator = {id(t.generator): t for t in self._trials.values()}
+            ready, _ = ray.wait(
+                [t.generator for t in self._trials.values()],
+                num_returns=1,
+                timeout=wait,
+                fetch_local=True,
+            )
+            if not ready:
+                break
+            for generator in ready:
+                trial = by_generator[id(generator)]
+                if self._trials.get(trial.job.index) is trial:
+                    self._next(trial)
+            wait = 0
+        self._enforce_deadlines()
+
+    def _next(self, trial: _Trial) -> None:
+        """Take the trial's next message and act on it."""
+        index = trial.job.index
+        try:
+            ref = next(trial.generator)
+        except StopIteration:
+            self._end(trial, "failed", "its Ray task ended without saying how the trial ended")
+            return
+        try:
+            text = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            self._end(trial, "failed", _ray_failure(exc, self.max_retries))
+            return
+        message = json.loads(text)
+        kind = message["type"]
+        if kind == "setup_failed":
+            raise ExecutorError(
+                f"a Ray worker could not set up for the experiment: {message['reason']}"
+            )
+        if kind == "start":
+            trial.attempts += 1
+            # A retried attempt (after its node was lost) reports its steps from the first.
+            trial.started = True
+            if self.trial_timeout is not None:
+                trial.deadline = time.monotonic() + self.trial_timeout
+            self.handler.on_start(index, str(message["worker"]))
+        elif kind == "result":
+            step = int(message["step"])
+            if step < trial.next_step:
+                return  # already recorded: a retried attempt's earlier step
+            trial.next_step = step + 1
+            final = bool(message["final"])
+            metric = check_metric(message["metric"])
+            if not final:
+                trial.intermediate += 1
+            if self.handler.on_result(index, metric, final) and not final:
+                self._cancel(trial, force=False)
+                self._end(
+                    trial,
+                    "early_stopped",
+                    f"stopped by the strategy after {trial.intermediate} intermediate "
+                    "results; its Ray task was cancelled",
+                )
+        elif kind == "end":
+            self._end(trial, str(message["status"]), message.get("reason"))
+
+    def _end(self, trial: _Trial, status: str, reason: str | None) -> None:
+        del self._trials[trial.job.index]
+        self.handler.on_end(trial.job.index, status, reason)
+
+    def _cancel(self, trial: _Trial, *, force: bool) -> None:
+        with contextlib.suppress(Exception):
+            ray.cancel(trial.generator, force=force)
+        self._cancelled.append(trial.generator)
+
+    def _reap_cancelled(self) -> None:
+        """Drop what cancelled tasks still send, and forget those that ended."""
+        still: list[Any] = []
+        for generator in self._cancelled:
+            ended = False
+            while True:
+                ready, _ = ray.wait([generator], timeout=0)
+                if not ready:
+                    break
+                try:
+                    ray.get(next(generator))
+                except StopIteration:
+                    ended = True
+                    break
+                except ray.exceptions.RayError:
+                    continue
+            if not ended:
+                still.append(generator)
+        self._cancelled = still
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for trial in list(self._trials.values()):
+            if trial.deadline is not None and now >= trial.deadline:
+                self._cancel(trial, force=True)
+                self._end(
+                    trial,
+                    "failed",
+                    f"timed out after {self.trial_timeout:g} s (trial_timeout); its Ray task "
+                    "was cancelled (force: its worker process killed)",
+                )
+
+    def close(self) -> None:
+        """Cancel the trials still running, wait a little for cancelled tasks to end, and
+        disconnect from Ray if :meth:`start` connected."""
+        if self._remote is not None or self._trials:
+            for trial in list(self._trials.values()):
+                self._cancel(trial, force=True)
+            self._trials.clear()
+            end = time.monotonic() + _CLOSE_WAIT
+            while self._cancelled and time.monotonic() < end:
+                self._reap_cancelled()
+                if self._cancelled:
+                    time.sleep(0.05)
+            self._cancelled = []
+        if self._connected_here:
+            self._connected_here = False
+            ray.shutdown()
+
+
+def _ray_failure(exc: BaseException, retries: int) -> str:
+    """A trial's reason when its Ray task failed (not the trial itself)."""
+    first = " ".join(str(exc).split())[:600]
+    return (
+        f"its Ray task failed ({type(exc).__name__}, after up to {retries} retries "
+        f"(max_retries)): {first}"
+    )
