@@ -52,8 +52,6 @@ __all__ = ["CONNECT_TIMEOUT", "OPTIONS", "RayExecutor", "check_address"]
 OPTIONS = ("address", "num_cpus", "num_gpus", "resources", "max_retries", "runtime_env")
 #: Seconds the driver tries to reach the cluster's head (its GCS port) before giving up.
 CONNECT_TIMEOUT = 5.0
-#: Seconds :meth:`RayExecutor.close` waits for cancelled tasks to end.
-_CLOSE_WAIT = 5.0
 
 
 def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
@@ -102,9 +100,9 @@ class _Trial:
     generator: Any
     #: The next step expected: a retried attempt's earlier steps are below it (ignored).
     next_step: int = 0
-    started: bool = False
+    #: Where its attempt runs, as its worker says (a retried attempt runs elsewhere).
+    worker: str | None = None
     deadline: float | None = None
-    attempts: int = 0
     intermediate: int = 0
 
 
@@ -180,7 +178,6 @@ class RayExecutor:
         self.trial_timeout = context.trial_timeout
         self.handler: TrialHandler = context.handler
         self._trials: dict[int, _Trial] = {}
-        self._cancelled: list[Any] = []
         self._connected_here = False
         self._remote: Any = None
 
@@ -252,13 +249,10 @@ class RayExecutor:
     def poll(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` seconds for a message of a running trial; hand every
         message ready to the experiment, then enforce ``trial_timeout``."""
-        self._reap_cancelled()
         deadlines = [t.deadline for t in self._trials.values() if t.deadline is not None]
         if deadlines:
             until = max(0.0, min(deadlines) - time.monotonic())
             timeout = until if timeout is None else min(timeout, until)
-        if self._cancelled and (timeout is None or timeout > 1.0):
-            timeout = 1.0  # look at the cancelled tasks again soon
         wait = timeout
         while self._trials:
             by_generator = {id(t.generator): t for t in self._trials.values()}
@@ -296,14 +290,15 @@ class RayExecutor:
             raise ExecutorError(
                 f"a Ray worker could not set up for the experiment: {message['reason']}"
             )
-        if kind == "start":
-            trial.attempts += 1
-            # A retried attempt (after its node was lost) reports its steps from the first.
-            trial.started = True
-            if self.trial_timeout is not None:
+        worker = str(message["worker"])
+        if worker != trial.worker:
+            # Its first message, or the first new one of an attempt Ray retried elsewhere
+            # (Ray drops what a retried attempt yields again, its start message too).
+            if trial.worker is None and self.trial_timeout is not None:
                 trial.deadline = time.monotonic() + self.trial_timeout
-            self.handler.on_start(index, str(message["worker"]))
-        elif kind == "result":
+            trial.worker = worker
+            self.handler.on_start(index, worker)
+        if kind == "result":
             step = int(message["step"])
             if step < trial.next_step:
                 return  # already recorded: a retried attempt's earlier step
@@ -328,29 +323,10 @@ class RayExecutor:
         self.handler.on_end(trial.job.index, status, reason)
 
     def _cancel(self, trial: _Trial, *, force: bool) -> None:
+        """Cancel the trial's task and forget it: what it still yields is never read (reading
+        a cancelled generator waits for its task to end)."""
         with contextlib.suppress(Exception):
             ray.cancel(trial.generator, force=force)
-        self._cancelled.append(trial.generator)
-
-    def _reap_cancelled(self) -> None:
-        """Drop what cancelled tasks still send, and forget those that ended."""
-        still: list[Any] = []
-        for generator in self._cancelled:
-            ended = False
-            while True:
-                ready, _ = ray.wait([generator], timeout=0)
-                if not ready:
-                    break
-                try:
-                    ray.get(next(generator))
-                except StopIteration:
-                    ended = True
-                    break
-                except ray.exceptions.RayError:
-                    continue
-            if not ended:
-                still.append(generator)
-        self._cancelled = still
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
@@ -365,18 +341,11 @@ class RayExecutor:
                 )
 
     def close(self) -> None:
-        """Cancel the trials still running, wait a little for cancelled tasks to end, and
-        disconnect from Ray if :meth:`start` connected."""
-        if self._remote is not None or self._trials:
-            for trial in list(self._trials.values()):
-                self._cancel(trial, force=True)
-            self._trials.clear()
-            end = time.monotonic() + _CLOSE_WAIT
-            while self._cancelled and time.monotonic() < end:
-                self._reap_cancelled()
-                if self._cancelled:
-                    time.sleep(0.05)
-            self._cancelled = []
+        """Cancel the trials still running (with force) and disconnect from Ray if
+        :meth:`start` connected."""
+        for trial in list(self._trials.values()):
+            self._cancel(trial, force=True)
+        self._trials.clear()
         if self._connected_here:
             self._connected_here = False
             ray.shutdown()

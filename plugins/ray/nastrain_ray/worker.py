@@ -7,9 +7,15 @@ one message each:
 
 - ``{"type": "start", "worker": "ray:<node ip>:<pid> node=<node id>"}`` when the trial starts
   (again on every attempt Ray makes after a lost node);
-- ``{"type": "result", "step": <n>, "metric": ..., "final": <bool>}`` for every result the
-  trainer reports, ``step`` counting from 0 within the attempt, as soon as it is reported;
-- ``{"type": "end", "status": "succeeded" | "failed" | "early_stopped", "reason": ...}`` last;
+- ``{"type": "result", "step": <n>, "metric": ..., "final": <bool>, "worker": ...}`` for
+  every result the trainer reports, ``step`` counting from 0 within the attempt, as soon as
+  it is reported;
+- ``{"type": "end", "status": "succeeded" | "failed" | "early_stopped", "reason": ...,
+  "worker": ...}`` last.
+
+Every message names the worker: Ray drops what a retried attempt yields until it has
+yielded as many items as the lost one had (its ``start`` among them), so the driver learns
+where a retried trial runs from the first new message.
 - ``{"type": "setup_failed", "reason": ...}`` instead, when the worker could not be prepared
   (the user's module cannot be imported there, ...).
 
@@ -81,7 +87,8 @@ def trial_task(setup_json: str, job_json: str) -> Iterator[str]:
     except Exception as exc:
         yield _message(type="setup_failed", reason=describe_exception(exc))
         return
-    yield _message(type="start", worker=worker_description())
+    worker = worker_description()
+    yield _message(type="start", worker=worker)
     events: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
     stop = threading.Event()
 
@@ -105,25 +112,29 @@ def trial_task(setup_json: str, job_json: str) -> Iterator[str]:
     try:
         while True:
             try:
-                kind, first, second = events.get(timeout=0.5)
+                # Short waits: ray.cancel interrupts this thread between bytecodes.
+                kind, first, second = events.get(timeout=0.05)
             except queue.Empty:
                 continue
             if kind == "result":
                 try:
-                    text = _message(type="result", step=step, metric=first, final=bool(second))
+                    text = _message(
+                        type="result", step=step, metric=first, final=bool(second), worker=worker
+                    )
                 except (TypeError, ValueError) as exc:
                     stop.set()
                     text = _message(
                         type="end",
                         status="failed",
                         reason=f"reported a result that is not JSON ({exc}): {first!r}",
+                        worker=worker,
                     )
                     yield text
                     return
                 step += 1
                 yield text
             else:
-                yield _message(type="end", status=first, reason=second)
+                yield _message(type="end", status=first, reason=second, worker=worker)
                 return
     finally:
         # Cancelled (ray.cancel raises in this thread) or done: the trial stops at its next

@@ -43,6 +43,6 @@ class EpochsTrainer(nastrain.BaseTrainer):
         for epoch in range(self.epochs):
             time.sleep(self.first_sleep if epoch == 0 else self.sleep)
             with open(self.log, "a") as handle:
-                handle.write(f"{points} {epoch} {os.getpid()} {node}\n")
+                handle.write(f"{points} {epoch} {os.getpid()} {node} {time.time():.3f}\n")
             nastrain.report_intermediate_result(points * (epoch + 1) / self.epochs)
         nastrain.report_final_result(points)

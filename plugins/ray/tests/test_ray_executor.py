@@ -1,0 +1,319 @@
+"""The Ray executor on a real two-node Ray cluster on loopback (conftest.py): placement on
+both nodes, a node lost in the middle of a trial, early stops that cancel the task, a
+driver SIGKILLed and restarted, and the bad input (an unreachable address, resources no node
+has, a space object, Ray missing)."""
+
+from __future__ import annotations
+
+import collections
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from conftest import HERE
+from nastrain_ray_test_trainers import EpochsTrainer
+from nastrain_test_trials import ScoreTrainer
+
+import nastrain
+from nastrain.experiments.executor import ExecutorContext, ExecutorError, WorkerSetup
+from nastrain.experiments.store import Store
+
+ray = pytest.importorskip("ray", reason="Ray cannot be imported here (pip install nastrain-ray)")
+
+WORKER = re.compile(r"^ray:127\.0\.0\.1:(\d+) node=([0-9a-f]+)$")
+
+
+def node_ids(cluster: Any) -> set[str]:
+    return {node.node_id for node in [cluster.head_node, *cluster.worker_nodes]}
+
+
+def experiment(cluster: Any, tmp_path: Path, trainer: Any, **settings: Any) -> nastrain.Experiment:
+    options = {"address": cluster.address, **settings.pop("executor_options", {})}
+    settings.setdefault("strategy", "grid")
+    return nastrain.Experiment(
+        "nastrain_test_trials:SmallSpace",
+        trainer,
+        settings.pop("strategy"),
+        store=tmp_path / "experiment.sqlite",
+        executor="ray",
+        executor_options=options,
+        progress=False,
+        **settings,
+    )
+
+
+def log_lines(log: Path) -> list[tuple[float, int, int, str]]:
+    """``(points, epoch, pid, node id)`` per line the test trainer wrote."""
+    if not log.exists():
+        return []
+    rows = []
+    for line in log.read_text().splitlines():
+        points, epoch, pid, node, _ = line.split()
+        rows.append((float(points), int(epoch), int(pid), node))
+    return rows
+
+
+def assert_nothing_recorded(store: Path) -> None:
+    if store.exists():
+        with Store.read(store) as opened:
+            assert opened.trials() == []
+            assert opened.run_settings() is None
+
+
+def test_trials_run_on_both_nodes_and_each_names_its_node(ray_cluster: Any, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    trainer = EpochsTrainer(None, log=str(log), epochs=2, sleep=0.3)
+    result = experiment(ray_cluster, tmp_path, trainer, max_trials=4, concurrency=2).run()
+    assert [t.status for t in result.trials] == ["succeeded"] * 4
+    nodes = set()
+    for trial in result.trials:
+        match = WORKER.match(trial.worker or "")
+        assert match, trial.worker
+        nodes.add(match.group(2))
+        # The node the store names is where the trainer ran.
+        ran = {(int(pid), node) for points, _, pid, node in log_lines(log) if points == trial.value}
+        assert ran == {(int(match.group(1)), match.group(2))}
+        assert trial.intermediate == (trial.value / 2, trial.value)  # type: ignore[operator]
+    # Two trials at a time, one CPU per node: both nodes ran trials.
+    assert nodes == node_ids(ray_cluster)
+
+
+def test_a_trial_on_a_lost_node_runs_again_elsewhere_and_each_result_is_stored_once(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    third = ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources={"third": 1})
+    ray_cluster.wait_for_nodes()
+    log = tmp_path / "log"
+    removed = threading.Event()
+
+    def remove_when_third_trains() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(node == third.node_id for *_, node in log_lines(log)):
+                ray_cluster.remove_node(third, allow_graceful=False)
+                removed.set()
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=remove_when_third_trains, daemon=True)
+    watcher.start()
+    # Three trials at a time on three nodes of one CPU: one of them starts on the third.
+    trainer = EpochsTrainer(None, log=str(log), epochs=4, sleep=0.4, first_sleep=0.05)
+    result = experiment(ray_cluster, tmp_path, trainer, max_trials=3, concurrency=3).run()
+    watcher.join(5)
+    assert removed.is_set()
+    assert [t.status for t in result.trials] == ["succeeded"] * 3
+    lost = {points for points, _, _, node in log_lines(log) if node == third.node_id}
+    assert len(lost) == 1
+    with Store.read(tmp_path / "experiment.sqlite") as store:
+        rows = store.result_rows()
+    for trial in result.trials:
+        assert trial.worker is not None and third.node_id not in trial.worker
+        mine = [r for r in rows if r["trial"] == trial.index]
+        # Every step once, in order, though the lost trial reported its first step twice.
+        assert [r["metric"] for r in mine] == [trial.value * (e + 1) / 4 for e in range(4)] + [
+            trial.value
+        ]
+        assert [r["final"] for r in mine] == [False] * 4 + [True]
+        epochs = [epoch for points, epoch, *_ in log_lines(log) if points == trial.value]
+        if trial.value in lost:
+            assert epochs.count(0) == 2  # it trained again on another node
+        else:
+            assert epochs == [0, 1, 2, 3]
+
+
+def test_median_stop_cancels_the_running_task(ray_cluster: Any, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    epochs = 5
+    # mode "min": the grid's trials score 1, 2, 3, 11; the last two are worse than the
+    # median of the first two at their first step, and are stopped there.
+    trainer = EpochsTrainer(None, log=str(log), epochs=epochs, sleep=0.3, first_sleep=0.02)
+    strategy = nastrain.StrategySpec(
+        name="median_stop", kwargs={"base": "grid", "min_trials": 2, "min_steps": 1}
+    )
+    result = experiment(
+        ray_cluster, tmp_path, trainer, strategy=strategy, max_trials=4, mode="min"
+    ).run()
+    assert [t.status for t in result.trials] == ["succeeded"] * 2 + ["early_stopped"] * 2
+    time.sleep(1.5)  # long enough for a task that was not cancelled to train on
+    per_trial = collections.Counter(points for points, *_ in log_lines(log))
+    finished = {trial.value for trial in result.trials[:2]}
+    for points in finished:
+        assert per_trial[points] == epochs
+    stopped = [points for points in per_trial if points not in finished]
+    assert len(stopped) == 2
+    for points in stopped:
+        # Its task stopped at its next report: at most one more epoch, not all five.
+        assert 1 <= per_trial[points] <= 2
+    for trial in result.trials[2:]:
+        assert trial.reason is not None and "Ray task was cancelled" in trial.reason
+        assert len(trial.intermediate) == 1
+
+
+def test_a_failing_trial_fails_once_and_a_hanging_one_times_out(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    trainer = ScoreTrainer(None, fail=[2.0], hang=[3.0], log=str(log))
+    result = experiment(ray_cluster, tmp_path, trainer, max_trials=3, trial_timeout=3).run()
+    statuses = {t.value if t.final is not None else None: t.status for t in result.trials}
+    assert statuses[1.0] == "succeeded"
+    failed, hung = result.trials[1], result.trials[2]
+    assert failed.status == "failed" and "score 2.0 fails on purpose" in (failed.reason or "")
+    assert hung.status == "failed" and "timed out after 3 s" in (hung.reason or "")
+    # A trial that raises is not retried (max_retries is for lost workers and nodes).
+    scores = [float(line.split()[0]) for line in log.read_text().splitlines()]
+    assert scores.count(2.0) == 1
+
+
+def test_a_sigkilled_driver_restarted_finishes_every_trial_once(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    store, log = tmp_path / "experiment.sqlite", tmp_path / "log"
+    command = [
+        sys.executable,
+        str(HERE / "ray_driver.py"),
+        ray_cluster.address,
+        str(store),
+        str(log),
+    ]
+    with open(tmp_path / "first.err", "w") as err:
+        first = subprocess.Popen(command, stderr=err, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            # Kill it once two trials are done and two more are half-way.
+            while sum(1 for _, epoch, *_ in log_lines(log) if epoch == 2) < 2 or (
+                sum(1 for _, epoch, *_ in log_lines(log) if epoch == 0) < 4
+            ):
+                assert first.poll() is None, (tmp_path / "first.err").read_text()
+                assert time.monotonic() < deadline, (tmp_path / "first.err").read_text()
+                time.sleep(0.02)
+            first.send_signal(signal.SIGKILL)
+        finally:
+            first.kill()
+            first.wait()
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    with Store.read(store) as opened:
+        trials, rows = opened.trials(), opened.result_rows()
+    assert [t.status for t in trials] == ["succeeded"] * 6
+    assert any(t.attempts == 2 for t in trials)  # the interrupted ones ran again
+    for trial in trials:
+        latest = [r for r in rows if r["trial"] == trial.index and r["attempt"] == trial.attempts]
+        assert [r["final"] for r in latest] == [False] * 3 + [True]
+        assert trial.intermediate == tuple(trial.value * (e + 1) / 3 for e in range(3))  # type: ignore[operator]
+        for attempt in range(1, trial.attempts + 1):
+            some = [r for r in rows if r["trial"] == trial.index and r["attempt"] == attempt]
+            assert len(some) <= 4 and sum(r["final"] for r in some) <= 1
+    assert sum(1 for r in rows if r["final"]) == 6
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_an_unreachable_address_is_named_within_seconds_and_nothing_is_recorded(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    exp = nastrain.Experiment(
+        "nastrain_test_trials:SmallSpace",
+        ScoreTrainer(None),
+        max_trials=2,
+        store=tmp_path / "experiment.sqlite",
+        executor="ray",
+        executor_options={"address": address},
+        progress=False,
+    )
+    began = time.monotonic()
+    with pytest.raises(
+        ExecutorError, match=re.escape(f"cannot reach the Ray cluster at '{address}'")
+    ):
+        exp.run()
+    assert time.monotonic() - began < 10
+    assert not ray.is_initialized()
+    assert_nothing_recorded(tmp_path / "experiment.sqlite")
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"num_cpus": 4}, "4 CPU (num_cpus)"),
+        ({"num_gpus": 1}, "1 GPU (num_gpus)"),
+        ({"resources": {"tpu": 2}}, "2 tpu (resources.tpu)"),
+        ({"resources": {"head": 1, "second": 1}}, "no node of the cluster has all"),
+    ],
+)
+def test_a_trial_asking_for_more_than_any_node_has_is_refused_before_it_starts(
+    ray_cluster: Any, tmp_path: Path, options: dict[str, Any], named: str
+) -> None:
+    exp = experiment(
+        ray_cluster, tmp_path, ScoreTrainer(None), max_trials=2, executor_options=options
+    )
+    with pytest.raises(ExecutorError, match=re.escape(named)):
+        exp.run()
+    assert not ray.is_initialized()
+    assert_nothing_recorded(tmp_path / "experiment.sqlite")
+
+
+def test_a_space_object_is_refused(tmp_path: Path) -> None:
+    from nastrain_test_trials import SmallSpace
+
+    exp = nastrain.Experiment(
+        SmallSpace(),
+        ScoreTrainer(None),
+        max_trials=1,
+        store=tmp_path / "s.sqlite",
+        executor="ray",
+        progress=False,
+    )
+    with pytest.raises(ExecutorError, match="needs the space named as module:attr"):
+        exp.run()
+    assert_nothing_recorded(tmp_path / "s.sqlite")
+
+
+def context(**options: Any) -> ExecutorContext:
+    return ExecutorContext(
+        setup=WorkerSetup(space_ref="nastrain_test_trials:SmallSpace"),
+        space=None,
+        concurrency=1,
+        trial_timeout=None,
+        handler=None,  # type: ignore[arg-type]
+        options=options,
+        store_path=Path("unused.sqlite"),
+        name="ray",
+    )
+
+
+def test_a_space_in_main_and_unknown_options_are_refused() -> None:
+    from nastrain_ray import ray_executor
+
+    main = attrs.evolve(context(), setup=WorkerSetup(space_ref="__main__:Net"))
+    with pytest.raises(ExecutorError, match=r"defined in __main__ \('__main__:Net'\)"):
+        ray_executor(main)
+    with pytest.raises(ValueError, match="no option 'num_cpu' \\(did you mean 'num_cpus'\\?\\)"):
+        ray_executor(context(num_cpu=1))
+    with pytest.raises(ValueError, match="'max_retries' must be an integer >= 0"):
+        ray_executor(context(max_retries=-1))
+    with pytest.raises(ValueError, match="give CPU as num_cpus"):
+        ray_executor(context(resources={"CPU": 2}))
+
+
+def test_ray_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nastrain_ray import ray_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
+    for name in ("nastrain_ray.executor", "nastrain_ray.worker"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ExecutorError, match="pip install nastrain-ray"):
+        ray_executor(context())
