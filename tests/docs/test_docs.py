@@ -35,6 +35,7 @@ FIRST_PARTY = (
     "nastrain_classic",
     "nastrain_cpu",
     "nastrain_tensorboard",
+    "nastrain_ray",
 )
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 _NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>.+?)\s*-->\s*$")

@@ -18,7 +18,6 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import HERE
 from nastrain_ray_test_trainers import EpochsTrainer
 from nastrain_test_trials import ScoreTrainer
 
@@ -28,6 +27,7 @@ from nastrain.experiments.store import Store
 
 ray = pytest.importorskip("ray", reason="Ray cannot be imported here (pip install nastrain-ray)")
 
+HERE = Path(__file__).resolve().parent
 WORKER = re.compile(r"^ray:127\.0\.0\.1:(\d+) node=([0-9a-f]+)$")
 
 
