@@ -112,9 +112,9 @@ class RayExecutor:
     Options (``executor_options``, or the config's ``[executor]`` table):
 
     - ``address``: the cluster's head, ``"host:port"`` (its GCS port, 6379 by default), or
-      ``"auto"`` (``RAY_ADDRESS``, else the cluster ``ray start`` started on this machine);
-      not given: an existing ``ray.init()`` connection of this process, else ``RAY_ADDRESS``,
-      else a Ray instance started on this machine for the experiment.
+      ``"auto"`` (``RAY_ADDRESS``, else the cluster ``ray start`` started last on this
+      machine); not given: an existing ``ray.init()`` connection of this process, else as
+      ``"auto"`` but, with no cluster found, a Ray instance started here for the run.
     - ``num_cpus`` (default 1), ``num_gpus`` (default 0), ``resources`` (custom resources,
       ``{"name": amount}``): what each trial's task asks for.
     - ``max_retries`` (default 3): how many times Ray reruns a trial after a system failure
