@@ -191,11 +191,14 @@ class RayExecutor:
                 check_address(self.address)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
+                # The runtime_env goes with the connection (the job): Ray uploads local
+                # folders (working_dir, py_modules) only there.
                 ray.init(
                     address=self.address,
                     include_dashboard=False,
                     log_to_driver=True,
                     logging_level="WARNING",
+                    runtime_env=self.runtime_env,
                 )
             self._connected_here = True
         self._check_resources()
@@ -207,9 +210,14 @@ class RayExecutor:
         }
         if self.resources:
             options["resources"] = self.resources
-        if self.runtime_env is not None:
+        if self.runtime_env is not None and not self._connected_here:
+            # Connected by this process before (ray.init): per task, where Ray takes only
+            # URIs for code (a local folder belongs in that ray.init's runtime_env).
             options["runtime_env"] = self.runtime_env
-        self._remote = ray.remote(trial_task).options(**options)
+        try:
+            self._remote = ray.remote(trial_task).options(**options)
+        except (TypeError, ValueError) as exc:
+            raise ExecutorError(f"executor 'ray': the task's options {options}: {exc}") from None
 
     def _check_resources(self) -> None:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
@@ -288,7 +296,10 @@ class RayExecutor:
         kind = message["type"]
         if kind == "setup_failed":
             raise ExecutorError(
-                f"a Ray worker could not set up for the experiment: {message['reason']}"
+                f"a Ray worker could not set up for the experiment: {message['reason']}\n"
+                "(the workers import the space, the trainer's module and the experiment's "
+                "modules: install them on every node, or ship them with the runtime_env "
+                "option, e.g. {'working_dir': '.'} or {'py_modules': ['mypackage']})"
             )
         worker = str(message["worker"])
         if worker != trial.worker:

@@ -216,6 +216,47 @@ def test_a_sigkilled_driver_restarted_finishes_every_trial_once(
     assert sum(1 for r in rows if r["final"]) == 6
 
 
+def test_nastrain_run_with_an_executor_table_ships_the_code_with_runtime_env(
+    ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nastrain.cli import main
+
+    # The space's module is only in the project folder, which Ray ships to the workers
+    # (working_dir); nastrain run puts it on this process's path (--app-dir).
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "nastrain_ray_shipped_space.py").write_text(
+        "from nastrain_test_trials import SmallSpace as Space\n"
+    )
+    (project / "search.toml").write_text(
+        f"""
+space = "nastrain_ray_shipped_space:Space"
+strategy = "grid"
+max_trials = 3
+concurrency = 2
+
+[trainer]
+name = "test-score"
+kwargs = {{epochs = 1}}
+
+[executor]
+name = "ray"
+address = "{ray_cluster.address}"
+runtime_env = {{working_dir = "{project}"}}
+"""
+    )
+    # Elsewhere: Ray puts a driver's working directory on the path of workers on its machine.
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(project / "search.toml"), "--app-dir", str(project)]) == 0
+    with Store.read(project / "search.sqlite") as store:
+        trials, settings = store.trials(), store.run_settings()
+    assert [t.status for t in trials] == ["succeeded"] * 3
+    assert [t.value for t in trials] == [1.0, 2.0, 3.0]  # the grid's first three
+    assert all(WORKER.match(t.worker or "") for t in trials)
+    assert settings is not None and settings["executor"] == "ray"
+    assert settings["executor_options"]["runtime_env"] == {"working_dir": str(project)}
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 
