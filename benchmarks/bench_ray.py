@@ -50,7 +50,10 @@ INTRO = """\
 The Ray executor (nastrain-ray) against the local executor
 ([`bench_ray.py`](bench_ray.py), which says how each is measured): the per-trial overhead
 of trivial trials on a local Ray instance, and the throughput of CPU-bound trials on a
-2-node Ray cluster on loopback (1 CPU per node) against 2 local workers.
+2-node Ray cluster on loopback (1 CPU per node) against 2 local workers. The timed Ray
+runs share one driver connection, as a driver running many experiments would (a Ray job
+keeps its worker processes); a cold run, a new driver whose workers start and import
+torch, is a row of its own.
 """
 
 
