@@ -216,6 +216,35 @@ def test_a_sigkilled_driver_restarted_finishes_every_trial_once(
     assert sum(1 for r in rows if r["final"]) == 6
 
 
+def test_ctrl_c_cancels_the_running_tasks_and_records_them_interrupted(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    store, log = tmp_path / "experiment.sqlite", tmp_path / "log"
+    driver = str(HERE / "ray_driver.py")
+    command = [sys.executable, driver, ray_cluster.address, str(store), str(log)]
+    with open(tmp_path / "driver.err", "w") as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(1 for _, epoch, *_ in log_lines(log) if epoch == 0) < 2:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode != 0
+    lines = len(log_lines(log))
+    time.sleep(1.0)  # a task still running would log an epoch every 0.25 s
+    assert len(log_lines(log)) == lines
+    with Store.read(store) as opened:
+        trials = opened.trials()
+    interrupted = [t for t in trials if t.status == "interrupted"]
+    assert interrupted and all("KeyboardInterrupt" in (t.reason or "") for t in interrupted)
+    assert all(t.status in ("interrupted", "succeeded") for t in trials)
+
+
 def test_nastrain_run_with_an_executor_table_ships_the_code_with_runtime_env(
     ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
