@@ -210,12 +210,16 @@ class RayExecutor:
         }
         if self.resources:
             options["resources"] = self.resources
+        if self.num_gpus > 0:
+            # A fresh worker process per GPU trial (Ray's own default for GPU tasks): a
+            # process's CUDA state is bound to the GPUs of its first task.
+            options["max_calls"] = 1
         if self.runtime_env is not None and not self._connected_here:
             # Connected by this process before (ray.init): per task, where Ray takes only
             # URIs for code (a local folder belongs in that ray.init's runtime_env).
             options["runtime_env"] = self.runtime_env
         try:
-            self._remote = ray.remote(trial_task).options(**options)
+            self._remote = ray.remote(**options)(trial_task)
         except (TypeError, ValueError) as exc:
             raise ExecutorError(f"executor 'ray': the task's options {options}: {exc}") from None
 

@@ -1,6 +1,8 @@
 """A real Ray cluster on loopback for the executor's tests: a head and a second node, each
 with one CPU and a custom resource naming it (``head``, ``second``), started by the tests
-in a temporary folder of their own and shut down after them, whatever happened.
+in a temporary folder of their own and shut down after them, whatever happened. The head
+also declares one GPU, which Ray only counts (no trial here uses CUDA): for the placement
+of trials that ask for one.
 
 Ray's settings are made explicit, so the tests do not depend on an earlier Ray run or on
 the machine's network: ``RAY_AUTH_MODE=disabled``, ``RAY_TMPDIR`` under pytest's temporary
@@ -73,6 +75,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             connect=False,
             head_node_args={
                 **node_args("head"),
+                "num_gpus": 1,
                 "include_dashboard": False,
                 "temp_dir": str(temp / "ray"),
                 "_system_config": SYSTEM_CONFIG,

@@ -216,6 +216,21 @@ def test_a_sigkilled_driver_restarted_finishes_every_trial_once(
     assert sum(1 for r in rows if r["final"]) == 6
 
 
+def test_a_trial_asking_for_a_gpu_runs_where_one_is_in_a_fresh_worker_each_time(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    trainer = EpochsTrainer(None, log=str(log), epochs=1)
+    result = experiment(
+        ray_cluster, tmp_path, trainer, max_trials=2, executor_options={"num_gpus": 0.5}
+    ).run()
+    assert [t.status for t in result.trials] == ["succeeded"] * 2
+    nodes = {node for *_, node in log_lines(log)}
+    assert nodes == {ray_cluster.head_node.node_id}  # the node with the GPU
+    pids = [pid for _, _, pid, _ in log_lines(log)]
+    assert len(set(pids)) == 2  # a new worker process for each GPU trial
+
+
 def test_ctrl_c_cancels_the_running_tasks_and_records_them_interrupted(
     ray_cluster: Any, tmp_path: Path
 ) -> None:
@@ -319,7 +334,7 @@ def test_an_unreachable_address_is_named_within_seconds_and_nothing_is_recorded(
     ("options", "named"),
     [
         ({"num_cpus": 4}, "4 CPU (num_cpus)"),
-        ({"num_gpus": 1}, "1 GPU (num_gpus)"),
+        ({"num_gpus": 2}, "2 GPU (num_gpus)"),
         ({"resources": {"tpu": 2}}, "2 tpu (resources.tpu)"),
         ({"resources": {"head": 1, "second": 1}}, "no node of the cluster has all"),
     ],
