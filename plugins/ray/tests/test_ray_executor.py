@@ -18,14 +18,13 @@ from typing import Any
 
 import attrs
 import pytest
+import ray  # conftest.py skips these tests where Ray cannot be imported
 from nastrain_ray_test_trainers import EpochsTrainer
 from nastrain_test_trials import ScoreTrainer
 
 import nastrain
 from nastrain.experiments.executor import ExecutorContext, ExecutorError, WorkerSetup
 from nastrain.experiments.store import Store
-
-ray = pytest.importorskip("ray", reason="Ray cannot be imported here (pip install nastrain-ray)")
 
 HERE = Path(__file__).resolve().parent
 WORKER = re.compile(r"^ray:127\.0\.0\.1:(\d+) node=([0-9a-f]+)$")
