@@ -390,3 +390,20 @@ def test_nastrain_executors_lists_the_registered_ones(capsys) -> None:
             "provider": "plugin 'nastrain.experiments.builtin' of distribution nastrain",
         }
     ]
+
+
+def test_a_used_up_grid_run_again_starts_no_executor(queue, trials, tmp_path) -> None:
+    # SmallSpace has 18 architectures: the grid is used up after the first run.
+    first = _experiment(trials, tmp_path, executor="queue", max_trials=30).run()
+    assert len(first.trials) == 18
+    assert queue.events == ["start", "close"] and len(queue.made) == 1
+    again = _experiment(trials, tmp_path, executor="queue", max_trials=30).run()
+    assert again.trials == first.trials
+    assert again.stop_reason == "the search space has only 18 architectures (grid exhausted)"
+    assert queue.events == ["start", "close"] and len(queue.made) == 1  # none made, none started
+    # A run with trials left does start one, and its first trial is the grid's next.
+    fresh = _experiment(
+        trials, tmp_path, executor="queue", max_trials=2, store=tmp_path / "t.sqlite"
+    ).run()
+    assert [t.arch for t in fresh.trials] == [t.arch for t in first.trials[:2]]
+    assert queue.events == ["start", "close"] * 2

@@ -398,6 +398,8 @@ class _Run:
                 self.trials[trial.index] = store.end_reported_trial(trial)
         self.interrupted = [t.index for t in self.trials if t.status in UNFINISHED]
         self.exhausted = False
+        #: The strategy's proposal asked for before the executor starts (see :meth:`will_submit`).
+        self.proposal: Architecture | None = None
         self.trainer_json = experiment.trainer_spec.to_json()
         self.progress = _Progress(experiment, self.trials)
 
@@ -405,6 +407,20 @@ class _Run:
         return bool(self.interrupted) or (
             not self.exhausted and len(self.trials) < self.experiment.max_trials
         )
+
+    def will_submit(self) -> bool:
+        """Whether this run has a trial to submit: one to resume, or the strategy's next
+        proposal (asked for here and kept for :meth:`next_job`). A used-up strategy (a
+        finished grid run again) has none, and so needs no executor."""
+        if self.interrupted or self.proposal is not None:
+            return True
+        if not self.has_more():
+            return False
+        self.proposal = self.strategy.propose(len(self.trials), self.trials)
+        if self.proposal is None:
+            self.exhausted = True
+            return False
+        return True
 
     def next_job(self) -> TrialJob | None:
         if self.interrupted:
@@ -430,7 +446,9 @@ class _Run:
         as succeeded at once, untrained, and the next one is asked for."""
         while self.has_more():
             index = len(self.trials)
-            arch = self.strategy.propose(index, self.trials)
+            arch, self.proposal = self.proposal, None
+            if arch is None:
+                arch = self.strategy.propose(index, self.trials)
             if arch is None:
                 self.exhausted = True
                 return None
@@ -499,9 +517,11 @@ class _Run:
 
     def execute(self) -> ExperimentResult:
         experiment = self.experiment
+        self.strategy.setup(experiment.search_space, seed=experiment.seed, mode=experiment.mode)
         # The executor starts before this run records anything, so that one that cannot
-        # (an unreachable cluster, a bad option) leaves the store as it was.
-        executor = self._executor() if self.has_more() else None
+        # (an unreachable cluster, a bad option) leaves the store as it was; and only when a
+        # trial will be submitted (connecting to a cluster for nothing is slow).
+        executor = self._executor() if self.will_submit() else None
         if executor is not None:
             try:
                 executor.start()
@@ -517,9 +537,6 @@ class _Run:
                         "executor": experiment.executor,
                         "executor_options": experiment.executor_options,
                     }
-                )
-                self.strategy.setup(
-                    experiment.search_space, seed=experiment.seed, mode=experiment.mode
                 )
                 if executor is not None:
                     self._loop(executor)
