@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import nastrain
-from nastrain.experiments.executor import ExecutorContext, ExecutorError
 
 if TYPE_CHECKING:
+    from nastrain.experiments.executor import ExecutorContext
     from nastrain_ray.executor import RayExecutor
 
 __all__ = ["ray_executor"]
@@ -22,6 +22,9 @@ __all__ = ["ray_executor"]
 def ray_executor(context: ExecutorContext) -> RayExecutor:
     """``executor="ray"``: a :class:`nastrain_ray.RayExecutor` for the experiment (see its
     options); an ``ExecutorError`` saying what to install where Ray cannot be imported."""
+    # Here, not at the top: loading the plugins must not load the executors (torch, sqlite).
+    from nastrain.experiments.executor import ExecutorError
+
     try:
         # Here, not at the top: the plugin must load without Ray, and say so only when used.
         from nastrain_ray.executor import RayExecutor
