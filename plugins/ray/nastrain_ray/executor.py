@@ -49,9 +49,25 @@ from nastrain_ray.worker import trial_task
 __all__ = ["CONNECT_TIMEOUT", "OPTIONS", "RayExecutor", "check_address"]
 
 #: The options ``executor_options`` (or the config's ``[executor]`` table) may hold.
-OPTIONS = ("address", "num_cpus", "num_gpus", "resources", "max_retries", "runtime_env")
-#: Seconds the driver tries to reach the cluster's head (its GCS port) before giving up.
-CONNECT_TIMEOUT = 5.0
+OPTIONS = (
+    "address",
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "max_retries",
+    "runtime_env",
+    "connect_timeout",
+)
+#: Seconds the driver waits for the cluster's head (its GCS port) to answer, by default
+#: (option ``connect_timeout``), before giving up.
+CONNECT_TIMEOUT = 30.0
+#: What an HTTP/2 client sends first (RFC 9113, 3.4), then an empty SETTINGS frame: Ray's GCS
+#: is a gRPC server, which answers with a SETTINGS frame of its own.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_NOT_GCS = (
+    "is this Ray's GCS port? (what `ray start --head` prints, 6379 by default; the "
+    "dashboard's 8265 and the Ray Client's 10001 are not)"
+)
 
 
 def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
@@ -63,9 +79,10 @@ def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
 
 
 def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """Refuse, within ``timeout`` seconds, a ``host:port`` where nothing listens: an
-    ``ExecutorError`` naming the address. ``"auto"`` and ``"local"`` are not checked (Ray
-    finds or starts the cluster)."""
+    """Refuse, within about ``timeout`` seconds, a ``host:port`` where nothing listens, or
+    where what listens does not answer as a gRPC server (Ray's GCS is one; ``ray.init`` would
+    wait there for minutes): an ``ExecutorError`` naming the address. ``"auto"`` and
+    ``"local"`` are not checked (Ray finds or starts the cluster)."""
     if address in ("auto", "local"):
         return
     if address.startswith("ray://"):
@@ -81,15 +98,41 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
             f"executor 'ray': address {address!r} must be 'host:port' (the head's GCS address, "
             "e.g. '10.0.0.1:6379'), 'auto' or 'local'"
         )
+    began = time.monotonic()
     try:
-        with socket.create_connection((host, int(port_text)), timeout=timeout):
-            pass
+        connection = socket.create_connection((host, int(port_text)), timeout=timeout)
     except OSError as exc:
         raise ExecutorError(
             f"executor 'ray': cannot reach the Ray cluster at {address!r} within {timeout:g} s "
             f"({type(exc).__name__}: {exc}); is `ray start --head` running there, and is the "
             "port open from this machine?"
         ) from None
+    with connection:
+        # The server's first frame: 9 bytes, its type (the 4th) SETTINGS (4).
+        answer = b""
+        try:
+            connection.sendall(_HTTP2_PREFACE)
+            while len(answer) < 9:
+                connection.settimeout(max(0.01, timeout - (time.monotonic() - began)))
+                chunk = connection.recv(9 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+        except TimeoutError:
+            raise ExecutorError(
+                f"executor 'ray': {address!r} accepts connections but did not answer as Ray's "
+                f"GCS within {timeout:g} s (connect_timeout); {_NOT_GCS}"
+            ) from None
+        except OSError as exc:
+            raise ExecutorError(
+                f"executor 'ray': {address!r} closed the connection without answering as Ray's "
+                f"GCS ({type(exc).__name__}: {exc}); {_NOT_GCS}"
+            ) from None
+        if len(answer) < 9 or answer[3] != 4:
+            raise ExecutorError(
+                f"executor 'ray': {address!r} does not answer as Ray's GCS (a gRPC server) "
+                f"does (it answered {answer[:40]!r}); {_NOT_GCS}"
+            )
 
 
 @attrs.define
@@ -122,6 +165,8 @@ class RayExecutor:
     - ``runtime_env``: Ray's runtime environment for the trial tasks, e.g.
       ``{"working_dir": "."}`` or ``{"py_modules": ["mypackage"]}`` to ship the user's code to
       the workers, ``{"pip": [...]}``, ``{"env_vars": {...}}``.
+    - ``connect_timeout`` (seconds, default 30): how long the head's address may take to
+      answer as Ray's GCS before the run is refused (an ``ExecutorError`` naming it).
     """
 
     def __init__(self, context: ExecutorContext) -> None:
@@ -145,6 +190,9 @@ class RayExecutor:
                 f"executor 'ray': option 'address' must be 'host:port', got {address!r}"
             )
         self.address: str | None = address
+        self.connect_timeout = _number(
+            "connect_timeout", options.get("connect_timeout", CONNECT_TIMEOUT), minimum=0.1
+        )
         self.num_cpus = _number("num_cpus", options.get("num_cpus", 1))
         self.num_gpus = _number("num_gpus", options.get("num_gpus", 0))
         resources = options.get("resources", {})
@@ -188,7 +236,7 @@ class RayExecutor:
         the resources a trial asks for."""
         if not ray.is_initialized():
             if self.address is not None:
-                check_address(self.address)
+                check_address(self.address, self.connect_timeout)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 # The runtime_env goes with the connection (the job): Ray uploads local

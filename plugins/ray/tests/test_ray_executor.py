@@ -6,6 +6,7 @@ has, a space object, Ray missing)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import signal
 import socket
@@ -352,6 +353,58 @@ def test_an_unreachable_address_is_named_within_seconds_and_nothing_is_recorded(
     ):
         exp.run()
     assert time.monotonic() - began < 10
+    assert not ray.is_initialized()
+    assert_nothing_recorded(tmp_path / "experiment.sqlite")
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        (None, "did not answer as Ray's GCS within 2 s (connect_timeout)"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "does not answer as Ray's GCS"),
+    ],
+)
+def test_a_port_that_is_not_rays_gcs_is_named_within_the_connect_timeout(
+    tmp_path: Path, answer: bytes | None, named: str
+) -> None:
+    # A plain TCP listener on loopback: silent, or answering as an HTTP/1.1 server would
+    # (Ray's dashboard); ray.init would wait there for minutes.
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            accepted.append(connection)
+            if answer is not None:
+                connection.recv(1024)
+                connection.sendall(answer)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    exp = nastrain.Experiment(
+        "nastrain_test_trials:SmallSpace",
+        ScoreTrainer(None),
+        max_trials=2,
+        store=tmp_path / "experiment.sqlite",
+        executor="ray",
+        executor_options={"address": address, "connect_timeout": 2},
+        progress=False,
+    )
+    began = time.monotonic()
+    try:
+        with pytest.raises(ExecutorError, match=re.escape(named)) as raised:
+            exp.run()
+    finally:
+        listener.close()
+        server.join(5)
+        for connection in accepted:
+            connection.close()
+    assert time.monotonic() - began < 10
+    message = str(raised.value)
+    assert repr(address) in message and "is this Ray's GCS port?" in message
+    assert "8265" in message and "10001" in message
     assert not ray.is_initialized()
     assert_nothing_recorded(tmp_path / "experiment.sqlite")
 
