@@ -6,6 +6,7 @@ recorded), the config's ``[executor]`` table, and the JSON forms of what travels
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import warnings
 from pathlib import Path
@@ -407,3 +408,24 @@ def test_a_used_up_grid_run_again_starts_no_executor(queue, trials, tmp_path) ->
     ).run()
     assert [t.arch for t in fresh.trials] == [t.arch for t in first.trials[:2]]
     assert queue.events == ["start", "close"] * 2
+
+
+def test_a_trainer_defined_in_main_is_refused_for_a_remote_executor(
+    queue, trials, tmp_path, monkeypatch
+) -> None:
+    # As if the script run (__main__) defined the trainer: a remote executor's workers run
+    # another __main__, so every trial would fail there; it is refused before anything runs.
+    monkeypatch.setattr(trials.ScoreTrainer, "__module__", "__main__")
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "executor='queue' needs the trainer importable on its workers; a trainer defined "
+            "in __main__ ('ScoreTrainer') is not: move it into a module"
+        ),
+    ):
+        _experiment(trials, tmp_path, executor="queue")
+    assert queue.made == []
+    assert not (tmp_path / "s.sqlite").exists()
+    # The local executor's processes import the script (as __mp_main__), inline runs here.
+    for executor in ("local", "inline"):
+        assert _experiment(trials, tmp_path, executor=executor).executor == executor

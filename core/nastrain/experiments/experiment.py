@@ -245,6 +245,15 @@ class Experiment:
                         "without a file), which worker processes cannot import: move it into a "
                         "module, or pass executor='inline'"
                     )
+                if cls is trainer_cls and self.executor not in ("inline", "local"):
+                    # The local executor's processes import the script as __mp_main__; a
+                    # remote executor's workers run another __main__, where it is not.
+                    raise ValueError(
+                        f"executor={self.executor!r} needs the trainer importable on its "
+                        f"workers; a trainer defined in __main__ ({cls.__qualname__!r}) is not: "
+                        "move it into a module of your project (importable there, or shipped "
+                        "to the workers), or pass executor='local' or 'inline'"
+                    )
             elif cls is trainer_cls:
                 modules.append(cls.__module__)
         return tuple(dict.fromkeys(modules))
