@@ -30,8 +30,8 @@ def ray_executor(context: ExecutorContext) -> RayExecutor:
         from nastrain_ray.executor import RayExecutor
     except ImportError as exc:
         raise ExecutorError(
-            f"executor='ray' needs Ray, which cannot be imported here ({exc}): "
-            "pip install nastrain-ray (it pulls in ray>=2.40)"
+            f"executor='ray' needs Ray, which cannot be imported here ({exc}); nastrain-ray is "
+            'installed, Ray is not (or is broken): pip install "ray>=2.40"'
         ) from None
     return RayExecutor(context)
 

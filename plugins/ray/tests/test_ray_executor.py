@@ -479,5 +479,5 @@ def test_ray_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
     for name in ("nastrain_ray.executor", "nastrain_ray.worker"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    with pytest.raises(ExecutorError, match="pip install nastrain-ray"):
+    with pytest.raises(ExecutorError, match=re.escape('pip install "ray>=2.40"')):
         ray_executor(context())
