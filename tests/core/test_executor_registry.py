@@ -43,7 +43,9 @@ class QueueExecutor:
     events: ClassVar[list[str]] = []
 
     def __init__(self, context: ExecutorContext) -> None:
-        self.options = check_options("queue", context.options, ("slots", "unreachable"))
+        self.options = check_options(
+            "queue", context.options, ("slots", "unreachable", "runtime_env")
+        )
         self.context = context
         self.queue: list[str] = []
         self.space: Any = None
@@ -429,3 +431,23 @@ def test_a_trainer_defined_in_main_is_refused_for_a_remote_executor(
     # The local executor's processes import the script (as __mp_main__), inline runs here.
     for executor in ("local", "inline"):
         assert _experiment(trials, tmp_path, executor=executor).executor == executor
+
+
+def test_env_vars_in_the_options_are_recorded_by_name_only(queue, trials, tmp_path) -> None:
+    options = {
+        "slots": 1,
+        "runtime_env": {"env_vars": {"WANDB_API_KEY": "s3cret", "HF_TOKEN": "hf_x"}, "pip": ["a"]},
+    }
+    _experiment(trials, tmp_path, executor="queue", executor_options=options, max_trials=1).run()
+    # The executor has the values; the store, which reports show, only the names.
+    (context,) = queue.made
+    assert context.options["runtime_env"]["env_vars"]["WANDB_API_KEY"] == "s3cret"
+    with Store.read(tmp_path / "s.sqlite") as store:
+        settings = store.run_settings()
+    assert settings is not None
+    assert settings["executor_options"] == {
+        "slots": 1,
+        "runtime_env": {"env_vars": {"WANDB_API_KEY": "***", "HF_TOKEN": "***"}, "pip": ["a"]},
+    }
+    raw = (tmp_path / "s.sqlite").read_bytes()
+    assert b"s3cret" not in raw and b"hf_x" not in raw

@@ -388,6 +388,23 @@ def _strategy(strategy: str | StrategySpec | Strategy) -> Strategy:
     )
 
 
+def recorded_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` as the store records them (the last run's settings, shown in reports):
+    the values of every ``env_vars`` table in them, at any depth (Ray's
+    ``runtime_env.env_vars``), which may hold secrets, as ``"***"``; its names kept."""
+
+    def masked(value: Any, under_env_vars: bool) -> Any:
+        if under_env_vars:
+            return {str(k): "***" for k in value} if isinstance(value, Mapping) else "***"
+        if isinstance(value, Mapping):
+            return {str(k): masked(v, k == "env_vars") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [masked(v, False) for v in value]
+        return value
+
+    return {str(k): masked(v, k == "env_vars") for k, v in options.items()}
+
+
 def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
@@ -544,7 +561,7 @@ class _Run:
                         "max_trials": experiment.max_trials,
                         "concurrency": experiment.concurrency,
                         "executor": experiment.executor,
-                        "executor_options": experiment.executor_options,
+                        "executor_options": recorded_options(experiment.executor_options),
                     }
                 )
                 if executor is not None:
