@@ -307,28 +307,27 @@ class RayExecutor:
         self._trials[job.index] = _Trial(job=job, generator=generator)
 
     def poll(self, timeout: float | None) -> None:
-        """Wait up to ``timeout`` seconds for a message of a running trial; hand every
-        message ready to the experiment, then enforce ``trial_timeout``."""
+        """Wait up to ``timeout`` seconds for a message of a running trial; hand the experiment
+        one message of each trial that has one ready (one pass, as the local executor makes:
+        the experiment submits new trials between passes, however busy the running ones are),
+        then enforce ``trial_timeout``."""
         deadlines = [t.deadline for t in self._trials.values() if t.deadline is not None]
         if deadlines:
             until = max(0.0, min(deadlines) - time.monotonic())
             timeout = until if timeout is None else min(timeout, until)
-        wait = timeout
-        while self._trials:
+        if self._trials:
+            generators = [t.generator for t in self._trials.values()]
             by_generator = {id(t.generator): t for t in self._trials.values()}
-            ready, _ = ray.wait(
-                [t.generator for t in self._trials.values()],
-                num_returns=1,
-                timeout=wait,
-                fetch_local=True,
-            )
-            if not ready:
-                break
+            ready, _ = ray.wait(generators, num_returns=1, timeout=timeout, fetch_local=True)
+            if ready and len(generators) > 1:
+                # Every other trial ready by now gets its turn in this pass too.
+                ready, _ = ray.wait(
+                    generators, num_returns=len(generators), timeout=0, fetch_local=True
+                )
             for generator in ready:
                 trial = by_generator[id(generator)]
                 if self._trials.get(trial.job.index) is trial:
                     self._next(trial)
-            wait = 0
         self._enforce_deadlines()
 
     def _next(self, trial: _Trial) -> None:
