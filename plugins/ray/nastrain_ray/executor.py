@@ -9,13 +9,22 @@ experiment (which writes it to the store and then asks the strategy) and ends ea
 Only the driver, the experiment's process, writes the store.
 
 - A trial that raises is ``failed`` with its traceback, and is not retried.
-- A trial whose worker or node is lost (a system failure) is retried by Ray, up to
-  ``max_retries`` times, on any node that has the resources; the retried attempt reports
-  its steps again from the first, and the steps already recorded are ignored, so each
-  result is stored once.
-- A trial the strategy stops (``median_stop``) is cancelled (``ray.cancel``) and ends
-  ``early_stopped``; one that runs past ``trial_timeout`` is cancelled with force (its worker
-  process is killed) and ends ``failed``.
+- A trial whose worker or node is lost (a system failure: :data:`SYSTEM_FAILURES`) is run
+  again by the driver, as a new task (a rerun), up to ``max_retries`` times, on any node
+  that has the resources (Ray's own task retries are off: Ray would replay the lost run's
+  stream by position, dropping the new run's first items unseen). Each report is keyed by
+  (trial, attempt, rerun, step): the rerun reports its steps again from the first, and a
+  step already stored (by an earlier run) is ignored, so each result is stored once, as it
+  was first reported. With ``max_retries`` used up the trial ends ``failed``, naming Ray's
+  error and the runs. (``attempt`` is the store's: one more each time a restarted driver
+  resumes the trial.)
+- A trial the strategy stops (``median_stop``) ends ``early_stopped`` at once, and its task
+  is cancelled (``ray.cancel``): the trial stops at its next report (or its worker process
+  ends after :data:`nastrain_ray.worker.STOP_GRACE_SECONDS`), and what it reports after the
+  result that stopped it, a final result too, is never read, so the store holds exactly
+  the results the strategy saw. One that runs past ``trial_timeout`` (counted from its first
+  run's start) is cancelled with force (its worker process is killed) and ends
+  ``failed``.
 
 What Ray pickles: Ray sends the task's function by reference (its module and name, with
 cloudpickle) and its own control messages; nastrain's arguments and results are JSON
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import socket
 import time
@@ -46,7 +56,9 @@ from nastrain.experiments.executor import (
 from nastrain.reporting import check_metric
 from nastrain_ray.worker import trial_task
 
-__all__ = ["CONNECT_TIMEOUT", "OPTIONS", "RayExecutor", "check_address"]
+__all__ = ["CONNECT_TIMEOUT", "OPTIONS", "SYSTEM_FAILURES", "RayExecutor", "check_address"]
+
+logger = logging.getLogger(__name__)
 
 #: The options ``executor_options`` (or the config's ``[executor]`` table) may hold.
 OPTIONS = (
@@ -57,6 +69,18 @@ OPTIONS = (
     "max_retries",
     "runtime_env",
     "connect_timeout",
+)
+#: Ray's errors that mean a trial's worker or node was lost, not that the trial failed: the
+#: driver runs the trial again (``max_retries``). ``TaskCancelledError`` is not among them (the
+#: driver cancelled it), nor ``RayTaskError`` (the task raised; the worker reports a trial
+#: that raises as ``failed`` itself), nor ``RuntimeEnvSetupError`` (it would fail again).
+SYSTEM_FAILURES: tuple[type[BaseException], ...] = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.OutOfMemoryError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.RaySystemError,
 )
 #: Seconds the driver waits for the cluster's head (its GCS port) to answer, by default
 #: (option ``connect_timeout``), before giving up.
@@ -140,10 +164,13 @@ class _Trial:
     """A submitted trial and what the driver knows of it."""
 
     job: TrialJob
+    #: The running run's task (a streaming generator).
     generator: Any
-    #: The next step expected: a retried attempt's earlier steps are below it (ignored).
-    next_step: int = 0
-    #: Where its attempt runs, as its worker says (a retried attempt runs elsewhere).
+    #: Which run: 0 first, one more each time a lost worker or node made the driver rerun it.
+    rerun: int = 0
+    #: How many steps are stored: a run's steps below it were stored by an earlier run.
+    stored: int = 0
+    #: Where it runs, as its worker says (a rerun runs elsewhere).
     worker: str | None = None
     deadline: float | None = None
     intermediate: int = 0
@@ -160,8 +187,9 @@ class RayExecutor:
       ``"auto"`` but, with no cluster found, a Ray instance started here for the run.
     - ``num_cpus`` (default 1), ``num_gpus`` (default 0), ``resources`` (custom resources,
       ``{"name": amount}``): what each trial's task asks for.
-    - ``max_retries`` (default 3): how many times Ray reruns a trial after a system failure
-      (its worker or node lost); a trial that raises is not retried.
+    - ``max_retries`` (default 3): how many times the driver reruns a trial after a system
+      failure (its worker or node lost: :data:`SYSTEM_FAILURES`); a trial that raises is not
+      rerun.
     - ``runtime_env``: Ray's runtime environment for the trial tasks, e.g.
       ``{"working_dir": "."}`` or ``{"py_modules": ["mypackage"]}`` to ship the user's code to
       the workers, ``{"pip": [...]}``, ``{"env_vars": {...}}``.
@@ -253,7 +281,8 @@ class RayExecutor:
         options: dict[str, Any] = {
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
-            "max_retries": self.max_retries,
+            # The driver reruns a lost run itself (see the module's docstring).
+            "max_retries": 0,
             "retry_exceptions": False,
         }
         if self.resources:
@@ -303,8 +332,20 @@ class RayExecutor:
 
     def submit(self, job: TrialJob) -> None:
         """Submit ``job`` as a Ray task; ``on_start`` comes when a worker starts it."""
-        generator = self._remote.remote(self.setup_json, job.to_json())
+        generator = self._remote.remote(self.setup_json, job.to_json(), 0)
         self._trials[job.index] = _Trial(job=job, generator=generator)
+
+    def _rerun(self, trial: _Trial, failure: BaseException) -> None:
+        """Run the trial again, as a new task, after ``failure`` lost its worker."""
+        trial.rerun += 1
+        logger.warning(
+            "trial %d: %s; running it again (run %d of at most %d, max_retries)",
+            trial.job.index,
+            _describe_failure(failure),
+            trial.rerun + 1,
+            self.max_retries + 1,
+        )
+        trial.generator = self._remote.remote(self.setup_json, trial.job.to_json(), trial.rerun)
 
     def poll(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` seconds for a message of a running trial; hand the experiment
@@ -334,16 +375,27 @@ class RayExecutor:
         """Take the trial's next message and act on it."""
         index = trial.job.index
         try:
-            ref = next(trial.generator)
+            text = ray.get(next(trial.generator))
         except StopIteration:
             self._end(trial, "failed", "its Ray task ended without saying how the trial ended")
             return
-        try:
-            text = ray.get(ref)
+        except SYSTEM_FAILURES as exc:
+            if trial.rerun < self.max_retries:
+                self._rerun(trial, exc)
+            else:
+                self._end(
+                    trial,
+                    "failed",
+                    f"{_describe_failure(exc)}, on each of its {trial.rerun + 1} run(s) "
+                    f"(max_retries={self.max_retries})",
+                )
+            return
         except ray.exceptions.RayError as exc:
-            self._end(trial, "failed", _ray_failure(exc, self.max_retries))
+            self._end(trial, "failed", _describe_failure(exc))
             return
         message = json.loads(text)
+        if message.get("rerun", 0) != trial.rerun:
+            return  # an earlier run's (never read once it is replaced): ignored
         kind = message["type"]
         if kind == "setup_failed":
             raise ExecutorError(
@@ -354,17 +406,16 @@ class RayExecutor:
             )
         worker = str(message["worker"])
         if worker != trial.worker:
-            # Its first message, or the first new one of an attempt Ray retried elsewhere
-            # (Ray drops what a retried attempt yields again, its start message too).
+            # Its first message, or a rerun's first, from another worker.
             if trial.worker is None and self.trial_timeout is not None:
                 trial.deadline = time.monotonic() + self.trial_timeout
             trial.worker = worker
             self.handler.on_start(index, worker)
         if kind == "result":
             step = int(message["step"])
-            if step < trial.next_step:
-                return  # already recorded: a retried attempt's earlier step
-            trial.next_step = step + 1
+            if step < trial.stored:
+                return  # stored already, as an earlier run reported it
+            trial.stored = step + 1
             final = bool(message["final"])
             metric = check_metric(message["metric"])
             if not final:
@@ -413,10 +464,7 @@ class RayExecutor:
             ray.shutdown()
 
 
-def _ray_failure(exc: BaseException, retries: int) -> str:
-    """A trial's reason when its Ray task failed (not the trial itself)."""
+def _describe_failure(exc: BaseException) -> str:
+    """What Ray said when a trial's task failed (not the trial itself), in one line."""
     first = " ".join(str(exc).split())[:600]
-    return (
-        f"its Ray task failed ({type(exc).__name__}, after up to {retries} retries "
-        f"(max_retries)): {first}"
-    )
+    return f"its Ray task failed ({type(exc).__name__}: {first})"

@@ -1,28 +1,32 @@
 """The worker side of the Ray executor: the remote generator task that runs one trial.
 
-Each trial is one call of :func:`trial_task`, as a Ray task with the trial's resources. Its
-arguments are two JSON strings (the experiment's :class:`~nastrain.experiments.executor.WorkerSetup`
-and the trial's :class:`~nastrain.experiments.executor.TrialJob`) and it yields JSON strings,
-one message each:
+Each run of a trial is one call of :func:`trial_task`, as a Ray task with the trial's
+resources. Its arguments are two JSON strings (the experiment's
+:class:`~nastrain.experiments.executor.WorkerSetup` and the trial's
+:class:`~nastrain.experiments.executor.TrialJob`) and the run's number, ``rerun`` (0 first,
+one more each time the driver runs the trial again after a lost worker or node, within the
+job's ``attempt``), and it yields JSON strings, one message each, every one carrying
+``"rerun"`` and naming the worker:
 
-- ``{"type": "start", "worker": "ray:<node ip>:<pid> node=<node id>"}`` when the trial starts
-  (again on every attempt Ray makes after a lost node);
-- ``{"type": "result", "step": <n>, "metric": ..., "final": <bool>, "worker": ...}`` for
-  every result the trainer reports, ``step`` counting from 0 within the attempt, as soon as
-  it is reported;
-- ``{"type": "end", "status": "succeeded" | "failed" | "early_stopped", "reason": ...,
-  "worker": ...}`` last.
-
-Every message names the worker: Ray drops what a retried attempt yields until it has
-yielded as many items as the lost one had (its ``start`` among them), so the driver learns
-where a retried trial runs from the first new message.
-- ``{"type": "setup_failed", "reason": ...}`` instead, when the worker could not be prepared
-  (the user's module cannot be imported there, ...).
+- ``{"type": "start", "rerun": <r>, "worker": "ray:<node ip>:<pid> node=<node id>"}`` when
+  the run starts;
+- ``{"type": "result", "rerun": <r>, "step": <n>, "metric": ..., "final": <bool>,
+  "worker": ...}`` for every result the trainer reports, ``step`` counting from 0 within the
+  run, as soon as it is reported: the driver keys each report by (trial, attempt, rerun,
+  step) and stores a step once, as the run that reported it first did;
+- ``{"type": "end", "rerun": <r>, "status": "succeeded" | "failed" | "early_stopped",
+  "reason": ..., "worker": ...}`` last;
+- ``{"type": "setup_failed", "rerun": <r>, "reason": ...}`` instead, when the worker could
+  not be prepared (the user's module cannot be imported there, ...).
 
 A worker process prepares once per experiment (:func:`nastrain.experiments.executor.prepare_worker`,
 cached by the setup's JSON) and runs each trial in a thread of its own, so that the task's
 main thread can yield the trial's reports while it trains and can be interrupted by
-``ray.cancel``; the trial then stops at its next report (``TrialStopped``).
+``ray.cancel``. A cancelled run (the strategy stopped the trial) sets the trial's stop
+flag: the trial's thread raises ``TrialStopped`` at its next report, and what it reports from
+then on is never sent; one that does not reach a report within :data:`STOP_GRACE_SECONDS`
+ends its worker process (``os._exit(1)``; Ray starts a fresh worker for later tasks), so no
+trial thread outlives its task.
 """
 
 from __future__ import annotations
@@ -78,17 +82,17 @@ def _message(**fields: Any) -> str:
     return json.dumps(fields, allow_nan=False)
 
 
-def trial_task(setup_json: str, job_json: str) -> Iterator[str]:
-    """Run one trial and yield its messages (see the module's docstring); a generator that
-    Ray runs as a streaming task."""
+def trial_task(setup_json: str, job_json: str, rerun: int = 0) -> Iterator[str]:
+    """Run a trial once and yield its messages (see the module's docstring); a
+    generator that Ray runs as a streaming task."""
     try:
         space = _space(setup_json)
         job = TrialJob.from_json(job_json)
     except Exception as exc:
-        yield _message(type="setup_failed", reason=describe_exception(exc))
+        yield _message(type="setup_failed", rerun=rerun, reason=describe_exception(exc))
         return
     worker = worker_description()
-    yield _message(type="start", worker=worker)
+    yield _message(type="start", rerun=rerun, worker=worker)
     events: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
     stop = threading.Event()
 
@@ -119,12 +123,18 @@ def trial_task(setup_json: str, job_json: str) -> Iterator[str]:
             if kind == "result":
                 try:
                     text = _message(
-                        type="result", step=step, metric=first, final=bool(second), worker=worker
+                        type="result",
+                        rerun=rerun,
+                        step=step,
+                        metric=first,
+                        final=bool(second),
+                        worker=worker,
                     )
                 except (TypeError, ValueError) as exc:
                     stop.set()
                     text = _message(
                         type="end",
+                        rerun=rerun,
                         status="failed",
                         reason=f"reported a result that is not JSON ({exc}): {first!r}",
                         worker=worker,
@@ -134,7 +144,7 @@ def trial_task(setup_json: str, job_json: str) -> Iterator[str]:
                 step += 1
                 yield text
             else:
-                yield _message(type="end", status=first, reason=second, worker=worker)
+                yield _message(type="end", rerun=rerun, status=first, reason=second, worker=worker)
                 return
     finally:
         # Cancelled (ray.cancel raises in this thread) or done: the trial stops at its next

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import pytest
 import ray  # conftest.py skips these tests where Ray cannot be imported
-from nastrain_ray_test_trainers import EpochsTrainer
+from nastrain_ray_test_trainers import CrashingTrainer, EpochsTrainer
 from nastrain_test_trials import ScoreTrainer
 
 import nastrain
@@ -481,3 +481,191 @@ def test_ray_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(ExecutorError, match=re.escape('pip install "ray>=2.40"')):
         ray_executor(context())
+
+
+def test_a_lost_worker_reruns_the_trial_and_each_step_is_stored_once_as_first_reported(
+    ray_cluster: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "log"
+    # The trial scoring 1 kills its worker after 2 of its 4 reports, on its first run; a
+    # rerun's values are 1000 higher, so the store shows whose each step is.
+    trainer = CrashingTrainer(None, log=str(log), crash=[1.0], crashes=1)
+    with caplog.at_level("WARNING", logger="nastrain_ray.executor"):
+        result = experiment(ray_cluster, tmp_path, trainer, max_trials=2, concurrency=2).run()
+    assert [t.status for t in result.trials] == ["succeeded"] * 2
+    runs = collections.defaultdict(list)
+    for line in log.read_text().splitlines():
+        points, pid = line.split()
+        runs[float(points)].append(int(pid))
+    assert {points: len(pids) for points, pids in runs.items()} == {1.0: 2, 2.0: 1}
+    assert "WorkerCrashedError" in caplog.text
+    assert "running it again (run 2 of at most 4, max_retries)" in caplog.text
+    with Store.read(tmp_path / "experiment.sqlite") as store:
+        rows = store.result_rows()
+    for trial in result.trials:
+        mine = [(r["metric"], r["final"]) for r in rows if r["trial"] == trial.index]
+        match = WORKER.match(trial.worker or "")
+        assert match
+        points = 1.0 if mine[0][0] == 1.0 else 2.0
+        # The store names the worker of the run that finished.
+        assert int(match.group(1)) == runs[points][-1]
+        if points == 1.0:
+            # Steps 0 and 1 as the lost run reported them; the rerun's own reports of
+            # them ignored; steps 2, 3 and the final one from the rerun.
+            assert mine == [
+                (1.0, False),
+                (2.0, False),
+                (1003.0, False),
+                (1004.0, False),
+                (1001.0, True),
+            ]
+        else:
+            assert mine == [(2.0, False), (4.0, False), (6.0, False), (8.0, False), (2.0, True)]
+
+
+def test_a_trial_whose_workers_are_lost_more_than_max_retries_times_fails_naming_it(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    trainer = CrashingTrainer(None, log=str(log), crash=[1.0], crashes=99)
+    result = experiment(
+        ray_cluster, tmp_path, trainer, max_trials=2, executor_options={"max_retries": 1}
+    ).run()
+    lost, other = result.trials
+    assert other.status == "succeeded"
+    assert lost.status == "failed"
+    assert "WorkerCrashedError" in (lost.reason or "")
+    assert "on each of its 2 run(s) (max_retries=1)" in (lost.reason or "")
+    assert [line.split()[0] for line in log.read_text().splitlines()].count("1.0") == 2
+    # What the first run reported is kept, once; the second's reports of the same
+    # steps (1000 higher) are not stored.
+    assert lost.intermediate == (1.0, 2.0)
+
+
+class _Recorder:
+    """A TrialHandler that records what the executor hands it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def on_start(self, index: int, worker: str) -> None:
+        self.calls.append(("start", index, worker))
+
+    def on_result(self, index: int, metric: Any, final: bool) -> bool:
+        self.calls.append(("result", index, metric, final))
+        return False
+
+    def on_end(self, index: int, status: str, reason: str | None) -> None:
+        self.calls.append(("end", index, status))
+
+
+class _Stream:
+    """A stand-in for a Ray streaming generator: its items are the message texts (what
+    ``ray.get`` of each ref gives) or an exception (what ``ray.get`` raises)."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = list(items)
+
+    def __next__(self) -> Any:
+        if not self.items:
+            raise StopIteration
+        return self.items.pop(0)
+
+
+def _fake_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nastrain_ray import executor
+
+    def wait(
+        streams: list[_Stream], num_returns: int, timeout: Any, fetch_local: bool
+    ) -> tuple[list[_Stream], list[_Stream]]:
+        ready = [s for s in streams if s.items][: max(num_returns, 1)]
+        return ready, [s for s in streams if s not in ready]
+
+    def get(item: Any) -> Any:
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    monkeypatch.setattr(executor.ray, "wait", wait)
+    monkeypatch.setattr(executor.ray, "get", get)
+
+
+def _msg(kind: str, rerun: int, worker: str = "w", **fields: Any) -> str:
+    import json
+
+    return json.dumps({"type": kind, "rerun": rerun, "worker": worker, **fields})
+
+
+def _job(index: int) -> Any:
+    from nastrain.experiments.executor import TrialJob
+
+    return TrialJob(index=index, attempt=1, arch={}, seed=0, trainer=ScoreTrainer(None).spec)  # type: ignore[attr-defined]
+
+
+def test_poll_hands_over_one_message_of_each_ready_trial_per_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nastrain_ray import ray_executor
+    from nastrain_ray.executor import _Trial
+
+    _fake_ray(monkeypatch)
+    recorder = _Recorder()
+    executor = ray_executor(attrs.evolve(context(), handler=recorder, concurrency=2))
+    busy = [_msg("start", 0, "a")] + [
+        _msg("result", 0, "a", step=s, metric=float(s), final=False) for s in range(50)
+    ]
+    executor._trials = {
+        0: _Trial(job=_job(0), generator=_Stream(busy)),
+        1: _Trial(job=_job(1), generator=_Stream([_msg("start", 0, "b")])),
+    }
+    executor.poll(0)
+    # One pass: each trial's first message, not the busy trial's fifty results.
+    assert recorder.calls == [("start", 0, "a"), ("start", 1, "b")]
+    executor.poll(0)
+    assert recorder.calls[2:] == [("result", 0, 0.0, False)]
+
+
+def test_a_rerun_reports_each_step_again_and_only_new_steps_are_handed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nastrain_ray import ray_executor
+    from nastrain_ray.executor import _Trial
+
+    _fake_ray(monkeypatch)
+    recorder = _Recorder()
+    executor = ray_executor(attrs.evolve(context(), handler=recorder))
+    first = [
+        _msg("start", 0, "a"),
+        _msg("result", 0, "a", step=0, metric=1.0, final=False),
+        _msg("result", 0, "a", step=1, metric=2.0, final=False),
+        ray.exceptions.WorkerCrashedError(),
+    ]
+    second = [
+        _msg("start", 1, "b"),
+        _msg("result", 1, "b", step=0, metric=10.0, final=False),
+        _msg("result", 1, "b", step=1, metric=20.0, final=False),
+        _msg("result", 1, "b", step=2, metric=30.0, final=False),
+        _msg("result", 1, "b", step=3, metric=5.0, final=True),
+        _msg("end", 1, "b", status="succeeded", reason=None),
+    ]
+    submitted = []
+
+    class Remote:
+        def remote(self, setup: str, job: str, rerun: int) -> _Stream:
+            submitted.append(rerun)
+            return _Stream(second)
+
+    executor._remote = Remote()
+    executor._trials = {0: _Trial(job=_job(0), generator=_Stream(first))}
+    for _ in range(20):
+        executor.poll(0)
+    assert submitted == [1]
+    assert recorder.calls == [
+        ("start", 0, "a"),
+        ("result", 0, 1.0, False),
+        ("result", 0, 2.0, False),
+        ("start", 0, "b"),
+        ("result", 0, 30.0, False),
+        ("result", 0, 5.0, True),
+        ("end", 0, "succeeded"),
+    ]
