@@ -29,12 +29,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import nastrain
 from nastrain.experiments.executor import available_cpus
 
-README = Path(__file__).resolve().parent / "README.md"
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # bench_trials, for this process (and, below, the workers)
+from bench_trials import README, CpuTrainer, Space, TrivialTrainer, work_many, write_table  # noqa: E402
+
 BEGIN, END = "<!-- experiment-table -->", "<!-- /experiment-table -->"
 INTRO = """\
 Per-trial overhead of `nastrain.Experiment` with the local executor, and the
@@ -43,58 +45,6 @@ throughput of 2 workers against 1 on CPU-bound single-threaded trials
 The machine is shared: the control row (the same work in plain processes) and the
 load average say what it allowed during the run.
 """
-
-
-class Space(nn.Module):
-    """4^6 = 4096 architectures of identity-like candidates."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.choices = nn.ModuleList(
-            nastrain.LayerChoice([nn.Identity() for _ in range(4)], label=f"c{i}") for i in range(6)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for choice in self.choices:
-            x = choice(x)
-        return x
-
-
-@nastrain.register_trainer(name="bench-trivial")
-class TrivialTrainer(nastrain.BaseTrainer):
-    """Reports one final result, with how long its own fit took."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def fit(self) -> None:
-        start = time.perf_counter()
-        value = float(len(list(self.model.modules())))
-        nastrain.report_final_result({"default": value, "fit_seconds": time.perf_counter() - start})
-
-
-def work(steps: int) -> int:
-    """A fixed amount of single-threaded pure-Python work."""
-    total = 0
-    for i in range(steps):
-        total += i * i % 7
-    return total
-
-
-def work_many(trials: int, steps: int) -> None:
-    for _ in range(trials):
-        work(steps)
-
-
-@nastrain.register_trainer(name="bench-cpu")
-class CpuTrainer(nastrain.BaseTrainer):
-    """A trial of :func:`work`."""
-
-    def __init__(self, model: nn.Module, steps: int = 3_000_000) -> None:
-        self.steps = steps
-
-    def fit(self) -> None:
-        nastrain.report_final_result(float(work(self.steps) % 1000))
 
 
 def bare(trials: int, steps: int, processes: int) -> float:
@@ -190,21 +140,7 @@ def table(o: dict[str, float], t: dict[str, float], args: argparse.Namespace) ->
 
 
 def write(text: str) -> None:
-    content = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in content and END in content:
-        head, rest = content.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        content = head + block + tail
-    else:
-        content = (
-            content.rstrip("\n")
-            + "\n\n## Multi-trial experiments\n\n"
-            + INTRO
-            + "\n```sh\n.venv/bin/python benchmarks/bench_experiment.py --write\n"
-            + f"```\n\n{block}\n"
-        )
-    README.write_text(content)
+    write_table(text, (BEGIN, END), "Multi-trial experiments", INTRO, "bench_experiment.py")
 
 
 def main() -> None:
@@ -228,4 +164,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # The workers import bench_trials (the space and trainers).
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p
+    )
     main()

@@ -12,8 +12,12 @@
    ``num_cpus=1``, concurrency 2) against the local executor with 2 workers; trials per
    second over each run's whole ``run()``, the two executors' runs interleaved. The
    cluster is started before, and the timed Ray runs share one driver connection
-   (``ray.init`` once, warmed by a first run: a Ray job keeps its worker processes); a
-   cold run (a new driver, whose workers start and import torch) is timed apart.
+   (``ray.init`` once, warmed by a first run: a Ray job keeps its worker processes), while
+   each local run starts its workers: not like for like, so the steady state is measured
+   too, the same way for both: the trials that ended after the first ``concurrency`` (2),
+   over the time from the 2nd trial's end to the last's (every worker started by then, for
+   both executors). A cold run (a new driver, whose workers start and import torch) is
+   timed apart.
 
     .venv/bin/python benchmarks/bench_ray.py            # prints the table
     .venv/bin/python benchmarks/bench_ray.py --write    # and puts it in README.md
@@ -41,10 +45,9 @@ import nastrain
 from nastrain.experiments.executor import available_cpus
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # bench_ray_trials, for this process (and, below, the workers)
-from bench_ray_trials import CpuTrainer, TrivialTrainer  # noqa: E402
+sys.path.insert(0, str(HERE))  # bench_trials, for this process (and, below, the workers)
+from bench_trials import README, CpuTrainer, TrivialTrainer, write_table  # noqa: E402
 
-README = HERE / "README.md"
 BEGIN, END = "<!-- ray-table -->", "<!-- /ray-table -->"
 INTRO = """\
 The Ray executor (nastrain-ray) against the local executor
@@ -52,8 +55,9 @@ The Ray executor (nastrain-ray) against the local executor
 of trivial trials on a local Ray instance, and the throughput of CPU-bound trials on a
 2-node Ray cluster on loopback (1 CPU per node) against 2 local workers. The timed Ray
 runs share one driver connection, as a driver running many experiments would (a Ray job
-keeps its worker processes); a cold run, a new driver whose workers start and import
-torch, is a row of its own.
+keeps its worker processes), while each local run starts its workers; the steady-state
+rows compare the two like for like (the trials that end once every worker has started);
+a cold run, a new driver whose workers start and import torch, is a row of its own.
 """
 
 
@@ -62,7 +66,7 @@ def run(
 ) -> tuple[float, list]:
     start = time.perf_counter()
     result = nastrain.Experiment(
-        "bench_ray_trials:Space",
+        "bench_trials:Space",
         trainer,
         "random",
         store=folder / f"{name}.sqlite",
@@ -87,10 +91,11 @@ def overhead(folder: Path, name: str, trials: int, **options: Any) -> dict[str, 
 
 def throughput(
     folder: Path, name: str, trials: int, steps: int, repeats: int, **options: Any
-) -> list[float]:
+) -> list[tuple[float, float]]:
+    """Per run: (trials per second over the whole run, steady-state trials per second)."""
     rates = []
     for r in range(repeats):
-        seconds, _ = run(
+        seconds, done = run(
             folder,
             f"{name}-{r}",
             CpuTrainer(None, steps=steps),
@@ -99,7 +104,9 @@ def throughput(
             seed=r,
             **options,
         )
-        rates.append(trials / seconds)
+        ends = sorted(t.ended for t in done)
+        steady = (len(ends) - 2) / (ends[-1] - ends[1]) if len(ends) > 2 else float("nan")
+        rates.append((trials / seconds, steady))
     return rates
 
 
@@ -173,9 +180,13 @@ def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 def table(m: dict[str, Any], args: argparse.Namespace) -> str:
     machine = f"{platform.machine()}, {available_cpus()} CPUs, Python {platform.python_version()}"
     lo, ro = m["local_overhead"], m["ray_overhead"]
-    local, ray_rates = m["local_rates"], m["ray_rates"]
+    local = [whole for whole, _ in m["local_rates"]]
+    ray_rates = [whole for whole, _ in m["ray_rates"]]
+    local_steady = [steady for _, steady in m["local_rates"]]
+    ray_steady = [steady for _, steady in m["ray_rates"]]
     ratio = statistics.median(ray_rates) / statistics.median(local)
     best = max(ray_rates) / max(local)
+    steady_ratio = statistics.median(ray_steady) / statistics.median(local_steady)
     return "\n".join(
         [
             f"Measured on {machine}, torch {torch.__version__}, ray {m['ray_version']} "
@@ -193,7 +204,13 @@ def table(m: dict[str, Any], args: argparse.Namespace) -> str:
             f"{args.repeats} runs; ray: 2 nodes of 1 CPU, local: 2 workers) "
             f"| {statistics.median(ray_rates):.2f}, {max(ray_rates):.2f} trials/s "
             f"| {statistics.median(local):.2f}, {max(local):.2f} trials/s | |",
-            f"| ray / local throughput (medians, bests) | {ratio:.2f}x, {best:.2f}x | | >= 0.9x |",
+            f"| ray / local throughput (medians, bests; ray's workers warm, local's started "
+            f"by each run) | {ratio:.2f}x, {best:.2f}x | | >= 0.9x |",
+            f"| steady-state throughput, like for like: the {args.cpu_trials - 2} trials ending "
+            "after the first 2, from the 2nd end to the last (every worker started, both) "
+            f"(median of {args.repeats} runs) | {statistics.median(ray_steady):.2f} trials/s "
+            f"| {statistics.median(local_steady):.2f} trials/s | |",
+            f"| ray / local steady-state throughput (medians) | {steady_ratio:.2f}x | | >= 0.9x |",
             "| a cold run of 2 of those trials on the cluster (a new driver: connecting, "
             f"starting the workers) | {m['cold_seconds']:.2f} s | | |",
             f"| load average of the machine when done | {os.getloadavg()[0]:.1f} | | |",
@@ -202,21 +219,7 @@ def table(m: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def write(text: str) -> None:
-    content = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in content and END in content:
-        head, rest = content.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        content = head + block + tail
-    else:
-        content = (
-            content.rstrip("\n")
-            + "\n\n## Ray\n\n"
-            + INTRO
-            + "\n```sh\n.venv/bin/python benchmarks/bench_ray.py --write\n"
-            + f"```\n\n{block}\n"
-        )
-    README.write_text(content)
+    write_table(text, (BEGIN, END), "Ray", INTRO, "bench_ray.py")
 
 
 def main() -> int:
@@ -238,7 +241,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # The workers import bench_ray_trials; Ray on loopback only, with no earlier Ray state,
+    # The workers import bench_trials; Ray on loopback only, with no earlier Ray state,
     # as the plugin's tests run it (these are read when Ray is imported, in measure()).
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p
