@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from nastrain import InputChoice, LayerChoice
+from nastrain import InputChoice, LayerChoice, distributed
 from nastrain.mutables import reduce_tensors
 from nastrain.oneshot import SupernetTrainer, json_floats
 from nastrain.reporting import current_trainer
@@ -173,6 +173,9 @@ class DartsTrainer(SupernetTrainer):
         else:
             # First order: d L_val(w, alpha) / d alpha; nothing recorded for the weights.
             self._alpha_grad(val_x, val_y, accumulate=True)
+        # alpha lives outside any DDP module and its gradient may come from autograd.grad:
+        # averaged over the ranks here, or the ranks' alphas drift apart.
+        distributed.all_reduce_mean(a.grad for a in self.arch.parameters())
         self.arch_optimizer.step()
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -181,6 +184,7 @@ class DartsTrainer(SupernetTrainer):
             loss = self.loss(logits, trn_y)
             if self.weights:  # a space of parameter-free candidates has none
                 loss.backward(inputs=self.weights)
+        distributed.all_reduce_mean(w.grad for w in self.weights)  # DDP's average, by hand
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         self.optimizer.step()
