@@ -65,6 +65,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from nastrain import distributed
 from nastrain.calibration import batch_statistics, batchnorms
 from nastrain.oneshot import json_floats
 from nastrain.space import Architecture
@@ -286,6 +287,13 @@ class EnasTrainer(SamplingTrainer):
         (loss / self.ctrl_steps_aggregate).backward()
         self.pending_samples += 1
         if self.pending_samples >= self.ctrl_steps_aggregate:
+            # The ranks' rewards differ (each its own share of the batch): the controller's
+            # gradient is averaged, or the ranks' controllers drift apart.
+            params = list(self.controller.parameters())
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            distributed.all_reduce_mean(p.grad for p in params)
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(self.controller.parameters(), self.grad_clip)
             self.ctrl_optim.step()
