@@ -289,11 +289,14 @@ class EnasTrainer(SamplingTrainer):
         if self.pending_samples >= self.ctrl_steps_aggregate:
             # The ranks' rewards differ (each its own share of the batch): the controller's
             # gradient is averaged, or the ranks' controllers drift apart.
-            params = list(self.controller.parameters())
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            distributed.all_reduce_mean(p.grad for p in params)
+            # On one process nothing changes: a parameter without a gradient keeps None (a
+            # zero gradient would still move it under Adam's momentum).
+            if distributed.is_distributed():
+                params = list(self.controller.parameters())
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                distributed.all_reduce_mean(p.grad for p in params)
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(self.controller.parameters(), self.grad_clip)
             self.ctrl_optim.step()
