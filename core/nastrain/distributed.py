@@ -13,6 +13,10 @@ drift apart; a path drawn at random must be the same on every rank
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -155,11 +159,6 @@ def run_on_ranks(script: str, nprocs: int = 2, timeout: float = 120.0) -> list[s
     if any is still running after ``timeout`` seconds; a process that fails or times out
     raises ``RuntimeError`` with every rank's stderr.
     """
-    import socket
-    import subprocess
-    import sys
-    import time
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
