@@ -41,7 +41,14 @@ from typing import Any, ClassVar, Literal
 import attrs
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, SubsetRandomSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    Subset,
+    SubsetRandomSampler,
+)
 
 from nastrain import __version__, plugins
 from nastrain._files import fsync_directory
@@ -78,6 +85,10 @@ LEGACY_CHECKPOINT_META = "checkpoint.json"
 #: The ``"format"`` entry that marks a torch file as a nastrain checkpoint.
 CHECKPOINT_FORMAT = "nastrain.oneshot-checkpoint"
 _CHECKPOINT_KEYS = ("format", "epoch", "meta", "model", "extra", "rng")
+#: The split of a checkpoint without one (older releases): the first half to the weights.
+_OLD_SPLIT: dict[str, Any] = {"split": "ordered", "seed": 0, "fraction": 0.5}
+#: The ways ``dataset`` is split into the weight and the architecture half (``split=``).
+SPLITS = ("shuffled", "ordered")
 
 
 @attrs.frozen(kw_only=True)
@@ -115,6 +126,32 @@ def _check_optional_bool(instance: Any, attribute: attrs.Attribute, value: Any) 
 def _check_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{attribute.name} must be True or False, got {value!r}")
+
+
+def _check_optional_callable(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{attribute.name} must be a callable or None, got {value!r}")
+
+
+def _check_optional_positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _check_optional_int(instance, attribute, value)
+    if value is not None and value < 1:
+        raise ValueError(f"{attribute.name} must be an int >= 1 or None, got {value!r}")
+
+
+def _check_split(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {value!r}")
+
+
+def _check_split_fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"split_fraction must be a number, got {value!r}")
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(
+            f"split_fraction must be strictly between 0 and 1 (the weight half's share of "
+            f"dataset), got {value!r}"
+        )
 
 
 def _optional_path(value: Any, name: str) -> Path | None:
@@ -201,6 +238,38 @@ class OneShotOptions:
     would be exported), which ``nastrain report DIR`` draws. ``None``: the record goes to
     ``checkpoint_dir``; with neither, no record is written. A folder that cannot be written
     is refused when the trainer is built."""
+
+    drop_last: bool = attrs.field(default=False, validator=_check_bool)
+    """Drop the last batch of each half when it is smaller than ``batch_size`` (the
+    ``DataLoader`` option), e.g. for batch normalisation on tiny last batches."""
+
+    collate_fn: Callable[[list[Any]], Any] | None = attrs.field(
+        default=None, validator=_check_optional_callable
+    )
+    """How a list of items becomes a batch (the ``DataLoader`` option); ``None``: torch's
+    default collation. The batches must still be ``(input, target)`` pairs."""
+
+    prefetch_factor: int | None = attrs.field(
+        default=None, converter=_optional_int, validator=_check_optional_positive_int
+    )
+    """Batches each worker loads ahead (the ``DataLoader`` option); only with ``workers > 0``
+    (refused otherwise). ``None``: torch's default (2 with workers)."""
+
+    persistent_workers: bool | None = attrs.field(default=None, validator=_check_optional_bool)
+    """Keep the loaders' worker processes alive from one epoch to the next instead of
+    starting them afresh each epoch; ``None``: when ``workers > 0``. ``True`` needs
+    ``workers > 0``."""
+
+    split: Literal["shuffled", "ordered"] = attrs.field(default="shuffled", validator=_check_split)
+    """How ``dataset`` is split into the weight half and the architecture half when no
+    ``valid_dataset`` is given. ``"shuffled"``: a seeded random permutation (from ``seed``,
+    or the drawn data seed, which checkpoints keep, so a resumed search has the same halves),
+    so a dataset sorted by class gives halves that both hold every class. ``"ordered"``: the
+    first part of the dataset and the rest, as DARTS, ENAS and NNI split."""
+
+    split_fraction: float = attrs.field(default=0.5, validator=_check_split_fraction)
+    """The share of ``dataset`` in the weight half (the rest is the architecture half),
+    strictly between 0 and 1; each half gets at least one item."""
 
     @classmethod
     def names(cls) -> list[str]:
@@ -485,12 +554,21 @@ class SupernetTrainer(BaseOneShotTrainer):
             seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
         self.data_generator = torch.Generator()
         self.data_generator.manual_seed(seed)
+        self._check_loader_options()
         self._valid_name = "dataset" if valid_dataset is None else "valid_dataset"
-        #: The weight half and the architecture half of the data, as datasets (halves of
-        #: ``dataset``, or ``dataset`` and ``valid_dataset``); :attr:`train_loader` and
-        #: :attr:`valid_loader` walk them in a fresh random order each epoch.
-        self.train_data, self.valid_data = self._halves(dataset, valid_dataset)
-        self.train_loader, self.valid_loader = self._loaders(dataset, valid_dataset)
+        self._dataset, self._valid_dataset = dataset, valid_dataset
+        #: How ``dataset`` was split into the halves (saved in checkpoints, so a resumed
+        #: search has the same halves): ``{"split": "shuffled" | "ordered", "seed": the
+        #: permutation's seed, "fraction": split_fraction}``; ``None`` with a
+        #: ``valid_dataset``, which is the architecture half instead.
+        self.split_state: dict[str, Any] | None = None
+        if valid_dataset is None:
+            self.split_state = {
+                "split": self.options.split,
+                "seed": seed,
+                "fraction": float(self.options.split_fraction),
+            }
+        self._build_data()
 
     # --- the options, as attributes ----------------------------------------------------------
 
@@ -726,46 +804,99 @@ class SupernetTrainer(BaseOneShotTrainer):
 
     # --- data ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _halves(dataset: Dataset, valid_dataset: Dataset | None) -> tuple[Dataset, Dataset]:
+    def _check_loader_options(self) -> None:
+        """Refuse the DataLoader options that need worker processes when ``workers`` is 0,
+        naming the option (torch's own errors do not say which trainer option is wrong)."""
+        if self.workers == 0:
+            for name in ("prefetch_factor", "persistent_workers"):
+                if getattr(self.options, name):
+                    raise ValueError(
+                        f"{name}={getattr(self.options, name)!r} needs worker processes, but "
+                        f"workers=0 loads the data in the main process; pass workers >= 1 or "
+                        f"leave {name} unset"
+                    )
+
+    def _split_indices(self, n: int) -> tuple[list[int], list[int]]:
+        """The indices of ``dataset`` (``n`` items) in the weight half and in the
+        architecture half, as :attr:`split_state` says: a permutation seeded by its
+        ``"seed"`` (``"shuffled"``) or the dataset's order (``"ordered"``), cut at
+        ``int(n * fraction)``."""
+        assert self.split_state is not None
+        cut = int(n * self.split_state["fraction"])
+        if n < 2 or not 0 < cut < n:
+            raise ValueError(
+                f"dataset has {n} item(s); it is split into a weight half and an "
+                f"architecture half (split_fraction={self.split_state['fraction']}), so it "
+                "needs 2+ items, enough for each half to get one"
+            )
+        if self.split_state["split"] == "ordered":
+            order = list(range(n))
+        else:
+            generator = torch.Generator().manual_seed(int(self.split_state["seed"]))
+            order = torch.randperm(n, generator=generator).tolist()
+        return order[:cut], order[cut:]
+
+    def _build_data(self) -> None:
+        """Set :attr:`train_data`, :attr:`valid_data` and their loaders from the datasets and
+        :attr:`split_state` (again after a checkpoint whose split differs is loaded)."""
+        dataset, valid_dataset = self._dataset, self._valid_dataset
         for what, data in (("dataset", dataset), ("valid_dataset", valid_dataset)):
             if data is not None and not hasattr(data, "__getitem__"):
                 raise TypeError(f"{what} must be a torch Dataset, got {type(data).__name__}")
-        if valid_dataset is not None:
-            return dataset, valid_dataset
-        n = len(dataset)  # type: ignore[arg-type]
-        if n < 2:
-            raise ValueError(f"dataset has {n} item(s); it is split in halves, so it needs 2+")
-        split = n // 2
-        return Subset(dataset, range(split)), Subset(dataset, range(split, n))
-
-    def _loaders(
-        self, dataset: Dataset, valid_dataset: Dataset | None
-    ) -> tuple[DataLoader, DataLoader]:
-        common: dict[str, Any] = {
-            "batch_size": self.batch_size,
-            "num_workers": self.workers,
-            "generator": self.data_generator,
-            "persistent_workers": self.workers > 0,
-            "pin_memory": self.device.type == "cuda",
-        }
+        train_indices: list[int] | None = None
+        valid_indices: list[int] | None = None
         if valid_dataset is None:
-            # Samplers over the whole dataset (not loaders over the Subsets), so that the data
-            # order, and with it every result and checkpoint, stays what it was.
             n = len(dataset)  # type: ignore[arg-type]
-            split = n // 2
-            train = DataLoader(
-                dataset, sampler=SubsetRandomSampler(range(split), self.data_generator), **common
-            )
-            valid = DataLoader(
-                dataset,
-                sampler=SubsetRandomSampler(range(split, n), self.data_generator),
-                **common,
-            )
+            train_indices, valid_indices = self._split_indices(n)
+            #: The weight half and the architecture half of the data, as datasets
+            #: (``Subset``s of ``dataset``, see ``split``; or ``dataset`` and
+            #: ``valid_dataset``); :attr:`train_loader` and :attr:`valid_loader` walk them in
+            #: a fresh random order each epoch.
+            self.train_data: Dataset = Subset(dataset, train_indices)
+            self.valid_data: Dataset = Subset(dataset, valid_indices)
+            valid_dataset = dataset
         else:
-            train = DataLoader(dataset, shuffle=True, **common)
-            valid = DataLoader(valid_dataset, shuffle=True, **common)
-        return train, valid
+            self.train_data, self.valid_data = dataset, valid_dataset
+        self.train_loader = self._loader(
+            dataset, self._sampler("train", dataset, train_indices), "train"
+        )
+        self.valid_loader = self._loader(
+            valid_dataset, self._sampler("valid", valid_dataset, valid_indices), "valid"
+        )
+
+    def _sampler(
+        self, half: Literal["train", "valid"], dataset: Dataset, indices: list[int] | None
+    ) -> Sampler[int]:
+        """The sampler of one half's loader: the items ``indices`` of ``dataset`` (``None``:
+        all of it) in a fresh random order each epoch, drawn from :attr:`data_generator`.
+        The one place the order of a half is made (a distributed trainer shards here)."""
+        if indices is None:
+            return RandomSampler(dataset, generator=self.data_generator)  # type: ignore[arg-type]
+        return SubsetRandomSampler(indices, self.data_generator)
+
+    def _loader(
+        self, dataset: Dataset, sampler: Sampler[int], half: Literal["train", "valid"]
+    ) -> DataLoader:
+        """The ``DataLoader`` of one half over ``dataset`` in ``sampler``'s order, with the
+        trainer's batch size, workers and DataLoader options."""
+        options = self.options
+        persistent = options.persistent_workers
+        extra: dict[str, Any] = {}
+        if options.prefetch_factor is not None:
+            extra["prefetch_factor"] = options.prefetch_factor
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            # Seeds the workers (DataLoader draws their base seed from it), not the order.
+            generator=self.data_generator,
+            persistent_workers=self.workers > 0 if persistent is None else persistent,
+            pin_memory=self.device.type == "cuda",
+            drop_last=options.drop_last,
+            collate_fn=options.collate_fn,
+            **extra,
+        )
 
     def _batches(self, half: Literal["train", "valid"]) -> Iterator[Any]:
         """The batches of one half for one pass, each checked to be an (input, target) pair
@@ -1116,6 +1247,7 @@ class SupernetTrainer(BaseOneShotTrainer):
             "model": self.model.state_dict(),
             "extra": {key: obj.state_dict() for key, obj in self._checkpointables().items()},
             "rng": {**torch_rng, "data": self.data_generator.get_state()},
+            "split": self.split_state,
         }
         tmp = directory / CHECKPOINT_TMP
         with open(tmp, "wb") as file:
@@ -1158,6 +1290,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         rng = {k: v.cpu() for k, v in state["rng"].items()}
         if "torch" not in rng or "data" not in rng:
             raise ValueError(f"{path} lacks the RNG states ('torch', 'data') of a checkpoint")
+        self._restore_split(state.get("split", _OLD_SPLIT), path)
         what = "the model"
         try:
             self.model.load_state_dict(state["model"])
@@ -1167,9 +1300,44 @@ class SupernetTrainer(BaseOneShotTrainer):
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ValueError(f"{path}: the saved state of {what} does not fit: {exc}") from None
         self.data_generator.set_state(rng.pop("data"))
+        if any(key.startswith("cuda") for key in rng) and not torch.cuda.is_available():
+            logger.info(
+                "%s holds CUDA RNG states, but CUDA is not available here: they are ignored "
+                "(the CPU's RNG states are restored)",
+                path,
+            )
         set_rng_state(rng, meta.python_rng, meta.numpy_rng)
         self.history = list(meta.history)
         self.epoch = meta.epoch
+
+    def _restore_split(self, saved: Any, path: Path) -> None:
+        """Use the halves a checkpoint was written with (``saved``, its ``"split"``) when
+        they differ from this trainer's, so that a resumed search trains on the same
+        halves; a checkpoint of a trainer with a ``valid_dataset`` keeps this one's."""
+        if saved is None or self.split_state is None or saved == self.split_state:
+            return
+        if (
+            not isinstance(saved, dict)
+            or saved.get("split") not in SPLITS
+            or not isinstance(saved.get("seed"), int)
+            or not isinstance(saved.get("fraction"), float)
+        ):
+            raise ValueError(f"{path}: its 'split' is not a split of the data: {saved!r}")
+        if (saved["split"], saved["fraction"]) != (
+            self.split_state["split"],
+            self.split_state["fraction"],
+        ):
+            logger.warning(
+                "%s was written with split=%r, split_fraction=%r; the resumed search keeps "
+                "those halves, not split=%r, split_fraction=%r",
+                path,
+                saved["split"],
+                saved["fraction"],
+                self.split_state["split"],
+                self.split_state["fraction"],
+            )
+        self.split_state = dict(saved)
+        self._build_data()
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict[str, Any]:

@@ -72,7 +72,12 @@ def indexed(n: int) -> TensorDataset:
 def test_the_dataset_is_split_in_disjoint_halves_unless_a_valid_set_is_given() -> None:
     trainer = SeenTrainer(space(), indexed(16), seed=0)
     trainer.fit()
-    assert trainer.seen == {"train": set(range(8)), "valid": set(range(8, 16))}
+    train, valid = trainer.seen["train"], trainer.seen["valid"]
+    assert len(train) == len(valid) == 8 and train | valid == set(range(16))
+    assert train != set(range(8))  # shuffled by default
+    ordered = SeenTrainer(space(), indexed(16), seed=0, split="ordered")
+    ordered.fit()
+    assert ordered.seen == {"train": set(range(8)), "valid": set(range(8, 16))}
     other = SeenTrainer(space(), indexed(8), valid_dataset=indexed(8), seed=0)
     other.fit()
     assert other.seen == {"train": set(range(8)), "valid": set(range(8))}
@@ -214,6 +219,12 @@ def test_options_are_keywords_or_one_record_and_become_trainer_options(tmp_path)
         "rewrite_model",
         "lr_scheduler",
         "log_dir",
+        "drop_last",
+        "collate_fn",
+        "prefetch_factor",
+        "persistent_workers",
+        "split",
+        "split_fraction",
     ]
 
 
@@ -282,9 +293,12 @@ def test_the_lr_scheduler_option_steps_once_per_epoch_and_is_checkpointed(tmp_pa
 
 def test_the_data_halves_are_public_datasets() -> None:
     data = indexed(10)
-    trainer = SeenTrainer(space(), data)
+    trainer = SeenTrainer(space(), data, split="ordered")
     assert [int(y) for _, y in trainer.train_data] == list(range(5))
     assert [int(y) for _, y in trainer.valid_data] == list(range(5, 10))
+    shuffled = SeenTrainer(space(), data, seed=0)
+    halves = [[int(y) for _, y in half] for half in (shuffled.train_data, shuffled.valid_data)]
+    assert sorted(halves[0] + halves[1]) == list(range(10)) and len(halves[0]) == 5
     other = indexed(4)
     given = SeenTrainer(space(), data, valid_dataset=other)
     assert given.train_data is data and given.valid_data is other
@@ -307,7 +321,7 @@ def test_an_architecture_phase_follows_the_steps_in_eval_mode() -> None:
             self.calls.append(("arch", valid_batch[1][:, 0].long().tolist()))
             return {"reward": 2.0}
 
-    trainer = Phased(space(), indexed(16), seed=0)
+    trainer = Phased(space(), indexed(16), seed=0, split="ordered")
     trainer.calls = []
     assert trainer.steps_per_epoch() == 4  # 2 weight batches, then 2 architecture batches
     trainer.fit()
