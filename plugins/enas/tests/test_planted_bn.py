@@ -79,20 +79,36 @@ def test_spos_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -
     assert sum(arch == PLANTED for arch in found) >= 9, found
 
 
-def test_scored_with_the_supernets_pooled_statistics_the_planted_candidate_ranks_last() -> None:
-    # What the default recalibration prevents (bn_batches=0: the statistics as trained).
-    model, data = problem(0)
-    trainer = RandomOneShotTrainer(
-        model, nn.CrossEntropyLoss(), None, None, 3, data, seed=0, bn_batches=0, progress=False
-    )
-    trainer.fit()
-    trainer.export()
-    assert trainer.ranking[-1][0] == PLANTED, trainer.ranking
-    x, y = trainer.to_device(data[256:])  # the architecture half, scored by hand
-    trainer.set_arch(PLANTED)
-    with torch.no_grad():
-        pooled = nn.functional.cross_entropy(trainer.model.eval()(x), y).item()
-    assert trainer.ranking[-1][1] == pytest.approx(-pooled, rel=1e-5)
+def test_scored_with_the_supernets_pooled_statistics_the_planted_candidate_is_rarely_picked() -> (
+    None
+):
+    # What the default recalibration prevents (bn_batches=0: the statistics as trained): the
+    # planted candidate is exported for at most 3 seeds of 10 (2 here), not 9.
+    found = []
+    for seed in SEEDS:
+        model, data = problem(seed)
+        trainer = RandomOneShotTrainer(
+            model,
+            nn.CrossEntropyLoss(),
+            None,
+            None,
+            3,
+            data,
+            seed=seed,
+            bn_batches=0,
+            progress=False,
+        )
+        trainer.fit()
+        found.append(trainer.export())
+        if seed == 0:  # its score is the pooled statistics' loss on the architecture half
+            half = list(trainer.valid_data.indices)
+            x, y = trainer.to_device(data[half])
+            trainer.set_arch(PLANTED)
+            with torch.no_grad():
+                pooled = nn.functional.cross_entropy(trainer.model.eval()(x), y).item()
+            score = dict((str(arch), value) for arch, value in trainer.ranking)[str(PLANTED)]
+            assert score == pytest.approx(-pooled, rel=1e-5)
+    assert sum(arch == PLANTED for arch in found) <= 3, found
 
 
 def test_enas_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -> None:

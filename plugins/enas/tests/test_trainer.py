@@ -277,7 +277,7 @@ def test_random_export_evaluates_a_small_space_whole_and_keeps_the_ranking() -> 
     loss = nn.CrossEntropyLoss()
     trainer.set_arch(best)
     with torch.no_grad():
-        x, y = trainer.to_device(data()[32:])
+        x, y = trainer.to_device(data()[list(trainer.valid_data.indices)])
         assert trainer.best_score == pytest.approx(-loss(trainer.model(x), y).item(), rel=1e-5)
 
 
