@@ -12,10 +12,12 @@ drift apart; a path drawn at random must be the same on every rank
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 
@@ -82,7 +84,15 @@ def init_from_env(device: torch.device | str | None = None) -> bool:
         )
     cuda = device is not None and torch.device(device).type == "cuda"
     dist.init_process_group(backend="nccl" if cuda else "gloo")
+    # A process that exits with its group alive can abort in gloo's threads ("terminate
+    # called without an active exception"): the group this call made is destroyed at exit.
+    atexit.register(_destroy_group)
     return True
+
+
+def _destroy_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_reduce_mean(tensors: Iterable[torch.Tensor | None]) -> None:
@@ -162,41 +172,46 @@ def run_on_ranks(script: str, nprocs: int = 2, timeout: float = 120.0) -> list[s
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = []
-    for r in range(nprocs):
-        env = dict(os.environ, WORLD_SIZE=str(nprocs), RANK=str(r), LOCAL_RANK=str(r))
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", script],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    deadline = time.monotonic() + timeout
-    results: list[tuple[int | None, str, str]] = []
-    try:
-        for p in procs:
-            try:
-                out, err = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                out, err = p.communicate()
-                results.append((None, out, err))
-                continue
-            results.append((p.returncode, out, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    if any(code != 0 for code, _, _ in results):
+    # Each rank writes into files, not pipes: a rank blocked on a full pipe that nobody reads
+    # yet (its output is read after the ranks before it) would hang the others' collectives.
+    with tempfile.TemporaryDirectory(prefix="nastrain-ranks-") as folder:
+        procs = []
+        for r in range(nprocs):
+            env = dict(os.environ, WORLD_SIZE=str(nprocs), RANK=str(r), LOCAL_RANK=str(r))
+            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+            base = os.path.join(folder, str(r))
+            with open(base + ".out", "w") as out, open(base + ".err", "w") as err:
+                # The child holds its own copies of the two files' descriptors.
+                command = [sys.executable, "-c", script]
+                procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=err))
+        deadline = time.monotonic() + timeout
+        codes: list[int | None] = []
+        try:
+            for p in procs:
+                try:
+                    codes.append(p.wait(timeout=max(deadline - time.monotonic(), 0.1)))
+                except subprocess.TimeoutExpired:
+                    for q in procs:
+                        q.kill()
+                    p.wait()
+                    codes.append(None)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        outputs = []
+        for r in range(nprocs):
+            base = os.path.join(folder, str(r))
+            texts = []
+            for suffix in (".out", ".err"):
+                with open(base + suffix, encoding="utf-8", errors="replace") as file:
+                    texts.append(file.read())
+            outputs.append(texts)
+    if any(code != 0 for code in codes):
         report = "\n".join(
             f"--- rank {r}: {'timed out' if code is None else f'exit {code}'}\n{err[-3000:]}"
-            for r, (code, _, err) in enumerate(results)
+            for r, (code, (_, err)) in enumerate(zip(codes, outputs))
         )
         raise RuntimeError(f"a process of the {nprocs} failed:\n{report}")
-    return [out for _, out, _ in results]
+    return [out for out, _ in outputs]

@@ -48,6 +48,8 @@ SCRIPT = textwrap.dedent(
     alpha = [a.detach().tolist() for a in tr.arch.parameters()]
     w = [p.detach().tolist() for p in tr.weights]
     print(json.dumps({{"alpha": alpha, "w": w}}))
+    d.barrier()  # every rank done before the group goes
+    torch.distributed.destroy_process_group()
     """
 )
 

@@ -39,6 +39,8 @@ SCRIPT = textwrap.dedent(
         i = torch.randperm(64, generator=g)[:4]
         tr.architecture_step((x[i], x[i]))
     print(json.dumps([p.detach().flatten().tolist() for p in tr.controller.parameters()]))
+    d.barrier()  # every rank done before the group goes
+    torch.distributed.destroy_process_group()
     """
 )
 
