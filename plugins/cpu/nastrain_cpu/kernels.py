@@ -55,6 +55,7 @@ __all__ = [
     "DepthwiseConv",
     "LeanBatchNorm2d",
     "PointwiseConv",
+    "SeparableGroup",
     "SharedPoolNorm",
     "SharedReLU",
     "StridedPointwiseConv",
@@ -487,14 +488,32 @@ class _PassCache:
     def __init__(self) -> None:
         self.active = False
         self.entries: dict[tuple[int, Any], tuple[Any, int, bool, torch.Tensor, int, Any]] = {}
+        #: This pass's calls of :class:`SeparableGroup` modules: (their group tag, id of the
+        #: input) -> the modules called with it, in call order.
+        self.calls: dict[tuple[Any, int], list[nn.Module]] = {}
+        #: Learned from the last pass: id of a group's first module -> the group's modules.
+        self.groups: dict[int, list[nn.Module]] = {}
 
     def open(self, module: nn.Module, args: Any) -> None:
         self.entries.clear()
+        self.calls.clear()
         self.active = True
 
     def close(self, module: nn.Module, args: Any, out: Any) -> None:
         self.entries.clear()
         self.active = False
+        if self.calls:
+            self.groups = {
+                id(members[0]): members
+                for members in self.calls.values()
+                if len(members) > 1 and len({id(m) for m in members}) == len(members)
+            }
+            self.calls.clear()
+
+    def record(self, tag: Any, x: torch.Tensor, module: nn.Module) -> None:
+        """Note that ``module`` (of group tag ``tag``) ran on ``x`` in this pass."""
+        if self.active:
+            self.calls.setdefault((tag, id(x)), []).append(module)
 
     def get(self, x: torch.Tensor, tag: Any) -> tuple[torch.Tensor, Any] | None:
         """The output (and extra value) stored for ``x`` under ``tag`` in this pass, if ``x``
@@ -878,6 +897,287 @@ class SharedPoolNorm(nn.Sequential):
         return out
 
 
+class _Block(NamedTuple):
+    """One (ReLU, depthwise convolution, 1x1 convolution, BatchNorm) block of a
+    :class:`SeparableGroup`: its modules, and whether its ReLU is the model's shared one."""
+
+    dw: nn.Conv2d
+    pw: nn.Conv2d
+    bn: nn.BatchNorm2d
+    shared_relu: bool
+
+
+def _separable_blocks(children: list[nn.Module]) -> list[_Block] | None:
+    """The blocks of a Sequential's ``children`` if they are (ReLU, depthwise convolution
+    without bias, 1x1 convolution without bias, BatchNorm without affine parameters) blocks,
+    one after another (a DARTS separable or dilated convolution, as written or as
+    :func:`optimize_for_cpu` rewrote its children), else ``None``."""
+    if not children or len(children) % 4:
+        return None
+    blocks: list[_Block] = []
+    channels = None
+    for i in range(0, len(children), 4):
+        relu, dw, pw, bn = children[i : i + 4]
+        if any(_left_alone(m) for m in (relu, dw, pw, bn)):
+            return None
+        is_dw = isinstance(dw, DepthwiseConv) or _is_depthwise(dw)
+        if not is_dw or dw.bias is not None or (channels and dw.in_channels != channels):
+            return None
+        folded = bool(getattr(dw, "relu_first", False))
+        if folded:
+            if type(relu) is not nn.Identity:
+                return None
+        elif not (type(relu) is SharedReLU or (type(relu) is nn.ReLU and not relu.inplace)):
+            return None
+        if not (type(pw) is PointwiseConv or _is_pointwise(pw)) or pw.bias is not None:
+            return None
+        if pw.in_channels != dw.out_channels:
+            return None
+        if type(bn) not in (nn.BatchNorm2d, LeanBatchNorm2d) or bn.weight is not None:
+            return None
+        if bn.num_features != pw.out_channels:
+            return None
+        channels = pw.out_channels
+        blocks.append(_Block(dw, pw, bn, type(relu) is SharedReLU))
+    return blocks
+
+
+def _leaves(seq: nn.Sequential) -> list[nn.Module]:
+    """The modules ``seq`` runs one after another: its children, with those that are plain
+    ``nn.Sequential`` stacks themselves (no ``forward`` of their own, nothing that
+    :func:`_left_alone` protects) opened up."""
+    leaves: list[nn.Module] = []
+    for child in seq:
+        nested = isinstance(child, nn.Sequential) and not _left_alone(child)
+        if nested and type(child).forward is nn.Sequential.forward:
+            leaves.extend(_leaves(cast(nn.Sequential, child)))
+        else:
+            leaves.append(child)
+    return leaves
+
+
+def _tile_channels(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, k*C, H, W): ``x`` repeated ``k`` times on the channels, in ``x``'s
+    memory format (one copy; the backward pass sums the copies' gradients)."""
+    n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        tiled = x.permute(0, 2, 3, 1).unsqueeze(3).expand(n, h, w, k, c).reshape(n, h, w, k * c)
+        return tiled.permute(0, 3, 1, 2)
+    return x.unsqueeze(1).expand(n, k, c, h, w).reshape(n, k * c, h, w)
+
+
+def _grouped_pointwise(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """The 1x1 convolutions ``weights`` (each ``(out, in, 1, 1)``) of the ``len(weights)``
+    channel groups of ``x``, their outputs concatenated: a product with the block-diagonal
+    weight on a small channels-last ``x``, else one grouped convolution."""
+    k = len(weights)
+    if x.numel() <= MATMUL_MAX_ELEMENTS * k and x.is_contiguous(memory_format=torch.channels_last):
+        weight = torch.block_diag(*(w.flatten(1) for w in weights))
+        return F.linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2)
+    return F.conv2d(x, torch.cat(weights), None, 1, 0, 1, k)
+
+
+class SeparableGroup(nn.Sequential):
+    """A sequence of (ReLU, depthwise convolution, 1x1 convolution, BatchNorm without affine
+    parameters) blocks (a DARTS ``sep_conv`` or ``dil_conv`` candidate) that, in training
+    mode, computes itself together with the alike ones reading the same input.
+
+    In a DARTS search cell every state feeds an edge to each later node, and each edge
+    has its own candidates: the ``sep_conv_3x3`` of the four edges reading a cell input
+    are four small convolution stacks on one tensor. A pass records which alike
+    modules (the same settings block by block) ran on one input; from then on the first
+    of them to run on that input computes the whole group at once, each layer one
+    library call over the members' channels stacked (the input repeated once per
+    member; depthwise convolutions with the members' filters concatenated, 1x1
+    convolutions block-diagonal, one BatchNorm: per-channel, so the same maths), and
+    the others take their share. Each member updates its own BatchNorms' running
+    statistics (with its share of the batch statistics) when it runs, as it would
+    alone. Outside a training-mode forward pass of the model it was installed for,
+    under autocast, or when the group is not what it was, it is the ``nn.Sequential``
+    it replaced (same children, same ``state_dict`` keys; the class a subclass of the
+    original's).
+    """
+
+    _cache: _PassCache
+    _blocks: list[_Block]
+    _tag: tuple[Any, ...]
+
+    def _setup(self, cache: _PassCache) -> None:
+        blocks = _separable_blocks(_leaves(self))
+        if blocks is None:
+            raise ValueError(f"{type(self).__name__}: not a stack of separable blocks")
+        self._cache, self._blocks = cache, blocks
+        self._tag = tuple(
+            (
+                b.dw.in_channels,
+                b.dw.kernel_size,
+                b.dw.stride,
+                b.dw.padding,
+                b.dw.dilation,
+                type(b.dw),
+                b.pw.out_channels,
+                b.bn.eps,
+            )
+            for b in blocks
+        )
+
+    #: The class it was made from (see :func:`_group_class`).
+    _group_base: ClassVar[type[nn.Sequential]] = nn.Sequential
+
+    def _ready(self) -> bool:
+        return self.training and all(b.bn.training for b in self._blocks)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Its class may be made at run time (a subclass of the original's): pickled as the
+        # original class to make it from, and the module's state.
+        return (_new_group, (self._group_base,), self.__dict__)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cache = self._cache
+        if not (
+            cache.active
+            and x.dim() == 4
+            and self._ready()
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
+            return nn.Sequential.forward(self, x)
+        cache.record(self._tag, x, self)
+        hit = cache.get(x, self)
+        if hit is not None:
+            out, stats = hit
+            self._update_statistics(stats)
+            return out
+        members = cache.groups.get(id(self))
+        if (
+            members is None
+            or members[0] is not self
+            or not all(
+                isinstance(m, SeparableGroup) and m._tag == self._tag and m._ready()
+                for m in members
+            )
+        ):
+            return nn.Sequential.forward(self, x)
+        outs, stats = _run_group(cast(list[SeparableGroup], members), x, cache)
+        for member, out, stat in zip(members[1:], outs[1:], stats[1:]):
+            cache.put(x, member, out, stat)
+        self._update_statistics(stats[0])
+        return outs[0]
+
+    def _update_statistics(self, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """What each BatchNorm's training-mode forward does to its buffers, given its share of
+        the batch statistics (mean, unbiased variance)."""
+        with torch.no_grad():
+            for block, (mean, var) in zip(self._blocks, stats):
+                bn = block.bn
+                momentum = _step_momentum(bn)
+                if bn.running_mean is not None and bn.running_var is not None:
+                    bn.running_mean.lerp_(mean, momentum)
+                    bn.running_var.lerp_(var, momentum)
+
+
+def _run_group(
+    members: list[SeparableGroup], x: torch.Tensor, cache: _PassCache
+) -> tuple[list[torch.Tensor], list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Every member's output on ``x``, computed together (see :class:`SeparableGroup`), and
+    each member's share of its BatchNorms' batch statistics (mean, unbiased variance)."""
+    k = len(members)
+    first = members[0]._blocks
+    r = cache.relu(x) if first[0].shared_relu else F.relu(x)
+    hit = cache.get(r, ("tile", k))
+    if hit is None:
+        h = _tile_channels(r, k)
+        cache.put(r, ("tile", k), h)
+    else:
+        h = hit[0]
+    stats: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in members]
+    for b, block in enumerate(first):
+        dw = block.dw
+        weight = torch.cat([m._blocks[b].dw.weight for m in members])
+        relu_first = b > 0
+        if isinstance(dw, DepthwiseConv):
+            plan = dw.plan._replace(groups=k * dw.groups)
+            h = _DepthwiseConvFunction.apply(h, weight, None, plan, relu_first)
+        else:
+            if relu_first:
+                h = F.relu(h)
+            h = F.conv2d(h, weight, None, dw.stride, dw.padding, dw.dilation, k * dw.groups)
+        h = _grouped_pointwise(h, [m._blocks[b].pw.weight for m in members])
+        h, mean, invstd = _LeanBatchNormFunction.apply(h, None, None, 0.0, block.bn.eps, True)
+        n = h.numel() // h.shape[1]
+        var = (invstd.pow(-2) - block.bn.eps) * (n / max(n - 1, 1))
+        channels = block.pw.out_channels
+        for i, (m_i, v_i) in enumerate(zip(mean.split(channels), var.split(channels))):
+            stats[i].append((m_i, v_i))
+    return list(h.split(first[-1].pw.out_channels, 1)), stats
+
+
+_GROUP_CLASSES: dict[type, type[SeparableGroup]] = {}
+
+
+def _group_class(base: type[nn.Sequential]) -> type[SeparableGroup]:
+    """The :class:`SeparableGroup` subclass of ``base`` (an ``nn.Sequential`` subclass), so
+    that the rewritten module is still an instance of its original class."""
+    if issubclass(base, SeparableGroup):
+        return base
+    if base is nn.Sequential:
+        return SeparableGroup
+    cls = _GROUP_CLASSES.get(base)
+    if cls is None:
+        cls = type(
+            f"SeparableGroup[{base.__name__}]",
+            (SeparableGroup, base),
+            {"__module__": __name__, "__doc__": SeparableGroup.__doc__, "_group_base": base},
+        )
+        _GROUP_CLASSES[base] = cls
+    return cls
+
+
+def _new_group(base: type[nn.Sequential]) -> SeparableGroup:
+    """An empty instance of the :class:`SeparableGroup` class made from ``base`` (unpickling)."""
+    cls = _group_class(base)
+    return cls.__new__(cls)
+
+
+def group_separable(seq: nn.Sequential, cache: _PassCache) -> SeparableGroup:
+    """``seq`` (a stack of separable blocks) as a :class:`SeparableGroup` with the same
+    children, parameters, buffers and mode."""
+    cls = _group_class(type(seq))
+    group = cls.__new__(cls)
+    group.__dict__.update(seq.__dict__)
+    group._modules = dict(seq._modules)
+    group._setup(cache)
+    return group
+
+
+def _is_separable_stack(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Sequential)
+        and type(module).forward is nn.Sequential.forward
+        and _separable_blocks(_leaves(module)) is not None
+    )
+
+
+def _group_separables(model: nn.Module, scope: _Scope) -> int:
+    """Replace each outermost stack of separable blocks in ``scope`` by a
+    :class:`SeparableGroup` (one inside a replaced one is left as it is); returns how many."""
+    count = 0
+
+    def visit(module: nn.Module) -> None:
+        nonlocal count
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            if child in scope and not _left_alone(child) and _is_separable_stack(child):
+                stack = cast(nn.Sequential, child)
+                module._modules[name] = scope.add(group_separable(stack, _pass_cache(model)))
+                count += 1
+            elif not _opaque(child):
+                visit(child)
+
+    visit(model)
+    return count
+
+
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 
@@ -935,7 +1235,7 @@ def _opaque(module: nn.Module) -> bool:
     return (
         isinstance(module, nn.Sequential)
         and type(module).forward is not nn.Sequential.forward
-        and type(module) is not SharedPoolNorm
+        and type(module) not in (SharedPoolNorm, SeparableGroup)
     )
 
 
@@ -988,7 +1288,10 @@ def _replace(
 
 
 def optimize_for_cpu(
-    model: nn.Module, modules: Iterable[nn.Module] | None = None
+    model: nn.Module,
+    modules: Iterable[nn.Module] | None = None,
+    *,
+    group_separables: bool = False,
 ) -> dict[str, int]:
     """Rewrite ``model`` in place for fast channels-last training on a CPU; returns how many
     modules each rewrite touched.
@@ -1007,7 +1310,13 @@ def optimize_for_cpu(
       computed once per state (:class:`SharedPoolNorm`);
     * ``depthwise``: the other strided or dilated depthwise convolutions become
       :class:`DepthwiseConv` (an undilated stride-1 one is as fast in the library);
-    * ``batchnorm``: BatchNorms become :class:`LeanBatchNorm2d`.
+    * ``batchnorm``: BatchNorms become :class:`LeanBatchNorm2d`;
+    * ``separable_grouped`` (only with ``group_separables=True``): stacks of (ReLU,
+      depthwise convolution, 1x1 convolution, BatchNorm without affine parameters) blocks
+      become :class:`SeparableGroup`, computed together with the alike ones reading the
+      same input. Only for a model that runs every such stack in every training-mode pass
+      (a DARTS supernet): a member computed with its group whose output is then not used
+      gets zeros as its weights' gradients, where alone it would get none.
 
     Only exact ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.ReLU`` modules are replaced. A
     module that carries hooks or parametrizations is not replaced (its children may be);
@@ -1028,4 +1337,5 @@ def optimize_for_cpu(
         "batchnorm": _replace(
             model, scope, lambda m: type(m) is nn.BatchNorm2d, LeanBatchNorm2d.like
         ),
+        "separable_grouped": _group_separables(model, scope) if group_separables else 0,
     }

@@ -20,11 +20,14 @@ def nastrain_prepare_model(
     about to train on a CPU with :func:`~nastrain_cpu.kernels.optimize_for_cpu`; returns what
     was rewritten. Nothing on another device, nor when the trainer was asked for the
     contiguous memory format (``channels_last=False``: the kernels are tuned for
-    channels-last)."""
+    channels-last). Alike separable convolutions reading one input are computed together
+    (``group_separables``) only for a trainer whose ``runs_every_candidate`` is true (DARTS:
+    every candidate runs in every pass)."""
     if torch.device(device).type != "cpu":
         return None
     if getattr(trainer, "channels_last_requested", None) is False:
         return None
     if not modules:
         return None
-    return optimize_for_cpu(model, modules)
+    every = bool(getattr(trainer, "runs_every_candidate", False))
+    return optimize_for_cpu(model, modules, group_separables=every)

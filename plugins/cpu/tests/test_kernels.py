@@ -11,6 +11,7 @@ from nastrain_cpu.kernels import (
     DepthwiseConv,
     LeanBatchNorm2d,
     PointwiseConv,
+    SeparableGroup,
     SharedPoolNorm,
     SharedReLU,
     StridedPointwiseConv,
@@ -340,6 +341,7 @@ def test_optimize_for_cpu_keeps_results_parameters_and_state_dict() -> None:
         "relu_folded": 1,  # the ReLU is not the first module: nothing else reads its input
         "depthwise": 1,
         "batchnorm": 2,
+        "separable_grouped": 0,
     }
     assert set(optimize_for_cpu(model).values()) == {0}
     assert isinstance(model[2], nn.Identity) and model[3].relu_first
@@ -473,3 +475,107 @@ def test_a_forward_that_raises_leaves_no_pass_cache_behind() -> None:
         model(x)
     cache = model._nastrain_pass_cache
     assert not cache.active and not cache.entries
+
+
+class Separable(nn.Sequential):
+    """(ReLU, depthwise conv, 1x1 conv, BatchNorm) blocks, as DARTS's sep_conv / dil_conv."""
+
+    def __init__(self, kernel: int, dilation: int, blocks: int, nested: bool = False) -> None:
+        padding = dilation * (kernel - 1) // 2
+
+        def block() -> list[nn.Module]:
+            return [
+                nn.ReLU(),
+                nn.Conv2d(4, 4, kernel, 1, padding, dilation, groups=4, bias=False),
+                nn.Conv2d(4, 4, 1, bias=False),
+                nn.BatchNorm2d(4, affine=False),
+            ]
+
+        if nested:  # the benchmark supernet's SepConv: a Sequential of two blocks
+            super().__init__(*(nn.Sequential(*block()) for _ in range(blocks)))
+        else:
+            super().__init__(*(m for _ in range(blocks) for m in block()))
+
+
+class SeparableEdges(nn.Module):
+    """Edges reading one state, each with its own separable candidates (as a DARTS search
+    cell's), mixed with fixed weights."""
+
+    def __init__(self, nested: bool = False) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(
+            [
+                *(Separable(3, 1, 2, nested) for _ in range(3)),  # sep_conv_3x3 of 3 edges
+                *(Separable(3, 2, 1) for _ in range(2)),  # dil_conv_3x3 of 2 edges
+                Separable(5, 1, 2),  # alone of its kind
+            ]
+        )
+
+    def forward(self, x):
+        return sum(op(x) * (i + 1) for i, op in enumerate(self.ops))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_alike_separable_candidates_on_one_state_are_computed_together_as_each_alone(
+    nested, layout, monkeypatch
+) -> None:
+    import nastrain_cpu.kernels as kernels
+
+    torch.manual_seed(0)
+    reference, model = SeparableEdges(nested).double(), SeparableEdges(nested).double()
+    model.load_state_dict(reference.state_dict())
+    keys, params = list(model.state_dict()), list(model.parameters())
+    assert optimize_for_cpu(model)["separable_grouped"] == 0  # not asked for
+    assert optimize_for_cpu(model, group_separables=True)["separable_grouped"] == 6
+    assert optimize_for_cpu(model, group_separables=True)["separable_grouped"] == 0
+    assert all(isinstance(op, SeparableGroup) and isinstance(op, Separable) for op in model.ops)
+    assert list(model.state_dict()) == keys and list(model.parameters()) == params
+    groups: list[int] = []
+    run_group = kernels._run_group
+    monkeypatch.setattr(
+        kernels,
+        "_run_group",
+        lambda members, *a: groups.append(len(members)) or run_group(members, *a),
+    )
+    to_layout = channels_last if layout == "channels_last" else lambda t: t.contiguous()
+    for step in range(3):
+        x = to_layout(torch.randn(3, 4, 8, 8, dtype=torch.float64) * (step + 1) + step)
+        groups.clear()
+        ours, theirs = forward_backward(model, x), forward_backward(reference, x)
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        # The first pass learns which alike candidates read one input; the next compute them
+        # together: the three sep_conv_3x3, the two dil_conv_3x3.
+        assert groups == ([] if step == 0 else [3, 2])
+        for ours_bn, theirs_bn in zip(model.modules(), reference.modules(), strict=True):
+            if isinstance(theirs_bn, nn.BatchNorm2d):
+                torch.testing.assert_close(ours_bn.running_mean, theirs_bn.running_mean)
+                torch.testing.assert_close(ours_bn.running_var, theirs_bn.running_var)
+                assert ours_bn.num_batches_tracked == theirs_bn.num_batches_tracked
+    model.eval(), reference.eval()  # evaluation: each computes alone, with its own statistics
+    x = to_layout(torch.randn(3, 4, 8, 8, dtype=torch.float64))
+    assert_close(forward_backward(model, x), forward_backward(reference, x))
+
+
+def test_a_separable_candidate_with_a_hooked_layer_is_not_grouped() -> None:
+    model = SeparableEdges()
+    model.ops[0][1].register_forward_hook(lambda *args: None)
+    assert optimize_for_cpu(model, group_separables=True)["separable_grouped"] == 5
+    assert not isinstance(model.ops[0], SeparableGroup)
+
+
+def test_grouped_separable_candidates_copy_and_pickle_as_their_own_class() -> None:
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    model = SeparableEdges()
+    optimize_for_cpu(model, group_separables=True)
+    x = torch.randn(2, 4, 6, 6)
+    model(x), model(x)  # learn the groups, then use them
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # in memory only
+        assert all(isinstance(op, SeparableGroup) and isinstance(op, Separable) for op in twin.ops)
+        assert type(twin.ops[0]) is type(model.ops[0])
+        assert twin.ops[0]._cache is twin._nastrain_pass_cache
+        assert_close(forward_backward(twin, x), forward_backward(copy.deepcopy(model), x))

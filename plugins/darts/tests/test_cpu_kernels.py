@@ -119,3 +119,61 @@ def test_the_unrolled_architecture_gradient_is_the_plain_one() -> None:
         grads.append([a.grad.clone() for a in t.arch.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-10)
+
+
+def test_the_edges_reading_one_state_are_computed_together_as_each_edge_alone(
+    monkeypatch,
+) -> None:
+    """DARTS runs every candidate in every pass, so the plugin computes the alike separable
+    and dilated convolutions of the edges reading one state together (SeparableGroup):
+    after a first pass has shown which those are, the architecture and the weights' passes
+    give the per-edge search's forward, alpha and weight gradients and statistics."""
+    torch.manual_seed(0)
+    space = DartsSpace(C=4, layers=3).double()
+    x = torch.randn(8, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (8,))
+    data = TensorDataset(x, y)
+    twin = copy.deepcopy(space)
+    plain = trainer(space, False, data)
+    fast = trainer(twin, True, data)
+    assert DartsTrainer.runs_every_candidate
+    groups = [m for m in fast.model.modules() if isinstance(m, kernels.SeparableGroup)]
+    assert len(groups) == 3 * 14 * 4  # sep_conv_3x3/5x5, dil_conv_3x3/5x5 on every edge
+    sizes: list[int] = []
+    run_group = kernels._run_group
+
+    def spy(members, *args):
+        sizes.append(len(members))
+        return run_group(members, *args)
+
+    monkeypatch.setattr(kernels, "_run_group", spy)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for a, b in zip(plain.arch.parameters(), fast.arch.parameters(), strict=True):
+            a.copy_(torch.randn(a.shape, generator=generator, dtype=a.dtype))
+            b.copy_(a)
+
+    results = []
+    for t, batch in ((plain, x), (fast, x.contiguous(memory_format=torch.channels_last))):
+        first = t.model(batch)  # the first pass: each edge alone
+        alpha_grads = t._alpha_grad(batch, y)
+        with frozen(t.arch.parameters()):
+            logits = t.model(batch)
+            t.loss(logits, y).backward(inputs=t.weights)
+        weight_grads = {name: p.grad for name, p in t.model.named_parameters()}
+        buffers = dict(t.model.named_buffers())
+        results.append((first.detach(), logits.detach(), alpha_grads, weight_grads, buffers))
+    # Per cell type, the states feeding 4, 4, 3 and 2 edges: four groups each, twice a pass.
+    assert sorted(set(sizes)) == [2, 3, 4] and len(sizes) == 2 * 3 * 4 * 4
+    (f_plain, l_plain, a_plain, w_plain, b_plain), (f_fast, l_fast, a_fast, w_fast, b_fast) = (
+        results
+    )
+    torch.testing.assert_close(f_fast, f_plain, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(l_fast, l_plain, rtol=1e-9, atol=1e-12)
+    for a, b in zip(a_plain, a_fast, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    assert w_fast.keys() == w_plain.keys() and b_fast.keys() == b_plain.keys()
+    for name, grad in w_plain.items():
+        torch.testing.assert_close(w_fast[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+    for name, buffer in b_plain.items():
+        torch.testing.assert_close(b_fast[name], buffer, rtol=1e-9, atol=1e-12, msg=name)
