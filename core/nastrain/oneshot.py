@@ -22,6 +22,7 @@ trainer on this class.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime
 import difflib
 import inspect
@@ -89,6 +90,15 @@ _CHECKPOINT_KEYS = ("format", "epoch", "meta", "model", "extra", "rng")
 _OLD_SPLIT: dict[str, Any] = {"split": "ordered", "seed": 0, "fraction": 0.5}
 #: The ways ``dataset`` is split into the weight and the architecture half (``split=``).
 SPLITS = ("shuffled", "ordered")
+#: The names ``precision=`` takes (Lightning's) and the autocast dtype of each (``None``:
+#: float32, no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "32": None,
+    "16-mixed": torch.float16,
+    "bf16-mixed": torch.bfloat16,
+}
+#: The device types whose float16 autocast ``precision="16-mixed"`` uses.
+FLOAT16_DEVICE_TYPES = ("cuda",)
 
 
 @attrs.frozen(kw_only=True)
@@ -142,6 +152,14 @@ def _check_optional_positive_int(instance: Any, attribute: attrs.Attribute, valu
 def _check_split(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {value!r}")
+
+
+def _check_precision(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, str) or value not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))} (Lightning's "
+            f"names), got {value!r}"
+        )
 
 
 def _check_split_fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -271,6 +289,13 @@ class OneShotOptions:
     """The share of ``dataset`` in the weight half (the rest is the architecture half),
     strictly between 0 and 1; each half gets at least one item."""
 
+    precision: str = attrs.field(default="32", validator=_check_precision)
+    """The arithmetic of the search's forward and backward passes, with Lightning's names:
+    ``"32"`` (float32), ``"bf16-mixed"`` (``torch.autocast`` to bfloat16: on CPUs and on GPUs
+    that support it) or ``"16-mixed"`` (autocast to float16 with a ``torch.amp.GradScaler``:
+    GPUs only). Parameters, optimizer states and architecture parameters stay float32; each
+    algorithm says which of its passes run in the lower precision."""
+
     @classmethod
     def names(cls) -> list[str]:
         """The options' names, in declaration order."""
@@ -344,6 +369,28 @@ def _resolve_device(device: Any) -> torch.device:
     elif resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} asks for MPS, which is not available on this machine")
     return resolved
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``; a pairing that cannot work is
+    refused here, when the trainer is built."""
+    dtype = PRECISIONS[precision]
+    if precision == "16-mixed" and device.type not in FLOAT16_DEVICE_TYPES:
+        raise ValueError(
+            f"precision='16-mixed' on device {str(device)!r}: float16 autocast with a loss "
+            "scaler is for GPUs (cuda); on a CPU use precision='bf16-mixed' (bfloat16 needs "
+            "no loss scaling) or '32'"
+        )
+    if (
+        precision == "bf16-mixed"
+        and device.type == "cuda"
+        and not torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
+        raise ValueError(
+            f"precision='bf16-mixed' on device {str(device)!r}: this GPU has no bfloat16 "
+            "arithmetic; use precision='16-mixed' or '32'"
+        )
+    return dtype
 
 
 def _rewritable_modules(model: nn.Module) -> list[nn.Module]:
@@ -524,6 +571,13 @@ class SupernetTrainer(BaseOneShotTrainer):
                 "is nothing to search; train it with a classic trainer instead"
             )
         self.device = _resolve_device(device)
+        #: The dtype the forward passes autocast to (``None``: float32, ``precision="32"``).
+        self.autocast_dtype = _autocast_dtype(self.options.precision, self.device)
+        #: The loss scaler of ``precision="16-mixed"`` (``None`` otherwise); checkpointed.
+        self.grad_scaler: torch.amp.GradScaler | None = None
+        if self.options.precision == "16-mixed":
+            self.grad_scaler = torch.amp.GradScaler(self.device.type)
+        self._scaler_stepped = False
         if self.checkpoint_dir is not None:
             _check_checkpoint_dir(self.checkpoint_dir)
         if self.options.log_dir is not None:
@@ -630,6 +684,56 @@ class SupernetTrainer(BaseOneShotTrainer):
         evaluation mode (ENAS trains its controller here). Returns metrics, as
         :meth:`search_step` does. Without an override an epoch has no second phase."""
         raise NotImplementedError  # never called: the loop runs only an override
+
+    # --- the arithmetic of ``precision`` (what an algorithm's steps call) ----------------------
+
+    def autocast(self, enabled: bool = True) -> Any:
+        """A context for a forward pass in the ``precision`` asked for: ``torch.autocast`` to
+        :attr:`autocast_dtype` on :attr:`device` (``"bf16-mixed"``, ``"16-mixed"``), else
+        (``"32"``, or ``enabled=False``: a pass that must stay float32) float32 arithmetic.
+        Use it around the model's forward and the loss; call ``backward`` outside it."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled)
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor :meth:`backward` multiplies losses by (``precision="16-mixed"``'s loss
+        scale; 1.0 otherwise): a gradient taken from such a backward, and not handed to
+        :meth:`optimizer_step`, is divided by it before use."""
+        return float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
+
+    def backward(self, loss: torch.Tensor, inputs: Any = None) -> None:
+        """``loss.backward(inputs=inputs)``, the loss scaled first under ``"16-mixed"`` (so that
+        float16 gradients do not underflow); the gradients are then scaled too, until
+        :meth:`unscale_` or :meth:`optimizer_step` divides them back."""
+        if self.grad_scaler is not None:
+            loss = self.grad_scaler.scale(loss)
+        loss.backward(inputs=inputs)
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients of ``optimizer``'s parameters by the loss scale, in place (before
+        clipping them); nothing unless ``"16-mixed"``. At most once per step and optimizer."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(optimizer)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()`` on gradients from :meth:`backward`: under ``"16-mixed"`` the
+        loss scaler's step, which unscales them (unless :meth:`unscale_` did) and skips the
+        step when one of them is infinite or NaN; the loop then updates the scale once per
+        search step."""
+        if self.grad_scaler is None:
+            optimizer.step()
+            return
+        self.grad_scaler.step(optimizer)
+        self._scaler_stepped = True
+
+    def _update_scaler(self) -> None:
+        """After a step: the loss scaler's update (lower the scale after an overflow, raise it
+        after enough clean steps), once per step that stepped an optimizer through it."""
+        if self.grad_scaler is not None and self._scaler_stepped:
+            self.grad_scaler.update()
+            self._scaler_stepped = False
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters the search learns (DARTS' alphas, a controller's
@@ -922,14 +1026,20 @@ class SupernetTrainer(BaseOneShotTrainer):
         self.model.train()
         if self.pair_batches:
             for train_batch, valid_batch in zip(self._batches("train"), self._batches("valid")):
-                yield self.search_step(train_batch, valid_batch)
+                metrics = self.search_step(train_batch, valid_batch)
+                self._update_scaler()
+                yield metrics
         else:
             for train_batch in self._batches("train"):
-                yield self.search_step(train_batch, None)
+                metrics = self.search_step(train_batch, None)
+                self._update_scaler()
+                yield metrics
         if self._has_architecture_phase():
             self.model.eval()
             for valid_batch in self._batches("valid"):
-                yield self.architecture_step(valid_batch)
+                metrics = self.architecture_step(valid_batch)
+                self._update_scaler()
+                yield metrics
 
     def _progress_enabled(self) -> bool:
         if self.progress is not None:
@@ -1170,6 +1280,8 @@ class SupernetTrainer(BaseOneShotTrainer):
         items = dict(self.checkpointables())
         if self.lr_scheduler is not None:
             items["lr_scheduler"] = self.lr_scheduler
+        if self.grad_scaler is not None:
+            items["grad_scaler"] = self.grad_scaler
         return items
 
     @staticmethod
@@ -1281,6 +1393,9 @@ class SupernetTrainer(BaseOneShotTrainer):
                 f"epoch {meta.epoch}; the file is not one checkpoint"
             )
         checkpointables = self._checkpointables()
+        if "grad_scaler" in checkpointables and "grad_scaler" not in state["extra"]:
+            # Written with another precision: a "16-mixed" search resumes with a fresh scale.
+            del checkpointables["grad_scaler"]
         missing = sorted(set(checkpointables) - set(state["extra"]))
         if missing:
             raise ValueError(

@@ -225,6 +225,7 @@ def test_options_are_keywords_or_one_record_and_become_trainer_options(tmp_path)
         "persistent_workers",
         "split",
         "split_fraction",
+        "precision",
     ]
 
 

@@ -178,33 +178,40 @@ class DartsTrainer(SupernetTrainer):
             # First order: d L_val(w, alpha) / d alpha; nothing recorded for the weights.
             self._alpha_grad(val_x, val_y, accumulate=True)
         # alpha lives outside any DDP module and its gradient may come from autograd.grad:
-        # averaged over the ranks here, or the ranks' alphas drift apart.
+        # averaged over the ranks here, or the ranks' alphas drift apart. (Under "16-mixed"
+        # the gradients are scaled: an overflow on one rank is an overflow on all.)
         distributed.all_reduce_mean(a.grad for a in self.arch.parameters())
-        self.arch_optimizer.step()
+        self.optimizer_step(self.arch_optimizer)
 
         self.optimizer.zero_grad(set_to_none=True)
         with frozen(self.arch.parameters()):  # the weights' step: alpha is a constant here
-            logits = self.model(trn_x)
-            loss = self.loss(logits, trn_y)
+            with self.autocast():
+                logits = self.model(trn_x)
+                loss = self.loss(logits, trn_y)
             if self.weights:  # a space of parameter-free candidates has none
-                loss.backward(inputs=self.weights)
+                self.backward(loss, inputs=self.weights)
         distributed.all_reduce_mean(w.grad for w in self.weights)  # DDP's average, by hand
         if self.grad_clip:
+            self.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
-        self.optimizer.step()
+        self.optimizer_step(self.optimizer)
         with torch.no_grad():
             return {"loss": loss.item(), **self.compute_metrics(logits.detach(), trn_y)}
 
     def _alpha_grad(self, x: Any, y: Any, accumulate: bool = False) -> list[torch.Tensor]:
         """dL(w, alpha)/dalpha on one batch, the weights held constant (not recorded).
 
-        Returned, or with ``accumulate`` added to each alpha's ``.grad``.
+        With ``accumulate`` added to each alpha's ``.grad``, in ``precision``'s arithmetic
+        (the first-order step; scaled under "16-mixed", as :meth:`backward` scales); else
+        returned, computed in float32 without loss scaling (the finite difference's passes,
+        whose difference of nearby gradients a lower precision would round away).
         """
         alphas = self.arch.parameters()
         with frozen(self.weights):
-            loss = self.loss(self.model(x), y)
+            with self.autocast(enabled=accumulate):
+                loss = self.loss(self.model(x), y)
             if accumulate:
-                loss.backward(inputs=alphas)
+                self.backward(loss, inputs=alphas)
                 return []
             found = torch.autograd.grad(loss, alphas, allow_unused=True)
         return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, found)]
@@ -248,14 +255,22 @@ class DartsTrainer(SupernetTrainer):
         # preallocated storage (weights with none get zeros).
         grads.attach_as_grad(weights)
         with frozen(alphas):
-            self.loss(self.model(trn_x), trn_y).backward(inputs=weights)
+            with self.autocast():
+                train_loss = self.loss(self.model(trn_x), trn_y)
+            self.backward(train_loss, inputs=weights)
+        if self.grad_scaler is not None:  # the virtual step takes the true gradient
+            with torch.no_grad():
+                torch._foreach_div_(grads.views, self.loss_scale)
         take_virtual_step(groups, weights, grads.views, backup.views)
 
-        # dL_val(w', alpha) with respect to w' and alpha.
+        # dL_val(w', alpha) with respect to w' and alpha (both scaled under "16-mixed", by
+        # the loss scale S; the rest of the step keeps that scale, see below).
         dw.attach_as_grad(weights)
         for a in alphas:
             a.grad = None
-        self.loss(self.model(val_x), val_y).backward(inputs=[*weights, *alphas])
+        with self.autocast():
+            val_loss = self.loss(self.model(val_x), val_y)
+        self.backward(val_loss, inputs=[*weights, *alphas])
         dalpha = [torch.zeros_like(a) if a.grad is None else a.grad for a in alphas]
 
         # u = lr * c * v per group: the direction w' moves in as alpha changes.
@@ -263,7 +278,11 @@ class DartsTrainer(SupernetTrainer):
             for g in groups:
                 torch._foreach_mul_([dw.views[i] for i in g.indices], g.factor)
         # Finite-difference Hessian-vector product at the original w, with the virtual
-        # step's dropout masks.
+        # step's dropout masks, its two passes in float32 (_alpha_grad). Scaled by S, u gives
+        # eps = 0.01 / ||S u|| and the same w+- (eps * S u = 0.01 u / ||u||), and the quotient
+        # below is S times the unscaled one: alpha's gradient stays scaled by S, as a
+        # backward under the scaler leaves it, and optimizer_step unscales it (skipping the
+        # step if an overflow made it infinite or NaN).
         eps = float(0.01 / dw.norm().clamp_min(1e-12))
         with torch.no_grad():
             torch._foreach_copy_(weights, backup.views)

@@ -53,7 +53,7 @@ class Planted(nn.Module):
         return self.pick([self.op(distractor), self.op(signal)])
 
 
-def search(seed: int, unrolled: bool) -> dict:
+def search(seed: int, unrolled: bool, precision: str = "32") -> dict:
     generator = torch.Generator().manual_seed(1000 + seed)
     x = torch.randn(512, 16, generator=generator)
     data = TensorDataset(x, torch.sin(2 * x[:, :8]))
@@ -70,6 +70,7 @@ def search(seed: int, unrolled: bool) -> dict:
         unrolled=unrolled,
         seed=seed,
         progress=False,
+        precision=precision,
     )
     trainer.fit()
     return trainer.export()
@@ -78,6 +79,15 @@ def search(seed: int, unrolled: bool) -> dict:
 @pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
 def test_darts_finds_the_planted_op_and_input_in_9_of_10_seeds(unrolled: bool) -> None:
     found = [search(seed, unrolled) for seed in range(10)]
+    hits = sum(arch == {"op": "sin2", "pick": [1]} for arch in found)
+    assert hits >= 9, found
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
+def test_darts_under_bf16_autocast_finds_the_planted_op_and_input_in_9_of_10_seeds(
+    unrolled: bool,
+) -> None:
+    found = [search(seed, unrolled, precision="bf16-mixed") for seed in range(10)]
     hits = sum(arch == {"op": "sin2", "pick": [1]} for arch in found)
     assert hits >= 9, found
 

@@ -271,8 +271,8 @@ class EnasTrainer(SamplingTrainer):
             self._norms = batchnorms(self.model)
         # BatchNorm takes no statistics over a single item: that batch uses the supernet's.
         norms = self._norms if getattr(y, "__len__", lambda: 2)() != 1 else []
-        with torch.no_grad(), batch_statistics(self.model, norms):
-            logits = self.model(x)
+        with torch.no_grad(), batch_statistics(self.model, norms), self.autocast():
+            logits = self.model(x)  # the controller itself runs in float32
         reward = self._reward(logits, y)
         entropy = sample.entropy.item()
         if self.entropy_weight:

@@ -227,14 +227,16 @@ class SamplingTrainer(SupernetTrainer):
         optimizer = self.optimizer
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
-        logits = self.model(x)
-        loss = self.loss(logits, y)
+        with self.autocast():
+            logits = self.model(x)
+            loss = self.loss(logits, y)
         if loss.requires_grad:  # a sampled path may have no weights at all
-            loss.backward()
+            self.backward(loss)
         if optimizer is not None:
             if self.grad_clip:
+                self.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
-            optimizer.step()
+            self.optimizer_step(optimizer)
         with torch.no_grad():
             return {"loss": loss.item(), **self.compute_metrics(logits.detach(), y)}
 
@@ -297,10 +299,12 @@ class SamplingTrainer(SupernetTrainer):
             calibration = self.calibration_batches()
         total = count = 0.0
         with preserved_bn_stats(self.model):
-            recalibrate_bn(self.model, calibration)
+            with self.autocast():  # the statistics of the arithmetic it is scored in
+                recalibrate_bn(self.model, calibration)
             for batch in batches:
                 x, y = self.to_device(batch)
-                logits = self.model(x)
+                with self.autocast():
+                    logits = self.model(x)
                 n = float(len(y)) if hasattr(y, "__len__") else 1.0
                 total += as_number(score(logits, y), what, arch) * n
                 count += n

@@ -67,13 +67,17 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return (logits.argmax(1) == y).float().mean().item()
 
 
-def test_spos_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -> None:
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_spos_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds(
+    precision: str,
+) -> None:
     found = []
     for seed in SEEDS:
         model, data = problem(seed)
         trainer = RandomOneShotTrainer(
-            model, nn.CrossEntropyLoss(), None, None, 3, data, seed=seed, progress=False
-        )
+            model, nn.CrossEntropyLoss(), None, None, 3, data, seed=seed, progress=False,
+            precision=precision,
+        )  # fmt: skip
         trainer.fit()
         found.append(trainer.export())
     assert sum(arch == PLANTED for arch in found) >= 9, found
@@ -111,13 +115,17 @@ def test_scored_with_the_supernets_pooled_statistics_the_planted_candidate_is_ra
     assert sum(arch == PLANTED for arch in found) <= 3, found
 
 
-def test_enas_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds() -> None:
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_enas_at_its_defaults_exports_the_planted_candidate_in_9_of_10_seeds(
+    precision: str,
+) -> None:
     found = []
     for seed in SEEDS:
         model, data = problem(seed)
         trainer = EnasTrainer(
-            model, nn.CrossEntropyLoss(), None, accuracy, None, 3, data, seed=seed, progress=False
-        )
+            model, nn.CrossEntropyLoss(), None, accuracy, None, 3, data, seed=seed,
+            progress=False, precision=precision,
+        )  # fmt: skip
         trainer.fit()
         found.append(trainer.export())
     assert sum(arch == PLANTED for arch in found) >= 9, found
