@@ -990,11 +990,12 @@ class SeparableGroup(nn.Sequential):
     library call over the members' channels stacked (the input repeated once per
     member; depthwise convolutions with the members' filters concatenated, 1x1
     convolutions block-diagonal, one BatchNorm: per-channel, so the same maths), and
-    the others take their share. Each member updates its own BatchNorms' running
-    statistics (with its share of the batch statistics) when it runs, as it would
-    alone. Outside a training-mode forward pass of the model it was installed for,
-    under autocast, or when the group is not what it was, it is the ``nn.Sequential``
-    it replaced (same children, same ``state_dict`` keys; the class a subclass of the
+    the others take their share. Each member's BatchNorms' running statistics are
+    updated with its share of the batch statistics, as alone (all at once when the
+    group is computed, with one fixed momentum; else by each member when it runs).
+    Outside a training-mode forward pass of the model it was installed for, under
+    autocast, or when the group is not what it was, it is the ``nn.Sequential`` it
+    replaced (same children, same ``state_dict`` keys; the class a subclass of the
     original's).
     """
 
@@ -1045,7 +1046,8 @@ class SeparableGroup(nn.Sequential):
         hit = cache.get(x, self)
         if hit is not None:
             out, stats = hit
-            self._update_statistics(stats)
+            if stats is not None:  # not updated with the group's
+                self._update_statistics(stats)
             return out
         members = cache.groups.get(id(self))
         if (
@@ -1057,10 +1059,13 @@ class SeparableGroup(nn.Sequential):
             )
         ):
             return nn.Sequential.forward(self, x)
-        outs, stats = _run_group(cast(list[SeparableGroup], members), x, cache)
+        group = cast(list[SeparableGroup], members)
+        outs, stats = _run_group(group, x, cache)
+        together = _update_group_statistics(group, stats)
         for member, out, stat in zip(members[1:], outs[1:], stats[1:]):
-            cache.put(x, member, out, stat)
-        self._update_statistics(stats[0])
+            cache.put(x, member, out, None if together else stat)
+        if not together:
+            self._update_statistics(stats[0])
         return outs[0]
 
     def _update_statistics(self, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -1073,6 +1078,29 @@ class SeparableGroup(nn.Sequential):
                 if bn.running_mean is not None and bn.running_var is not None:
                     bn.running_mean.lerp_(mean, momentum)
                     bn.running_var.lerp_(var, momentum)
+
+
+def _update_group_statistics(
+    members: list[SeparableGroup], stats: list[list[tuple[torch.Tensor, torch.Tensor]]]
+) -> bool:
+    """Update every member's BatchNorm running statistics with its share of the batch
+    statistics (``stats``, from :func:`_run_group`) in three calls, as each one's
+    training-mode forward would; False (nothing done) unless they all track running
+    statistics with one fixed momentum (then each member updates its own when it runs)."""
+    bns = [block.bn for m in members for block in m._blocks]
+    momenta = {bn.momentum for bn in bns}
+    if len(momenta) != 1 or None in momenta:
+        return False
+    if not all(bn.track_running_stats and bn.running_mean is not None for bn in bns):
+        return False
+    momentum = cast(float, momenta.pop())
+    with torch.no_grad():
+        torch._foreach_add_([cast(torch.Tensor, bn.num_batches_tracked) for bn in bns], 1)
+        means = [cast(torch.Tensor, bn.running_mean) for bn in bns]
+        variances = [cast(torch.Tensor, bn.running_var) for bn in bns]
+        torch._foreach_lerp_(means, [mean for share in stats for mean, _ in share], momentum)
+        torch._foreach_lerp_(variances, [var for share in stats for _, var in share], momentum)
+    return True
 
 
 def _run_group(

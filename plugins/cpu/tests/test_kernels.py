@@ -515,15 +515,25 @@ class SeparableEdges(nn.Module):
         return sum(op(x) * (i + 1) for i, op in enumerate(self.ops))
 
 
-@pytest.mark.parametrize("nested", [False, True])
-@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize(
+    ("nested", "layout", "momentum"),
+    [
+        (False, "channels_last", 0.1),  # running statistics updated for the group at once
+        (True, "channels_last", 0.1),
+        (False, "contiguous", 0.1),
+        (True, "channels_last", None),  # cumulative averages: by each member when it runs
+    ],
+)
 def test_alike_separable_candidates_on_one_state_are_computed_together_as_each_alone(
-    nested, layout, monkeypatch
+    nested, layout, momentum, monkeypatch
 ) -> None:
     import nastrain_cpu.kernels as kernels
 
     torch.manual_seed(0)
     reference, model = SeparableEdges(nested).double(), SeparableEdges(nested).double()
+    for bn in (*reference.modules(), *model.modules()):
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.momentum = momentum
     model.load_state_dict(reference.state_dict())
     keys, params = list(model.state_dict()), list(model.parameters())
     assert optimize_for_cpu(model)["separable_grouped"] == 0  # not asked for
