@@ -19,12 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
+    "agree",
     "all_reduce_mean",
     "barrier",
     "broadcast_tensors",
@@ -32,6 +33,7 @@ __all__ = [
     "init_from_env",
     "is_distributed",
     "is_main",
+    "mean_of",
     "rank",
     "run_on_ranks",
     "world_size",
@@ -128,6 +130,27 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
     with torch.no_grad():
         for t in tensors:
             dist.broadcast(t, src=src)
+
+
+def agree(value: int, src: int = 0) -> int:
+    """Rank ``src``'s ``value`` (an integer, e.g. a seed) on every rank; ``value`` itself on
+    one process."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.broadcast(t, src=src)
+    return int(t.item())
+
+
+def mean_of(values: Mapping[str, float]) -> dict[str, float]:
+    """Each value averaged over the ranks (every rank passes the same keys, in the same
+    order): an epoch's mean metrics of the whole batch rather than of this rank's share."""
+    if not is_distributed() or not values:
+        return dict(values)
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t.div_(dist.get_world_size())
+    return dict(zip(values, t.tolist()))
 
 
 def barrier() -> None:

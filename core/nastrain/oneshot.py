@@ -51,7 +51,7 @@ from torch.utils.data import (
     SubsetRandomSampler,
 )
 
-from nastrain import __version__, plugins
+from nastrain import __version__, distributed, plugins
 from nastrain._files import fsync_directory
 from nastrain.mutables import LayerChoice
 from nastrain.reporting import report_intermediate_result
@@ -345,10 +345,15 @@ def _own_arguments(trainer: type[Any]) -> list[str]:
 
 
 def _resolve_device(device: Any) -> torch.device:
-    """``device`` as a ``torch.device`` (``None``: CUDA when available, else the CPU); a device
-    this machine does not have is refused here, when the trainer is built."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` as a ``torch.device`` (``None`` or ``"auto"``: CUDA when available, else
+    Apple's MPS when available, else the CPU); a device this machine does not have is refused
+    here, when the trainer is built."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
@@ -464,6 +469,44 @@ def _check_batch(batch: Any, what: str) -> None:
         )
 
 
+class _RankShares(Sampler[list[int]]):
+    """One rank's share of each global batch: the batches a single process would load (of
+    ``batch_size`` indices, in ``sampler``'s order), each cut into ``world_size`` equal parts,
+    part ``rank`` to this rank.
+
+    So N processes together step on exactly the batches one process steps on, in the same
+    order, and resuming on another number of processes continues them (torch's
+    ``DistributedSampler`` shards a permutation of its own per epoch instead, which makes the
+    N-process search a different search). A last batch that ``world_size`` does not divide
+    is padded by repeating its own items, so every rank gets as many (``drop_last`` drops
+    it instead)."""
+
+    def __init__(
+        self, sampler: Sampler[int], batch_size: int, drop_last: bool, world_size: int, rank: int
+    ) -> None:
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.world_size, self.rank = world_size, rank
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(int(index))
+            if len(batch) == self.batch_size:
+                yield self._share(batch)
+                batch = []
+        if batch and not self.drop_last:
+            yield self._share(batch)
+
+    def _share(self, batch: list[int]) -> list[int]:
+        n = -(-len(batch) // self.world_size)
+        padded = (batch * self.world_size)[: n * self.world_size]
+        return padded[self.rank * n : (self.rank + 1) * n]
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)  # type: ignore[arg-type]
+        return full + (1 if rest and not self.drop_last else 0)
+
+
 class _Meter:
     """Running means of the step metrics of one epoch, each over the steps that report it
     (the steps of one epoch may report different metrics, e.g. ENAS's two phases)."""
@@ -571,6 +614,27 @@ class SupernetTrainer(BaseOneShotTrainer):
                 "is nothing to search; train it with a classic trainer instead"
             )
         self.device = _resolve_device(device)
+        # torchrun's environment (WORLD_SIZE > 1) asks for one search on several processes:
+        # the process group is started here, and each process takes its own GPU.
+        distributed.init_from_env(self.device)
+        #: The number of processes searching together (torchrun's ``WORLD_SIZE``; 1 alone)
+        #: and this one's rank; files, progress and reports are rank 0's.
+        self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        if self.world_size > 1:
+            if self.device.type == "cuda" and self.device.index is None:
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            if batch_size % self.world_size:
+                below = batch_size - batch_size % self.world_size
+                raise ValueError(
+                    f"batch_size={batch_size} is the global batch, split evenly over the "
+                    f"{self.world_size} processes, which do not divide it; use a multiple of "
+                    f"{self.world_size} (e.g. {below or self.world_size} or "
+                    f"{below + self.world_size})"
+                )
+            labels = [f"{c.label}:{c.kind}:{'|'.join(_candidates(c))}" for c in self.space.choices]
+            distributed.check_same_labels(labels, what="search space")
         #: The dtype the forward passes autocast to (``None``: float32, ``precision="32"``).
         self.autocast_dtype = _autocast_dtype(self.options.precision, self.device)
         #: The loss scaler of ``precision="16-mixed"`` (``None`` otherwise); checkpointed.
@@ -583,7 +647,18 @@ class SupernetTrainer(BaseOneShotTrainer):
         if self.options.log_dir is not None:
             _check_checkpoint_dir(self.options.log_dir, "log_dir")
         seed = self.seed
-        if seed is not None:
+        if self.world_size > 1:
+            # Every rank must draw the same halves, data order and paths: rank 0's seed (its
+            # own, or one it draws) seeds every rank's generators.
+            drawn = seed if seed is not None else int(torch.randint(0, 2**62, ()).item())
+            seed = distributed.agree(drawn)
+            if self.seed is not None and seed != self.seed:
+                logger.warning(
+                    "rank %d was given seed=%d, rank 0 seed=%d: every rank uses rank 0's",
+                    self.rank, self.seed, seed,
+                )  # fmt: skip
+            seed_everything(seed)
+        elif seed is not None:
             seed_everything(seed)
         self.model = model
         self.loss = loss
@@ -988,16 +1063,20 @@ class SupernetTrainer(BaseOneShotTrainer):
         extra: dict[str, Any] = {}
         if options.prefetch_factor is not None:
             extra["prefetch_factor"] = options.prefetch_factor
+        if self.world_size > 1:
+            # Each rank loads its share of every global batch (see _RankShares).
+            extra["batch_sampler"] = _RankShares(
+                sampler, self.batch_size, options.drop_last, self.world_size, self.rank
+            )
+        else:
+            extra.update(sampler=sampler, batch_size=self.batch_size, drop_last=options.drop_last)
         return DataLoader(
             dataset,
-            sampler=sampler,
-            batch_size=self.batch_size,
             num_workers=self.workers,
             # Seeds the workers (DataLoader draws their base seed from it), not the order.
             generator=self.data_generator,
             persistent_workers=self.workers > 0 if persistent is None else persistent,
             pin_memory=self.device.type == "cuda",
-            drop_last=options.drop_last,
             collate_fn=options.collate_fn,
             **extra,
         )
@@ -1042,6 +1121,8 @@ class SupernetTrainer(BaseOneShotTrainer):
                 yield metrics
 
     def _progress_enabled(self) -> bool:
+        if self.rank != 0:  # one progress bar for the processes of a search: rank 0's
+            return False
         if self.progress is not None:
             return bool(self.progress)
         return sys.stderr.isatty()
@@ -1056,9 +1137,13 @@ class SupernetTrainer(BaseOneShotTrainer):
         self._check_scheduled_optimizer()
         if self.checkpoint_dir is not None:
             self._prepare_checkpoint_dir(self.checkpoint_dir)
-            self._resume(self.checkpoint_dir)
+            self._resume(self.checkpoint_dir)  # every rank reads the same checkpoint
+        if self.world_size > 1:
+            # Every rank starts from rank 0's model and architecture parameters (as DDP starts
+            # from rank 0's module), whatever each process's own initialisation drew.
+            distributed.broadcast_tensors(self._shared_state())
         self._record = None
-        if self.record_dir is not None:
+        if self.record_dir is not None and self.rank == 0:
             self._record = RunRecordWriter(self.record_dir)
             self._record.start(self._record_header(), epoch=self.epoch)
         progress = None
@@ -1231,12 +1316,17 @@ class SupernetTrainer(BaseOneShotTrainer):
             status = "  ".join(f"{k} {v:.4g}" for k, v in meter.means().items())
             if task is not None:
                 progress.update(task, advance=1, status=status)
-            if self.log_frequency and (step + 1) % self.log_frequency == 0:
+            if self.log_frequency and (step + 1) % self.log_frequency == 0 and self.rank == 0:
                 self._log_step(progress, epoch + 1, step + 1, steps, status)
         self.after_epoch()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         means = meter.means()
+        if self.world_size > 1:
+            means = distributed.mean_of(means)  # the whole batches', not this rank's share
+            # Buffers (BatchNorm's running statistics) took each rank's share: rank 0's for
+            # all, as DDP broadcasts them, so every rank holds the state the checkpoint holds.
+            distributed.broadcast_tensors(list(self.model.buffers()))
         record = {"epoch": epoch + 1, "metrics": means, **self.epoch_record()}
         self.history.append(record)
         self.epoch = epoch + 1
@@ -1245,11 +1335,15 @@ class SupernetTrainer(BaseOneShotTrainer):
         entry = self._epoch_entry(means, time.monotonic() - started)
         if self._record is not None:
             self._record.write(entry, sync=True)
+        if self.rank != 0:  # rank 0 reports, writes the checkpoint and tells the plugins
+            distributed.barrier()  # until the checkpoint is written
+            return
         if means:
             default = next((v for k, v in means.items() if k != "loss"), means.get("loss", 0.0))
             report_intermediate_result({"default": default, **means})
         if self.checkpoint_dir is not None:
             self.save_checkpoint(self.checkpoint_dir)
+        distributed.barrier()
         plugins.call_on_epoch(self, entry)
 
     def _log_step(self, progress: Any, epoch: int, step: int, steps: int, status: str) -> None:
@@ -1275,6 +1369,17 @@ class SupernetTrainer(BaseOneShotTrainer):
             print(line, file=sys.stderr, flush=True)
 
     # --- checkpoints -------------------------------------------------------------------------
+
+    def _shared_state(self) -> list[torch.Tensor]:
+        """What every rank of a search must hold alike: the model's parameters and buffers
+        and the architecture parameters."""
+        seen: set[int] = set()
+        tensors = []
+        for t in [*self.model.parameters(), *self.model.buffers(), *self.arch_parameters()]:
+            if id(t) not in seen:
+                seen.add(id(t))
+                tensors.append(t)
+        return tensors
 
     def _checkpointables(self) -> dict[str, Any]:
         items = dict(self.checkpointables())

@@ -258,6 +258,9 @@ class DartsTrainer(SupernetTrainer):
             with self.autocast():
                 train_loss = self.loss(self.model(trn_x), trn_y)
             self.backward(train_loss, inputs=weights)
+        # Several processes: w' is the step on the whole batch, as one process takes it (each
+        # rank's w' from its own share would make a different, nonlinear, estimate).
+        distributed.all_reduce_mean(grads.views)
         if self.grad_scaler is not None:  # the virtual step takes the true gradient
             with torch.no_grad():
                 torch._foreach_div_(grads.views, self.loss_scale)
@@ -272,6 +275,7 @@ class DartsTrainer(SupernetTrainer):
             val_loss = self.loss(self.model(val_x), val_y)
         self.backward(val_loss, inputs=[*weights, *alphas])
         dalpha = [torch.zeros_like(a) if a.grad is None else a.grad for a in alphas]
+        distributed.all_reduce_mean(dw.views)  # the whole batch's v, so every rank's w+- agree
 
         # u = lr * c * v per group: the direction w' moves in as alpha changes.
         with torch.no_grad():

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from nastrain import InputChoice, LayerChoice
+from nastrain import InputChoice, LayerChoice, distributed
 from nastrain.calibration import preserved_bn_stats, recalibrate_bn
 from nastrain.mutables import reduce_tensors
 from nastrain.oneshot import SupernetTrainer
@@ -232,6 +232,9 @@ class SamplingTrainer(SupernetTrainer):
             loss = self.loss(logits, y)
         if loss.requires_grad:  # a sampled path may have no weights at all
             self.backward(loss)
+        # Several processes: DDP's average of the weights' gradients, by hand (every rank ran
+        # the same path, so the same weights have gradients on every rank).
+        distributed.all_reduce_mean(w.grad for w in self.weights)
         if optimizer is not None:
             if self.grad_clip:
                 self.unscale_(optimizer)

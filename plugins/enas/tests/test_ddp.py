@@ -1,9 +1,12 @@
-"""ENAS on two gloo processes: the controller's parameters stay bitwise equal."""
+"""ENAS on two gloo processes: the controller's parameters stay bitwise equal; whole SPOS and
+ENAS searches keep every rank's weights, controller and export equal."""
 
 from __future__ import annotations
 
 import json
 import textwrap
+
+import pytest
 
 from nastrain import distributed
 
@@ -58,3 +61,68 @@ def test_controller_parameters_bitwise_equal_across_ranks() -> None:
 def test_negative_control_without_the_all_reduce_the_controllers_drift() -> None:
     r0, r1 = run(noop=True)
     assert r0 != r1
+
+
+FIT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    import nastrain
+    from nastrain import distributed as d
+    from nastrain_enas import EnasTrainer, RandomOneShotTrainer
+
+    class Space(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nastrain.LayerChoice(
+                {"lin": nn.Linear(4, 4), "tanh": nn.Sequential(nn.Linear(4, 4), nn.Tanh()),
+                 "drop": nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))}, label="a")
+            self.c = nastrain.InputChoice(3, 2, label="c")
+            self.head = nn.Linear(4, 2)
+        def forward(self, x):
+            return self.head(self.c([self.a(x), x, -x]))
+
+    which, seed = sys.argv[1], json.loads(sys.argv[2])
+    torch.manual_seed(100 + d.rank())  # each process its own initialisation and draws
+    x = torch.randn(128, 4, generator=torch.Generator().manual_seed(3))
+    data = TensorDataset(x, (x[:, 0] > 0).long())
+    acc = lambda logits, y: float((logits.argmax(1) == y).float().mean())
+    if which == "enas":
+        trainer = EnasTrainer(Space(), nn.CrossEntropyLoss(), None, acc, None, 2, data,
+                              batch_size=16, ctrl_steps_aggregate=2, seed=seed, progress=False)
+    else:
+        trainer = RandomOneShotTrainer(Space(), nn.CrossEntropyLoss(), None, None, 2, data,
+                                       batch_size=16, seed=seed, progress=False)
+    trainer.fit()
+    state = [p.detach().flatten().tolist() for p in trainer.model.parameters()]
+    state += [p.detach().flatten().tolist() for p in trainer.arch_parameters()]
+    print(json.dumps({"state": state, "arch": trainer.export()}))
+    """
+)
+
+
+def test_spos_and_enas_searches_on_two_processes_stay_equal_on_every_rank() -> None:
+    # Each rank built its model from its own generator and, with seed=None, would draw its
+    # own paths: rank 0's model and seed are every rank's, so the paths, the weights and the
+    # controller agree bitwise, dropout in a candidate and all.
+    for which, seed in (("spos", None), ("enas", 0)):
+        script = FIT.replace("sys.argv[1], json.loads(sys.argv[2])", f"{which!r}, {seed!r}")
+        outs = distributed.run_on_ranks(script, timeout=180)
+        r0, r1 = (json.loads(o.strip().splitlines()[-1]) for o in outs)
+        assert r0["state"] == r1["state"], which
+        assert r0["arch"] == r1["arch"], which
+
+
+def test_ranks_that_built_different_spaces_are_refused_before_any_step() -> None:
+    script = (
+        FIT.replace("sys.argv[1], json.loads(sys.argv[2])", "'spos', 0")
+        .replace(
+            '"drop": nn.Sequential',
+            # torchrun's RANK: the group does not exist yet when the space is built
+            '("drop" if os.environ["RANK"] == "0" else "dropped"): nn.Sequential',
+        )
+        .replace("import json, sys, torch", "import json, os, sys, torch")
+    )
+    with pytest.raises(RuntimeError, match=r"different search spaces.*a:layer:lin\|tanh\|drop"):
+        distributed.run_on_ranks(script, timeout=180)
