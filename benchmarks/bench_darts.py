@@ -6,6 +6,13 @@ run it with ``benchmarks/.nni-venv/bin/python``) or ``nastrain_darts.DartsTraine
 :mod:`supernet`, the same network for both) or on the DARTS space the plugin ships
 (``--space shipped``, ours only), for ``warmup + steps`` search steps on random data.
 
+The size is set by ``--C``, ``--layers``, ``--image`` (the inputs' side) and ``--batch``;
+the defaults are the CPU table's (C=8, 5 cells, 3x16x16, batch 32), and ``--C 16 --layers 8
+--image 32 --batch 64`` is the DARTS paper's CIFAR-10 search setting. ``--device cuda`` runs
+on a GPU (both trainers get ``device=``; the data stays on the CPU and the trainers move each
+batch, as a DataLoader of images would have them); ``--precision`` (ours only: NNI's
+trainer has no such option) is ``precision=`` of nastrain's one-shot trainers.
+
 Measured:
 
 * ``steps_per_s``: search steps per second over the last ``--steps`` steps (the first
@@ -14,10 +21,14 @@ Measured:
 * ``rss_before_mb``, ``peak_rss_mb``, ``added_mb``: resident memory just before
   ``fit()``, its peak during ``fit()`` (the kernel's high-water mark, reset before
   ``fit()`` where Linux allows it), and the difference.
+* ``gpu_before_mb``, ``peak_gpu_mb``, ``gpu_added_mb`` (``--device cuda``): the same for
+  the GPU memory PyTorch allocated (``torch.cuda.memory_allocated`` before ``fit()``,
+  ``torch.cuda.max_memory_allocated`` after ``torch.cuda.reset_peak_memory_stats``). On a
+  GPU every step ends with ``torch.cuda.synchronize()`` before its time stamp.
 * ``floor_s`` (``--impl nastrain``): the compute floor of one first-order step on the same
   model and batch: a forward+backward for the weights' gradients plus a forward+backward
   for the architecture parameters' gradients only; median of 10. ``floor_ratio`` is
-  the median timed step over that floor.
+  the median timed step over that floor (under the run's autocast with ``--precision``).
 
 The exit status is 0 on success, 1 when the run failed and 2 when it was skipped
 (the implementation is not importable); the JSON line then has ``error``.
@@ -85,8 +96,11 @@ def accuracy(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     return {"acc": (out.argmax(1) == y).float().mean().item()}
 
 
-def load_impl(impl: str, space: str) -> tuple[Any, Callable[[], nn.Module], dict[str, str]]:
-    """The trainer class, a model factory and version info for ``impl``/``space``."""
+def load_impl(
+    impl: str, space: str, C: int = 8, layers: int = 5
+) -> tuple[Any, Callable[[], nn.Module], dict[str, str]]:
+    """The trainer class, a model factory and version info for ``impl``/``space``, the
+    network ``C`` channels wide with ``layers`` cells."""
     if impl == "nni":
         if space != "plain":
             raise Skip("--space shipped is nastrain's own space; NNI runs --space plain only")
@@ -101,7 +115,7 @@ def load_impl(impl: str, space: str) -> tuple[Any, Callable[[], nn.Module], dict
             ) from e
         return (
             DartsTrainer,
-            lambda: build_supernet(nni_nn.LayerChoice, nni_nn.InputChoice),
+            lambda: build_supernet(nni_nn.LayerChoice, nni_nn.InputChoice, C, layers),
             {"nni": nni.__version__},
         )
     try:
@@ -117,14 +131,16 @@ def load_impl(impl: str, space: str) -> tuple[Any, Callable[[], nn.Module], dict
         # too, not only the candidates), as any user may with allow_rewrite(model).
         return (
             DartsTrainer,
-            lambda: allow_rewrite(build_supernet(nastrain.LayerChoice, nastrain.InputChoice)),
+            lambda: allow_rewrite(
+                build_supernet(nastrain.LayerChoice, nastrain.InputChoice, C, layers)
+            ),
             versions,
         )
     try:
         from nastrain_darts.spaces import DartsSpace
     except ImportError as e:
         raise Skip(f"nastrain_darts.spaces.DartsSpace is not importable yet ({e})") from e
-    return DartsTrainer, lambda: DartsSpace(C=8, layers=5), versions
+    return DartsTrainer, lambda: DartsSpace(C=C, layers=layers), versions
 
 
 def arch_parameters(trainer: Any) -> tuple[list[torch.Tensor] | None, str]:
@@ -151,6 +167,12 @@ def arch_parameters(trainer: Any) -> tuple[list[torch.Tensor] | None, str]:
     return None, "TODO: the trainer exposes no architecture parameters (arch_parameters())"
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (no-op on a CPU), so a time stamp counts it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def compute_floor(
     model: nn.Module,
     arch: list[torch.Tensor],
@@ -158,18 +180,27 @@ def compute_floor(
     x: torch.Tensor,
     y: torch.Tensor,
     reps: int = 10,
+    autocast: torch.dtype | None = None,
 ) -> float:
-    """Median time of forward+backward for the weights plus forward+backward for alpha only."""
+    """Median time of forward+backward for the weights plus forward+backward for alpha only
+    (the forwards under ``autocast`` to that dtype when it is given)."""
     arch_ids = {id(a) for a in arch}
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in arch_ids]
     model.train()
     times = []
+    cast = torch.autocast(x.device.type, autocast, enabled=autocast is not None)
     for i in range(reps + 1):
         for t in (*weights, *arch):
             t.grad = None
+        synchronize(x.device)
         start = time.perf_counter()
-        loss_fn(model(x), y).backward(inputs=weights)
-        loss_fn(model(x), y).backward(inputs=arch)
+        with cast:
+            loss_w = loss_fn(model(x), y)
+        loss_w.backward(inputs=weights)
+        with cast:
+            loss_a = loss_fn(model(x), y)
+        loss_a.backward(inputs=arch)
+        synchronize(x.device)
         if i:  # the first one warms up
             times.append(time.perf_counter() - start)
     for t in (*weights, *arch):
@@ -179,16 +210,21 @@ def compute_floor(
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Build data, model and trainer; run ``fit()``; return the numbers."""
-    trainer_cls, make_model, versions = load_impl(args.impl, args.space)
+    trainer_cls, make_model, versions = load_impl(args.impl, args.space, args.C, args.layers)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Skip("--device cuda: torch.cuda.is_available() is False here")
 
     n = args.batch * 2 * (args.warmup + args.steps)  # halves: weights / architecture
-    x = torch.randn(n, 3, 16, 16)
+    x = torch.randn(n, 3, args.image, args.image)
     y = torch.randint(0, 10, (n,))
     dataset = TensorDataset(x, y)
     model = make_model()
-    optimizer = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+    optimizer = torch.optim.SGD(
+        model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
     loss_fn = nn.CrossEntropyLoss()
 
     stamps: list[float] = []
@@ -197,11 +233,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     def timed_step(*a: Any, **kw: Any) -> Any:
         result = original_step(*a, **kw)
+        synchronize(device)
         stamps.append(time.perf_counter())
         cpu_stamps.append(time.process_time())
         return result
 
     optimizer.step = timed_step  # type: ignore[method-assign]
+    # NNI's trainer has no precision option: main() refuses --precision for it.
+    extra = {} if args.impl == "nni" else {"precision": args.precision}
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # NNI: "DartsTrainer is deprecated"
@@ -214,10 +253,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             dataset=dataset,
             batch_size=args.batch,
             workers=0,
-            device="cpu",
+            device=device,
             unrolled=args.unrolled,
+            **extra,
         )
 
+    synchronize(device)
+    gpu_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     rss_before = rss_mb()
     peak_reset = reset_peak_rss()
     load_before = os.getloadavg()[0]
@@ -226,6 +270,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     fit_s = time.perf_counter() - fit_start
     load_after = os.getloadavg()[0]
     peak = max(peak_rss_mb(), rss_before)
+    gpu_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
 
     expected = args.warmup + args.steps
     if len(stamps) != expected:
@@ -243,6 +288,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "impl": args.impl,
         "space": args.space,
         "unrolled": args.unrolled,
+        "device": args.device,
+        "precision": args.precision,
+        "C": args.C,
+        "layers": args.layers,
+        "image": args.image,
         "steps": args.steps,
         "warmup": args.warmup,
         "threads": args.threads,
@@ -267,6 +317,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "channels_last": getattr(trainer, "channels_last", None),
         "rewritten": sum(type(m).__module__.startswith("nastrain_cpu") for m in model.modules()),
     }
+    if device.type == "cuda":
+        result["gpu_before_mb"] = round(gpu_before / 2**20, 1)
+        result["peak_gpu_mb"] = round(gpu_peak / 2**20, 1)
+        result["gpu_added_mb"] = round((gpu_peak - gpu_before) / 2**20, 1)
+        result["gpu"] = torch.cuda.get_device_name(device)
     if args.floor is None:
         args.floor = args.impl == "nastrain"
     if args.floor:
@@ -275,7 +330,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if arch is None:
             result["floor_s"] = result["floor_ratio"] = None
         else:
-            floor = compute_floor(model, arch, loss_fn, x[: args.batch], y[: args.batch])
+            floor = compute_floor(
+                model,
+                arch,
+                loss_fn,
+                x[: args.batch].to(device),
+                y[: args.batch].to(device),
+                autocast=getattr(trainer, "autocast_dtype", None),
+            )
             result["floor_s"] = round(floor, 4)
             result["floor_ratio"] = round(statistics.median(step_times) / floor, 3)
     result["versions"] = {
@@ -296,6 +358,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=["32", "bf16-mixed", "16-mixed"],
+        default="32",
+        help="precision= of nastrain's trainer (--impl nastrain only)",
+    )
+    parser.add_argument("--C", type=int, default=8, help="channels of the first cells")
+    parser.add_argument("--layers", type=int, default=5, help="cells")
+    parser.add_argument("--image", type=int, default=16, help="side of the 3xSxS inputs")
+    parser.add_argument("--lr", type=float, default=0.025, help="SGD learning rate")
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=3e-4)
     parser.add_argument(
         "--floor",
         action=argparse.BooleanOptionalAction,
@@ -305,10 +380,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.space == "shipped" and args.impl != "nastrain":
         parser.error("--space shipped needs --impl nastrain")
+    if args.impl == "nni" and args.precision != "32":
+        parser.error("--precision is nastrain's option: NNI's legacy DartsTrainer has none")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
 
-    head = {"impl": args.impl, "space": args.space, "unrolled": args.unrolled}
+    head = {
+        "impl": args.impl,
+        "space": args.space,
+        "unrolled": args.unrolled,
+        "device": args.device,
+        "precision": args.precision,
+    }
     try:
         result = measure(args)
     except Skip as e:

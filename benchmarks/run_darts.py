@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,9 @@ def prime_memory(mb: int) -> float:
     return time.perf_counter() - start
 
 
-def run_once(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    """One fresh-process run of bench_darts.py; its JSON, or ``{"error": ...}``."""
+def run_once(cfg: Config, args: argparse.Namespace, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """One fresh-process run of bench_darts.py (``extra``: more of its options); its JSON,
+    or ``{"error": ...}``."""
     python = str(NNI_PYTHON) if cfg.impl == "nni" else args.python
     if cfg.impl == "nni" and not NNI_PYTHON.exists():
         return {"error": "no benchmarks/.nni-venv: run bash benchmarks/setup_nni.sh"}
@@ -98,6 +100,7 @@ def run_once(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     cmd += ["--threads", str(args.threads), "--batch", str(args.batch), "--seed", str(args.seed)]
     if cfg.unrolled:
         cmd.append("--unrolled")
+    cmd += extra
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
     try:
         proc = subprocess.run(
@@ -180,11 +183,12 @@ def table(cfgs: list[Config]) -> str:
     return "\n".join(rows)
 
 
-def write_readme(block: str) -> None:
-    """Put ``block`` between the markers of README.md (appending them if absent)."""
+def write_readme(block: str, start: str = START, end: str = END) -> None:
+    """Put ``block`` between the markers ``start`` and ``end`` of README.md (appending them
+    if absent)."""
     text = README.read_text() if README.exists() else "# Benchmarks\n"
-    new = f"{START}\n{block}\n{END}"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
+    new = f"{start}\n{block}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: new, text)
     else:
@@ -192,33 +196,14 @@ def write_readme(block: str) -> None:
     README.write_text(text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3, help="fresh-process runs per configuration")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds for one run")
-    parser.add_argument("--only", default="", help="run configurations whose name contains this")
-    parser.add_argument("--prime-mb", type=int, default=4096, help="memory to touch first (MiB)")
-    parser.add_argument(
-        "--python",
-        default=sys.executable,
-        help="interpreter for nastrain's runs (default: this one; it needs nastrain_darts)",
-    )
-    parser.add_argument("--jsonl", type=Path, help="also append every run's JSON to this file")
-    parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
-    args = parser.parse_args(argv)
-
-    all_cfgs = configs()
-    cfgs = [c for c in all_cfgs if args.only in c.name]
-    if not cfgs:
-        parser.error(f"no configuration name contains {args.only!r}")
-    for cfg in all_cfgs:
-        if all(cfg is not c for c in cfgs):
-            cfg.errors.append(f"not run: --only {args.only}")
+def run_reps(
+    cfgs: list[Config],
+    args: argparse.Namespace,
+    extra: Callable[[Config], Sequence[str]] = lambda cfg: (),
+) -> float:
+    """Run every configuration ``args.reps`` times, round-robin in :func:`run_order`, each a
+    fresh process with ``extra(cfg)`` added to its options; record the runs and errors in
+    the configurations and return the seconds it took (memory priming included)."""
     started = time.perf_counter()
     print(f"primed {args.prime_mb} MiB in {prime_memory(args.prime_mb):.1f} s", file=sys.stderr)
     for rep in range(args.reps):
@@ -226,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.skipped:
                 continue
             t0 = time.perf_counter()
-            result = run_once(cfg, args)
+            result = run_once(cfg, args, extra(cfg))
             took = time.perf_counter() - t0
             result["rep"] = rep + 1
             if "error" in result:
@@ -240,17 +225,69 @@ def main(argv: list[str] | None = None) -> int:
                 with args.jsonl.open("a") as f:
                     f.write(json.dumps({"config": cfg.name, "rep": rep + 1, **result}) + "\n")
             cfg.skipped = str(result.get("error", "")).startswith("skipped")
-    elapsed = time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, steps: int = 10, warmup: int = 3, batch: int | None = 32
+) -> None:
+    """The driver options that run_darts.py and run_cifar.py share, with these defaults."""
+    parser.add_argument("--reps", type=int, default=3, help="fresh-process runs per configuration")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds for one run")
+    parser.add_argument("--only", default="", help="run configurations whose name contains this")
+    parser.add_argument("--prime-mb", type=int, default=4096, help="memory to touch first (MiB)")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter for nastrain's runs (default: this one; it needs nastrain_darts)",
+    )
+    parser.add_argument("--jsonl", type=Path, help="also append every run's JSON to this file")
+    parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
+
+
+def select(parser: argparse.ArgumentParser, all_cfgs: list[Config], only: str) -> list[Config]:
+    """The configurations whose name contains ``only``; the others get a "not run" error."""
+    cfgs = [c for c in all_cfgs if only in c.name]
+    if not cfgs:
+        parser.error(f"no configuration name contains {only!r}")
+    for cfg in all_cfgs:
+        if all(cfg is not c for c in cfgs):
+            cfg.errors.append(f"not run: --only {only}")
+    return cfgs
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How the driver was called, for the README: ``python benchmarks/<script> <args>``."""
+    args = argv if argv is not None else sys.argv[1:]
+    return f"python benchmarks/{script}" + "".join(f" {shlex.quote(a)}" for a in args)
+
+
+def load_range(cfgs: list[Config]) -> str:
+    """The lowest and highest 1-minute load average the runs saw, as "a to b"."""
+    loads = [x for c in cfgs for r in c.runs for x in r.get("loadavg_1min", [])]
+    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+
+    all_cfgs = configs()
+    cfgs = select(parser, all_cfgs, args.only)
+    elapsed = run_reps(cfgs, args)
 
     out = table(all_cfgs)
     print(out)
     if not args.no_readme:
-        command = "python benchmarks/run_darts.py" + "".join(
-            f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:])
-        )
+        command = command_line("run_darts.py", argv)
         today = datetime.date.today().isoformat()
-        loads = [x for c in cfgs for r in c.runs for x in r.get("loadavg_1min", [])]
-        load = f"{min(loads):.1f} to {max(loads):.1f}" if loads else "?"
+        load = load_range(cfgs)
         cpus = os.cpu_count()
         block = (
             f"{out}\n\n"
