@@ -1138,6 +1138,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         if self.checkpoint_dir is not None:
             self._prepare_checkpoint_dir(self.checkpoint_dir)
             self._resume(self.checkpoint_dir)  # every rank reads the same checkpoint
+        self._optimizer_states_to_device()
         if self.world_size > 1:
             # Every rank starts from rank 0's model and architecture parameters (as DDP starts
             # from rank 0's module), whatever each process's own initialisation drew.
@@ -1369,6 +1370,21 @@ class SupernetTrainer(BaseOneShotTrainer):
             print(line, file=sys.stderr, flush=True)
 
     # --- checkpoints -------------------------------------------------------------------------
+
+    def _optimizer_states_to_device(self) -> None:
+        """Move each checkpointed optimizer's state tensors (momentum buffers, Adam's moments)
+        to the device of the parameter they belong to: an optimizer the user stepped before
+        handing it over keeps them where they were made, which the first step would refuse."""
+        for obj in self._checkpointables().values():
+            if not isinstance(obj, torch.optim.Optimizer):
+                continue
+            for param, state in obj.state.items():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor) and value.device != param.device:
+                        # Adam's "step" counter stays on the CPU where torch keeps it.
+                        if key == "step" and value.dim() == 0 and value.device.type == "cpu":
+                            continue
+                        state[key] = value.to(param.device, non_blocking=True)
 
     def _shared_state(self) -> list[torch.Tensor]:
         """What every rank of a search must hold alike: the model's parameters and buffers

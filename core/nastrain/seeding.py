@@ -36,9 +36,15 @@ def set_rng_state(
 ) -> None:
     """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
+    # One state per GPU ("cuda0", "cuda1", ... "cuda10": in index order, not the names'):
+    # each GPU this machine has gets its own; states of GPUs it lacks (a checkpoint written
+    # on more GPUs, or on a GPU machine and read on a CPU) are left out.
+    cuda = sorted((int(k[4:]), v) for k, v in tensors.items() if k.startswith("cuda"))
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+        count = torch.cuda.device_count()
+        for index, state in cuda:
+            if index < count:
+                torch.cuda.set_rng_state(state, index)
     random.setstate((python[0], tuple(python[1]), python[2]))
     if numpy_state is not None:
         import numpy as np  # not a dependency of nastrain: only a state saved with it has it
