@@ -31,13 +31,8 @@ pip_install() {
 }
 
 # What importing nni.retiarii.nn.pytorch and nni.retiarii.oneshot.pytorch and running the
-# legacy DartsTrainer needs (NNI's declared scipy, scikit-learn, pandas, prettytable,
-# PythonWebHDFS and responses are not used on that path). pytorch-lightning 1.9.5 needs
-# fsspec, lightning-utilities and torchmetrics; pkg_resources (setuptools<81) for its namespace.
-pip_install torch==2.14.1 torchvision==0.29.1 \
-    "setuptools==80.9.0" "typeguard<3" "lightning-utilities==0.11.9" "torchmetrics==0.11.4" \
-    astor cloudpickle colorama "filelock<3.12" "json_tricks>=3.15.5" packaging psutil \
-    "pyyaml>=5.4" requests schema tqdm "typing_extensions>=4" "websockets>=10.1" numpy fsspec
+# legacy DartsTrainer needs: nni-deps.txt (shared with gpu_check.sh).
+pip_install torch==2.14.1 torchvision==0.29.1 numpy -r "$here/nni-deps.txt"
 pip_install --no-deps "nni==2.10.1" "pytorch-lightning==1.9.5"
 
 "$venv/bin/python" -W ignore -c "$check"
