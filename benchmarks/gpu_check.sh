@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU half of the CIFAR-scale DARTS benchmark, in one go, on a machine with a GPU and no
-# package index (one H200: about 6 minutes): installs nastrain and nastrain-darts from this
-# checkout (built offline with the folder's hatchling) and NNI 2.10.1 from a folder of wheels,
-# into two virtual environments that see the machine's own torch (--system-site-packages), runs the benchmark's smoke tests on the GPU, then
-# run_cifar.py --device cuda at the DARTS paper's size, which writes the GPU table into
-# benchmarks/README.md. How to prepare the wheel folder: benchmarks/README.md,
+# package index (sized for under 8 minutes on one H200; it has not run on one yet). Installs
+# nastrain and nastrain-darts from this checkout (built offline with the folder's hatchling)
+# and NNI 2.10.1 from a folder of wheels, into two virtual environments that see the
+# machine's own torch (--system-site-packages); runs the benchmark's smoke tests, on the GPU
+# too; then run_cifar.py --device cuda at the DARTS paper's size, which writes the GPU table
+# into benchmarks/README.md. How to prepare the wheel folder: benchmarks/README.md,
 # "Preparing the GPU check".
 #
 # Usage: bash benchmarks/gpu_check.sh [run_cifar.py options, e.g. --reps 3]
@@ -19,7 +20,7 @@ wheels="$(cd "${WHEELS:-$here/wheels}" && pwd)"
 py="${PYTHON:-python3}"
 ours="$here/.gpu-venv"
 nni="$here/.nni-venv"
-runs="${OUT:-$here}/cifar_gpu_runs.jsonl"
+runs="${OUT:-${TMPDIR:-/tmp}}/cifar_gpu_runs.jsonl"
 start=$SECONDS
 
 step() { echo "gpu_check [$((SECONDS - start)) s]: $*"; }

@@ -182,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--C", type=int)
     parser.add_argument("--layers", type=int)
     parser.add_argument("--image", type=int)
+    parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure our runs' compute floor (step / floor; about 10 extra steps a run)",
+    )
     add_run_arguments(parser, steps=10, warmup=3, batch=None)
     args = parser.parse_args(argv)
     args.argv = argv if argv is not None else sys.argv[1:]
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     def extra(cfg: Config) -> list[str]:
         precision = cfg.precision if isinstance(cfg, CifarConfig) else "32"
         options = ["--device", args.device, "--C", str(args.C), "--layers", str(args.layers)]
-        options += ["--image", str(args.image)]
+        options += ["--image", str(args.image)] + ([] if args.floor else ["--no-floor"])
         return options + (["--precision", precision] if cfg.impl == "nastrain" else [])
 
     elapsed = run_reps(cfgs, args, extra)
