@@ -274,6 +274,10 @@ class EnasTrainer(SamplingTrainer):
         with torch.no_grad(), batch_statistics(self.model, norms), self.autocast():
             logits = self.model(x)  # the controller itself runs in float32
         reward = self._reward(logits, y)
+        if distributed.is_distributed():
+            # Each rank rewarded the (same) sample on its share of the batch: the whole
+            # batch's reward, as one process computes it, so the baselines agree too.
+            reward = distributed.mean_of({"reward": reward})["reward"]
         entropy = sample.entropy.item()
         if self.entropy_weight:
             reward += self.entropy_weight * entropy

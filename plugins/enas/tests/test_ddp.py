@@ -21,7 +21,8 @@ SCRIPT = textwrap.dedent(
     assert d.init_from_env()
     if {noop}:
         import nastrain_enas.enas as e
-        e.distributed.all_reduce_mean = lambda tensors: None  # the negative control
+        e.distributed.all_reduce_mean = lambda tensors: None  # the negative control:
+        e.distributed.mean_of = lambda values: dict(values)  # each rank its own reward
 
     class Space(nn.Module):
         def __init__(self):
