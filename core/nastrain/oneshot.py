@@ -642,6 +642,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         if self.options.precision == "16-mixed":
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
         self._scaler_stepped = False
+        self._autocast_called = False
         if self.checkpoint_dir is not None:
             _check_checkpoint_dir(self.checkpoint_dir)
         if self.options.log_dir is not None:
@@ -767,6 +768,7 @@ class SupernetTrainer(BaseOneShotTrainer):
         :attr:`autocast_dtype` on :attr:`device` (``"bf16-mixed"``, ``"16-mixed"``), else
         (``"32"``, or ``enabled=False``: a pass that must stay float32) float32 arithmetic.
         Use it around the model's forward and the loss; call ``backward`` outside it."""
+        self._autocast_called = True
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled)
@@ -805,7 +807,17 @@ class SupernetTrainer(BaseOneShotTrainer):
 
     def _update_scaler(self) -> None:
         """After a step: the loss scaler's update (lower the scale after an overflow, raise it
-        after enough clean steps), once per step that stepped an optimizer through it."""
+        after enough clean steps), once per step that stepped an optimizer through it. After
+        the first step of a mixed-precision search, a warning if the algorithm never asked
+        for :meth:`autocast` (its passes then ran in float32 whatever ``precision`` says)."""
+        if self.autocast_dtype is not None and not self._autocast_called:
+            self._autocast_called = True  # warned once
+            logger.warning(
+                "%s: precision=%r has no effect: its steps never call self.autocast() (see "
+                "nastrain.oneshot.SupernetTrainer.autocast), so they ran in float32",
+                type(self).__name__,
+                self.options.precision,
+            )
         if self.grad_scaler is not None and self._scaler_stepped:
             self.grad_scaler.update()
             self._scaler_stepped = False

@@ -1,7 +1,8 @@
-"""Devices of the one-shot loop: ``device="auto"`` and torch's own forms, checkpoints that
-carry CUDA RNG states resumed on a machine with fewer GPUs (or none), and an optimizer that
-arrives with its state on another device. (This machine has no GPU: the CUDA side is
-simulated where torch allows, and said so.)"""
+"""Devices and precision of the one-shot loop: ``device="auto"`` and torch's own forms,
+checkpoints that carry CUDA RNG states resumed on a machine with fewer GPUs (or none), an
+optimizer that arrives with its state on another device (this machine has no GPU: the CUDA
+side is simulated where torch allows, and said so); ``precision``'s names, its autocast
+through the loop's helpers, and a warning for a trainer that never asks for it."""
 
 from __future__ import annotations
 
@@ -126,3 +127,41 @@ def test_an_optimizer_handed_over_with_state_elsewhere_has_it_moved_to_its_param
     monkeypatch.undo()
     assert moved and set(moved) == {"cpu"}
     assert all(v.device == p.device for p, s in trainer.optimizer.state.items() for v in s.values())
+
+
+class Mixed(Tiny):
+    """Tiny's step through the loop's precision helpers."""
+
+    name = "mixed"
+
+    def search_step(self, train_batch: Any, valid_batch: Any) -> dict[str, float]:
+        self.optimizer.zero_grad()
+        with self.autocast():
+            out = self.model(train_batch[0])
+            loss = self.loss(out.float(), train_batch[1])
+        self.dtypes.add(out.dtype)
+        self.backward(loss)
+        self.optimizer_step(self.optimizer)
+        return {"loss": loss.item()}
+
+
+def test_precision_names_are_lightnings_and_16_mixed_needs_a_gpu() -> None:
+    with pytest.raises(ValueError, match=r"one of '32', '16-mixed', 'bf16-mixed'.*got '16'"):
+        Tiny(precision="16")
+    with pytest.raises(ValueError, match=r"16-mixed' on device 'cpu'.*use precision='bf16-mixed"):
+        Tiny(precision="16-mixed")
+    assert Tiny().autocast_dtype is None and Tiny().grad_scaler is None
+
+
+def test_bf16_mixed_autocasts_the_helpers_passes_and_warns_a_trainer_that_ignores_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mixed = Mixed(precision="bf16-mixed")
+    mixed.dtypes = set()
+    with caplog.at_level("WARNING", logger="nastrain"):
+        mixed.fit()
+    assert mixed.dtypes == {torch.bfloat16}
+    assert "has no effect" not in caplog.text
+    with caplog.at_level("WARNING", logger="nastrain"):
+        Tiny(precision="bf16-mixed").fit()  # plain loss.backward(), no autocast
+    assert caplog.text.count("Tiny: precision='bf16-mixed' has no effect") == 1
