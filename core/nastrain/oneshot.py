@@ -226,7 +226,8 @@ class OneShotOptions:
     """Seeds torch, Python and NumPy when the trainer is built (the architecture parameters'
     initialisation, the data order, dropout); seed before building the model too for a fully
     reproducible run. ``None``: torch's global generator is never reseeded and the data
-    order is drawn from it, so the user's own ``torch.manual_seed`` reproduces the search."""
+    order is drawn from it, so the user's own ``torch.manual_seed`` reproduces the search
+    (on several processes, under torchrun, rank 0 draws a seed that seeds every rank)."""
 
     checkpoint_dir: Path | None = attrs.field(default=None, converter=_to_checkpoint_dir)
     """A folder to write a checkpoint into after every epoch (one file, replaced atomically);
