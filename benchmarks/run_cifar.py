@@ -157,7 +157,7 @@ def describe(cfgs: list[CifarConfig], args: argparse.Namespace, elapsed: float) 
         gpus = sorted({r["gpu"] for r in runs if "gpu" in r}) or ["no GPU answered"]
         machine = f"{', '.join(gpus)}, {os.cpu_count()} CPUs"
     else:
-        machine = f"{os.cpu_count()} CPUs, {args.threads} threads"
+        machine = f"{os.cpu_count()} CPUs, {args.threads} thread{'s' * (args.threads != 1)}"
     torches = sorted({r["versions"]["torch"] for r in runs if "versions" in r})
     return (
         f"`{command_line('run_cifar.py', args.argv)}` on "
