@@ -132,9 +132,10 @@ def test_a_search_logs_what_its_run_record_says_per_epoch(
         assert curve(f"probabilities/op/{name}") == expected(
             lambda r, i=i: r["probabilities"]["op"][i]
         )
-    # The search learns: the planted candidate's probability grows, so the curves are not flat.
+    # The search learns: the planted candidate ends above uniform and above where its first
+    # epoch left it, so the curves are not flat.
     relu = [v for _, v in curve("probabilities/op/relu")]
-    assert relu[-1] > relu[0] > 1 / 3 - 1e-3
+    assert relu[-1] > max(relu[0], 1 / 3)
     histograms = events.Histograms("architecture/op")
     assert [h.step for h in histograms] == [1, 2, 3, 4]
     for h, r in zip(histograms, records):
