@@ -61,7 +61,7 @@ from nastrain.seeding import rng_state, seed_everything, set_rng_state
 from nastrain.serialization import SCHEMA_VERSION, dumps, loads
 from nastrain.space import Choice, SearchSpace
 from nastrain.trainer import BaseOneShotTrainer
-from nastrain.utils import REWRITE_MARK
+from nastrain.utils import REWRITE_MARK, resolve_device
 
 __all__ = [
     "CheckpointMeta",
@@ -345,38 +345,6 @@ def _own_arguments(trainer: type[Any]) -> list[str]:
     ]
 
 
-def _resolve_device(device: Any) -> torch.device:
-    """``device`` as a ``torch.device`` (``None`` or ``"auto"``: CUDA when available, else
-    Apple's MPS when available, else the CPU); a device this machine does not have is refused
-    here, when the trainer is built."""
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"device {device!r} is not a device torch knows: {exc}") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            built = "with" if torch.backends.cuda.is_built() else "without"
-            raise ValueError(
-                f"device {device!r} asks for CUDA, but CUDA is not available on this machine "
-                f"(torch {torch.__version__}, built {built} CUDA); pass device='cpu' or leave "
-                "device unset"
-            )
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise ValueError(
-                f"device {device!r} does not exist: this machine has {count} CUDA device(s)"
-            )
-    elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} asks for MPS, which is not available on this machine")
-    return resolved
-
-
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device``; a pairing that cannot work is
     refused here, when the trainer is built."""
@@ -614,7 +582,7 @@ class SupernetTrainer(BaseOneShotTrainer):
                 f"{type(self).__name__}: the model has no LayerChoice or InputChoice, so there "
                 "is nothing to search; train it with a classic trainer instead"
             )
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         # torchrun's environment (WORLD_SIZE > 1) asks for one search on several processes:
         # the process group is started here, and each process takes its own GPU.
         distributed.init_from_env(self.device)

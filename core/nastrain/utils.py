@@ -12,8 +12,9 @@ not a candidate of a choice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from nastrain import plugins
@@ -28,6 +29,7 @@ __all__ = [
     "replace_choices",
     "replace_input_choice",
     "replace_layer_choice",
+    "resolve_device",
 ]
 
 #: The attribute :func:`allow_rewrite` sets on a module.
@@ -141,3 +143,36 @@ def replace_choices(
     ``None`` for a choice it does not know.
     """
     return _replace(model, Mutable, init_fn, modules, trainer)
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` (``None`` or ``"auto"``: CUDA when available, else
+    Apple's MPS when available, else the CPU); a device this machine does not have is a
+    ``ValueError`` naming it. Trainers call it when they are built, so that a wrong device is
+    refused before any training."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"device {device!r} is not a device torch knows: {exc}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "with" if torch.backends.cuda.is_built() else "without"
+            raise ValueError(
+                f"device {device!r} asks for CUDA, but CUDA is not available on this machine "
+                f"(torch {torch.__version__}, built {built} CUDA); pass device='cpu' or leave "
+                "device unset"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device {device!r} does not exist: this machine has {count} CUDA device(s)"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asks for MPS, which is not available on this machine")
+    return resolved

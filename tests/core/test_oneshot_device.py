@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import nastrain
-from nastrain import oneshot, seeding
+from nastrain import seeding
 from nastrain.oneshot import CHECKPOINT_FILE, SupernetTrainer
-from nastrain.utils import replace_layer_choice
+from nastrain.utils import replace_layer_choice, resolve_device
 
 
 class First(nn.Module):
@@ -58,16 +58,16 @@ class Tiny(SupernetTrainer):
 
 
 def test_auto_is_cuda_then_mps_then_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert oneshot._resolve_device(torch.device("cpu")) == torch.device("cpu")
-    assert Tiny(device="auto").device == oneshot._resolve_device(None)
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert Tiny(device="auto").device == resolve_device(None)
     # Simulated machines (torch's own checks patched; no trainer is built under them).
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert oneshot._resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert oneshot._resolve_device("auto") == torch.device("mps")
+    assert resolve_device("auto") == torch.device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert oneshot._resolve_device("auto") == oneshot._resolve_device(None) == torch.device("cuda")
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cuda")
 
 
 def test_cuda_rng_states_go_to_the_gpus_there_are_in_index_order(

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import nastrain
+from nastrain.utils import resolve_device
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "ClassificationTrainer", "RegressionTrainer"]
 
@@ -122,12 +123,8 @@ class _SupervisedTrainer(nastrain.BaseTrainer):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.seed = seed
         self.evaluate_test = bool(evaluate_test)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"device {device!r} is not a torch device: {exc}") from None
+        # "auto", torch's forms; a device this machine lacks is refused here, naming it.
+        self.device = resolve_device(device)
         # Build the optimizer and schedule once on a stand-in parameter: a misspelt keyword
         # argument fails here, where the trainer is made, naming what it belongs to.
         probe = self._make_optimizer([nn.Parameter(torch.zeros(1))])

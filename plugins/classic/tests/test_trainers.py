@@ -134,7 +134,7 @@ def test_the_spec_travels_as_json_and_builds_the_same_trainer() -> None:
         ({"lr_schedule_kwargs": {"gamma": 0.5}}, ValueError, "'constant' takes no"),
         ({"epochs": 0}, ValueError, "epochs must be an integer >= 1, got 0"),
         ({"batch_size": 2.5}, ValueError, "batch_size must be an integer >= 1, got 2.5"),
-        ({"device": "gpu:zero"}, ValueError, "device 'gpu:zero' is not a torch device"),
+        ({"device": "gpu:zero"}, ValueError, "device 'gpu:zero' is not a device torch knows"),
         ({"seed": 1.5}, ValueError, "seed must be an integer or None, got 1.5"),
         ({"seed": True}, ValueError, "seed must be an integer or None, got True"),
         ({"seed": "0"}, ValueError, "seed must be an integer or None, got '0'"),
@@ -143,6 +143,12 @@ def test_the_spec_travels_as_json_and_builds_the_same_trainer() -> None:
 def test_bad_arguments_are_refused_when_the_trainer_is_built(kwargs, error, message) -> None:
     with pytest.raises(error, match=message):
         ClassificationTrainer(_mlp(), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_machine_without_it_is_refused_when_the_trainer_is_built() -> None:
+    with pytest.raises(ValueError, match=r"device 'cuda' asks for CUDA, but CUDA is not available"):
+        ClassificationTrainer(_mlp(), device="cuda")
 
 
 def test_a_diverging_loss_is_an_error_saying_what_to_do() -> None:
