@@ -276,6 +276,9 @@ def _experiment(trials, tmp_path, **options):
         ({"space": "nastrain_test_trials:Nope"}, "has no attribute 'Nope'"),
         ({"space": "nastrain_test_trials:score"}, "returned a NoneType|missing 1 required"),
         ({"modules": ["no_such_module_xyz"]}, "cannot import module 'no_such_module_xyz'"),
+        ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"seed": "0"}, "seed must be an integer, got '0'"),
+        ({"seed": True}, "seed must be an integer, got True"),
     ],
 )
 def test_bad_options_are_refused_naming_what_is_wrong(trials, tmp_path, options, message) -> None:

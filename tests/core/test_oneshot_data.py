@@ -195,3 +195,9 @@ def test_workers_persist_across_epochs_unless_told_not_to(persistent) -> None:
         assert first == second
     else:
         assert not first["train"] & second["train"] and not first["valid"] & second["valid"]
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_a_dataset_too_small_to_split_is_refused_naming_its_size(n: int) -> None:
+    with pytest.raises(ValueError, match=rf"dataset has {n} item\(s\).*needs 2\+ items"):
+        Recording(TensorDataset(torch.zeros(n, 3), torch.zeros(n, 1)), seed=0)

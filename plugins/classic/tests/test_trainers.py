@@ -56,6 +56,18 @@ def test_classification_is_reproducible_from_its_seed() -> None:
     assert run(3) == run(3) and run(3) != run(4)
 
 
+def test_seed_none_never_reseeds_torch_so_the_users_own_seed_reproduces_a_run() -> None:
+    def run() -> tuple[float, int]:
+        torch.manual_seed(123)  # the user's own seed: weights, data order, everything
+        trainer = ClassificationTrainer(_mlp(), epochs=1)  # seed=None
+        trainer.fit()
+        return trainer.final_result["loss"], torch.initial_seed()
+
+    first, second = run(), run()
+    assert first == second
+    assert first[1] == 123  # torch.seed() would have replaced it
+
+
 def test_regression_on_diabetes_reports_r2() -> None:
     trainer = RegressionTrainer(
         nn.Linear(10, 1),
