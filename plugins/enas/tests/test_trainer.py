@@ -366,3 +366,21 @@ def test_a_misspelt_option_names_the_trainer(make) -> None:
     name = "EnasTrainer" if make is enas else "RandomOneShotTrainer"
     with pytest.raises(TypeError, match=rf"{name}\(\) got an unexpected keyword argument 'sede'"):
         make(sede=0)
+
+
+def test_enas_export_scores_its_samples_on_the_architecture_half() -> None:
+    # Minus the validation loss as the reward, so that every sample's score is a real number
+    # that depends on the data: the best one's score is its loss on trainer.valid_data.
+    loss = nn.CrossEntropyLoss()
+    trainer = enas(reward_function=lambda logits, y: -loss(logits, y).item())
+    trainer.fit()
+    best = trainer.export()
+    assert trainer.ranking[0] == (best, trainer.best_score)
+    assert len(trainer.ranking) > 1  # several distinct samples were scored
+    trainer.set_arch(best)
+    trainer.model.eval()
+    with torch.no_grad():
+        x, y = trainer.to_device(data()[list(trainer.valid_data.indices)])
+        assert trainer.best_score == pytest.approx(-loss(trainer.model(x), y).item(), rel=1e-5)
+        x, y = trainer.to_device(data()[list(trainer.train_data.indices)])
+        assert trainer.best_score != pytest.approx(-loss(trainer.model(x), y).item(), rel=1e-3)
