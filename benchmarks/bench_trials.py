@@ -66,6 +66,28 @@ class CpuTrainer(nastrain.BaseTrainer):
         nastrain.report_final_result(float(work(self.steps) % 1000))
 
 
+@nastrain.register_trainer(name="bench-timed-cpu")
+class TimedCpuTrainer(nastrain.BaseTrainer):
+    """A trial of :func:`work` that reports when its work started (``time.perf_counter``,
+    one clock for every process of the machine), how long it took and its thread's CPU time,
+    so that a benchmark can tell slower work from idle gaps between trials."""
+
+    def __init__(self, model: nn.Module, steps: int = 3_000_000) -> None:
+        self.steps = steps
+
+    def fit(self) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        work(self.steps)
+        nastrain.report_final_result(
+            {
+                "default": 0.0,
+                "started": wall,
+                "wall": time.perf_counter() - wall,
+                "cpu": time.thread_time() - cpu,
+            }
+        )
+
+
 README = Path(__file__).resolve().parent / "README.md"
 
 
