@@ -46,7 +46,13 @@ from nastrain.experiments.executor import available_cpus
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench_trials, for this process (and, below, the workers)
-from bench_trials import README, CpuTrainer, TrivialTrainer, write_table  # noqa: E402
+from bench_trials import (  # noqa: E402
+    README,
+    CpuTrainer,
+    TrivialTrainer,
+    ray_environment,
+    write_table,
+)
 
 BEGIN, END = "<!-- ray-table -->", "<!-- /ray-table -->"
 INTRO = """\
@@ -243,14 +249,5 @@ def main() -> int:
 if __name__ == "__main__":
     # The workers import bench_trials; Ray on loopback only, with no earlier Ray state,
     # as the plugin's tests run it (these are read when Ray is imported, in measure()).
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p
-    )
-    os.environ.update(
-        {
-            "RAY_AUTH_MODE": "disabled",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
-    )
+    ray_environment()
     sys.exit(main())

@@ -4,6 +4,7 @@ on their path), and how both write their table into benchmarks/README.md."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -110,3 +111,18 @@ def write_table(text: str, marks: tuple[str, str], heading: str, intro: str, scr
             + f"```\n\n{block}\n"
         )
     README.write_text(content)
+
+
+def ray_environment() -> None:
+    """What a Ray benchmark sets before it imports Ray: its workers import this folder's
+    modules (``PYTHONPATH``), and Ray runs on loopback only, with no earlier Ray state, as the
+    plugin's tests run it."""
+    here = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    os.environ.update(
+        {
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )

@@ -22,11 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_trials import TimedCpuTrainer  # beside this script, which is on sys.path
+from bench_trials import TimedCpuTrainer, ray_environment  # beside this script (sys.path)
 
 import nastrain
-
-HERE = Path(__file__).resolve().parent
 
 
 def run(folder: Path, name: str, trials: int, steps: int, **options: Any) -> None:
@@ -95,14 +93,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":  # the local executor's workers import this module again
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p
-    )
-    os.environ.update(
-        {
-            "RAY_AUTH_MODE": "disabled",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
-    )
+    ray_environment()
     sys.exit(main())
