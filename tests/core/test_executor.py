@@ -3,6 +3,7 @@ weights come from its seed."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import warnings
@@ -125,8 +126,15 @@ def test_a_worker_imports_the_users_modules_under_a_fixed_seed_and_builds_nothin
     try:
         space = executor.prepare_worker(setup)  # what every executor's worker does
         probe = sys.modules[name]
+        # What it prepared is out of the collector's sight (a full collection in a worker
+        # then scans only what its trials made), the probe module among it.
+        frozen = gc.get_freeze_count()
+        made = probe.drawn  # a tensor the module made at import: tracked by the collector
+        probe_frozen = gc.is_tracked(made) and all(o is not made for o in gc.get_objects())
     finally:
+        gc.unfreeze()
         sys.modules.pop(name, None)
+    assert frozen > 0 and probe_frozen
     assert torch.equal(torch.random.get_rng_state(), state)
     assert isinstance(space, SeededSpace) and space.ref == f"{name}:build"
     assert probe.calls == 0

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import gc
 import importlib
 import json
 import multiprocessing
@@ -534,6 +535,17 @@ def prepare_worker(setup: WorkerSetup) -> nn.Module | SeededSpace:
 
 
 def _prepare_worker(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module | SeededSpace:
+    space = _prepare(setup, space_bytes)
+    # What the worker holds now (its imports: torch, a Ray worker's Ray, the user's modules,
+    # the space) lives as long as it does: out of the collector's sight, a full collection
+    # scans only what trials made. Measured in a Ray worker: 219k objects, a full
+    # collection 100 ms, one to three in twelve trials of 0.16 s (benchmarks/README.md).
+    gc.collect()
+    gc.freeze()
+    return space
+
+
+def _prepare(setup: WorkerSetup, space_bytes: bytes | None) -> nn.Module | SeededSpace:
     for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
         if name not in setup.environ:
             del os.environ[name]

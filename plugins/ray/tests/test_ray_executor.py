@@ -669,3 +669,72 @@ def test_a_rerun_reports_each_step_again_and_only_new_steps_are_handed_over(
         ("result", 0, 5.0, True),
         ("end", 0, "succeeded"),
     ]
+
+
+def test_the_next_trial_asks_first_for_the_node_where_a_trial_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trial submitted after another's task ended asks for that node (soft affinity); the
+    first trials, and one after a trial whose task was cancelled, are placed by Ray."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from nastrain_ray import ray_executor
+    from nastrain_ray.executor import _Trial
+
+    _fake_ray(monkeypatch)
+    executor = ray_executor(attrs.evolve(context(), handler=_Recorder(), concurrency=2))
+    placed: list[Any] = []
+
+    class Remote:
+        def __init__(self, strategy: Any = None) -> None:
+            self.strategy = strategy
+
+        def options(self, scheduling_strategy: Any) -> Remote:
+            return Remote(scheduling_strategy)
+
+        def remote(self, setup: str, job: str, rerun: int) -> _Stream:
+            placed.append(self.strategy)
+            return _Stream([])
+
+    executor._remote = Remote()
+    executor.submit(_job(0))
+    assert placed == [None]
+    node = "ab" * 28  # Ray's node ids: 28 bytes in hex
+    worker = f"ray:127.0.0.1:7 node={node}"
+    executor._trials[0] = _Trial(
+        job=_job(0),
+        generator=_Stream(
+            [_msg("start", 0, worker), _msg("end", 0, worker, status="succeeded", reason=None)]
+        ),
+    )
+    executor.poll(0)
+    executor.poll(0)
+    assert executor.running() == 0
+    executor.submit(_job(1))
+    executor.submit(_job(2))  # the freed node is taken: Ray places this one
+    assert isinstance(placed[1], NodeAffinitySchedulingStrategy)
+    assert (placed[1].node_id, placed[1].soft) == (node, True)
+    assert placed[2] is None
+
+    class Stopping(_Recorder):
+        def on_result(self, index: int, metric: Any, final: bool) -> bool:
+            return True  # median_stop, say
+
+    executor.handler = Stopping()
+    monkeypatch.setattr(ray, "cancel", lambda ref, force: None)
+    executor._trials = {
+        3: _Trial(
+            job=_job(3),
+            generator=_Stream(
+                [
+                    _msg("start", 0, worker),
+                    _msg("result", 0, worker, step=0, metric=1.0, final=False),
+                ]
+            ),
+        )
+    }
+    executor.poll(0)
+    executor.poll(0)
+    assert executor.running() == 0  # stopped, its task cancelled and maybe still running
+    executor.submit(_job(4))
+    assert placed[3] is None
