@@ -42,14 +42,8 @@ from typing import Any, ClassVar, Literal
 import attrs
 import torch
 from torch import nn
-from torch.utils.data import (
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    Sampler,
-    Subset,
-    SubsetRandomSampler,
-)
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from nastrain import __version__, distributed, plugins
 from nastrain._files import fsync_directory
@@ -297,6 +291,14 @@ class OneShotOptions:
     GPUs only). Parameters, optimizer states and architecture parameters stay float32; each
     algorithm says which of its passes run in the lower precision."""
 
+    find_unused_parameters: bool | None = attrs.field(default=None, validator=_check_optional_bool)
+    """On several processes (torchrun), whether the supernet's ``DistributedDataParallel``
+    looks for the weights a step left unused (torch's option of that name), which it must
+    where a step runs one path of the supernet. ``None``: the algorithm's
+    :attr:`SupernetTrainer.find_unused_parameters` (``True``; DARTS, whose every step runs
+    every candidate, ``False``). ``True`` for a space whose forward pass leaves weights
+    unused (DDP's error then says so). No effect in one process."""
+
     @classmethod
     def names(cls) -> list[str]:
         """The options' names, in declaration order."""
@@ -438,44 +440,6 @@ def _check_batch(batch: Any, what: str) -> None:
         )
 
 
-class _RankShares(Sampler[list[int]]):
-    """One rank's share of each global batch: the batches a single process would load (of
-    ``batch_size`` indices, in ``sampler``'s order), each cut into ``world_size`` equal parts,
-    part ``rank`` to this rank.
-
-    So N processes together step on exactly the batches one process steps on, in the same
-    order, and resuming on another number of processes continues them (torch's
-    ``DistributedSampler`` shards a permutation of its own per epoch instead, which makes the
-    N-process search a different search). A last batch that ``world_size`` does not divide
-    is padded by repeating its own items, so every rank gets as many (``drop_last`` drops
-    it instead)."""
-
-    def __init__(
-        self, sampler: Sampler[int], batch_size: int, drop_last: bool, world_size: int, rank: int
-    ) -> None:
-        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
-        self.world_size, self.rank = world_size, rank
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batch: list[int] = []
-        for index in self.sampler:
-            batch.append(int(index))
-            if len(batch) == self.batch_size:
-                yield self._share(batch)
-                batch = []
-        if batch and not self.drop_last:
-            yield self._share(batch)
-
-    def _share(self, batch: list[int]) -> list[int]:
-        n = -(-len(batch) // self.world_size)
-        padded = (batch * self.world_size)[: n * self.world_size]
-        return padded[self.rank * n : (self.rank + 1) * n]
-
-    def __len__(self) -> int:
-        full, rest = divmod(len(self.sampler), self.batch_size)  # type: ignore[arg-type]
-        return full + (1 if rest and not self.drop_last else 0)
-
-
 class _Meter:
     """Running means of the step metrics of one epoch, each over the steps that report it
     (the steps of one epoch may report different metrics, e.g. ENAS's two phases)."""
@@ -612,6 +576,7 @@ class SupernetTrainer(BaseOneShotTrainer):
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
         self._scaler_stepped = False
         self._autocast_called = False
+        self._ddp: nn.Module | bool | None = None  # parallel_model, once built
         if self.checkpoint_dir is not None:
             _check_checkpoint_dir(self.checkpoint_dir)
         if self.options.log_dir is not None:
@@ -731,6 +696,50 @@ class SupernetTrainer(BaseOneShotTrainer):
         raise NotImplementedError  # never called: the loop runs only an override
 
     # --- the arithmetic of ``precision`` (what an algorithm's steps call) ----------------------
+
+    #: Whether a weight step may leave weights unused (one path of the supernet), so that the
+    #: supernet's ``DistributedDataParallel`` looks for them after each forward pass (see
+    #: :attr:`parallel_model`); a trainer whose every step runs every candidate sets
+    #: ``False`` and saves DDP that search. The option ``find_unused_parameters`` overrides.
+    find_unused_parameters: ClassVar[bool] = True
+
+    @property
+    def parallel_model(self) -> nn.Module:
+        """The module a weight step runs its forward pass through: on several processes the
+        supernet in torch's ``DistributedDataParallel``, whose backward pass averages the
+        weights' gradients over the ranks (in buckets, overlapping the backward pass); in
+        one process, or with no weights, :attr:`model` itself.
+
+        Built at its first use, on every rank at once (it broadcasts rank 0's weights).
+        Architecture parameters are not DDP's (also those a relaxation registered in the
+        model), and what an algorithm computes outside a weight step's backward pass
+        (alpha's gradient, a second-order step's, a controller's) runs through :attr:`model`
+        and is averaged by the algorithm (:func:`nastrain.distributed.all_reduce_mean`).
+        Buffers are not synchronised per step: the loop gives every rank rank 0's after each
+        epoch."""
+        if self.world_size == 1:
+            return self.model
+        if self._ddp is None:
+            self._ddp = self._wrap_ddp()
+        return self._ddp if isinstance(self._ddp, nn.Module) else self.model
+
+    def _wrap_ddp(self) -> nn.Module | bool:
+        arch = {id(p) for p in self.arch_parameters()}
+        ignored = [name for name, p in self.model.named_parameters() if id(p) in arch]
+        trained = [p for p in self.model.parameters() if p.requires_grad and id(p) not in arch]
+        if not trained:  # nothing to average (DDP refuses such a module)
+            return False
+        if ignored:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, ignored)
+        find_unused = self.options.find_unused_parameters
+        return DistributedDataParallel(
+            self.model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=(
+                type(self).find_unused_parameters if find_unused is None else find_unused
+            ),
+            forward_sync_buffers=False,
+        )
 
     def autocast(self, enabled: bool = True) -> Any:
         """A context for a forward pass in the ``precision`` asked for: ``torch.autocast`` to
@@ -1003,8 +1012,6 @@ class SupernetTrainer(BaseOneShotTrainer):
         for what, data in (("dataset", dataset), ("valid_dataset", valid_dataset)):
             if data is not None and not hasattr(data, "__getitem__"):
                 raise TypeError(f"{what} must be a torch Dataset, got {type(data).__name__}")
-        train_indices: list[int] | None = None
-        valid_indices: list[int] | None = None
         if valid_dataset is None:
             n = len(dataset)  # type: ignore[arg-type]
             train_indices, valid_indices = self._split_indices(n)
@@ -1014,53 +1021,52 @@ class SupernetTrainer(BaseOneShotTrainer):
             #: a fresh random order each epoch.
             self.train_data: Dataset = Subset(dataset, train_indices)
             self.valid_data: Dataset = Subset(dataset, valid_indices)
-            valid_dataset = dataset
         else:
             self.train_data, self.valid_data = dataset, valid_dataset
-        self.train_loader = self._loader(
-            dataset, self._sampler("train", dataset, train_indices), "train"
-        )
-        self.valid_loader = self._loader(
-            valid_dataset, self._sampler("valid", valid_dataset, valid_indices), "valid"
-        )
+        self.train_loader = self._loader(self.train_data)
+        self.valid_loader = self._loader(self.valid_data)
 
-    def _sampler(
-        self, half: Literal["train", "valid"], dataset: Dataset, indices: list[int] | None
-    ) -> Sampler[int]:
-        """The sampler of one half's loader: the items ``indices`` of ``dataset`` (``None``:
-        all of it) in a fresh random order each epoch, drawn from :attr:`data_generator`.
-        The one place the order of a half is made (a distributed trainer shards here)."""
-        if indices is None:
-            return RandomSampler(dataset, generator=self.data_generator)  # type: ignore[arg-type]
-        return SubsetRandomSampler(indices, self.data_generator)
+    def _loader(self, data: Dataset) -> DataLoader:
+        """The ``DataLoader`` of one half: ``data`` through a ``DistributedSampler`` (this
+        rank's share, in a fresh order each epoch: :meth:`_set_epoch`), in batches of this
+        rank's share of ``batch_size``, with the trainer's workers and DataLoader options.
 
-    def _loader(
-        self, dataset: Dataset, sampler: Sampler[int], half: Literal["train", "valid"]
-    ) -> DataLoader:
-        """The ``DataLoader`` of one half over ``dataset`` in ``sampler``'s order, with the
-        trainer's batch size, workers and DataLoader options."""
+        One process is a world of one: the same sampler, whose permutation is then walked
+        whole. So N processes step on the same global batches as one process does (rank r's
+        k-th batch holds items r, r+N, ... of the global batch), and a search resumes on
+        another number of processes. A half that N does not divide gets up to N-1 items
+        repeated in its epoch's last batch (``DistributedSampler``'s padding)."""
         options = self.options
         persistent = options.persistent_workers
         extra: dict[str, Any] = {}
         if options.prefetch_factor is not None:
             extra["prefetch_factor"] = options.prefetch_factor
-        if self.world_size > 1:
-            # Each rank loads its share of every global batch (see _RankShares).
-            extra["batch_sampler"] = _RankShares(
-                sampler, self.batch_size, options.drop_last, self.world_size, self.rank
-            )
-        else:
-            extra.update(sampler=sampler, batch_size=self.batch_size, drop_last=options.drop_last)
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            data, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=0
+        )
         return DataLoader(
-            dataset,
+            data,
+            sampler=sampler,
+            batch_size=self.batch_size // self.world_size,
+            drop_last=options.drop_last,
             num_workers=self.workers,
-            # Seeds the workers (DataLoader draws their base seed from it), not the order.
+            # Seeds the workers (DataLoader draws their base seed from it).
             generator=self.data_generator,
             persistent_workers=self.workers > 0 if persistent is None else persistent,
             pin_memory=self.device.type == "cuda",
             collate_fn=options.collate_fn,
             **extra,
         )
+
+    def _set_epoch(self) -> None:
+        """Give each half's sampler this epoch's order: a seed drawn from
+        :attr:`data_generator` (checkpointed, the same on every rank) and the epoch number
+        (``DistributedSampler.set_epoch``)."""
+        for loader in (self.train_loader, self.valid_loader):
+            sampler = loader.sampler
+            assert isinstance(sampler, DistributedSampler)
+            sampler.seed = int(torch.randint(0, 2**62, (), generator=self.data_generator))
+            sampler.set_epoch(self.epoch)
 
     def _batches(self, half: Literal["train", "valid"]) -> Iterator[Any]:
         """The batches of one half for one pass, each checked to be an (input, target) pair
@@ -1083,6 +1089,7 @@ class SupernetTrainer(BaseOneShotTrainer):
 
     def _epoch_steps(self) -> Iterator[dict[str, float]]:
         """Run one epoch's steps, yielding each step's metrics."""
+        self._set_epoch()
         self.model.train()
         if self.pair_batches:
             for train_batch, valid_batch in zip(self._batches("train"), self._batches("valid")):

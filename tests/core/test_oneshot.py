@@ -226,6 +226,7 @@ def test_options_are_keywords_or_one_record_and_become_trainer_options(tmp_path)
         "split",
         "split_fraction",
         "precision",
+        "find_unused_parameters",
     ]
 
 
@@ -248,6 +249,7 @@ def test_a_misspelt_option_names_the_trainer_the_key_and_what_it_takes() -> None
         ({"checkpoint_dir": 3}, "checkpoint_dir must be a path"),
         ({"channels_last": "yes"}, "channels_last must be True, False or None"),
         ({"rewrite_model": None}, "rewrite_model must be True or False"),
+        ({"find_unused_parameters": 1}, "find_unused_parameters must be True, False or None"),
         ({"lr_scheduler": object()}, r"lr_scheduler must be a learning-rate scheduler.*step\(\)"),
         ({"options": {"seed": 0}}, "options must be a nastrain.oneshot.OneShotOptions, got dict"),
     ],

@@ -89,6 +89,9 @@ class DartsTrainer(SupernetTrainer):
     #: mixtures weigh them all), so a plugin may compute alike candidates reading one input
     #: together (nastrain-cpu's ``group_separables``).
     runs_every_candidate = True
+    #: For the same reason every weight has a gradient in every step: the supernet's DDP on
+    #: several processes need not look for unused ones (option ``find_unused_parameters``).
+    find_unused_parameters = False
 
     def __init__(
         self,
@@ -186,11 +189,12 @@ class DartsTrainer(SupernetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with frozen(self.arch.parameters()):  # the weights' step: alpha is a constant here
             with self.autocast():
-                logits = self.model(trn_x)
+                # Several processes: through DDP, whose backward averages the weights'
+                # gradients over the ranks.
+                logits = self.parallel_model(trn_x)
                 loss = self.loss(logits, trn_y)
             if self.weights:  # a space of parameter-free candidates has none
                 self.backward(loss, inputs=self.weights)
-        distributed.all_reduce_mean(w.grad for w in self.weights)  # DDP's average, by hand
         if self.grad_clip:
             self.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.weights, self.grad_clip)

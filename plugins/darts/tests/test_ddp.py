@@ -54,7 +54,8 @@ SCRIPT = textwrap.dedent(
         tr.search_step((x[i[:8]], y[i[:8]]), (x[i[8:]], y[i[8:]]))
     alpha = [a.detach().tolist() for a in tr.arch.parameters()]
     w = [p.detach().tolist() for p in tr.weights]
-    print(json.dumps({{"alpha": alpha, "w": w}}))
+    ddp = type(tr.parallel_model).__name__
+    print(json.dumps({{"alpha": alpha, "w": w, "ddp": ddp}}))
     d.barrier()  # every rank done before the group goes
     torch.distributed.destroy_process_group()
     # Leave without the interpreter's teardown: in the tox env with every plugin, a gloo
@@ -74,7 +75,8 @@ def run(unrolled: bool, noop: bool) -> list[dict]:
 def test_alpha_and_weights_bitwise_equal_across_ranks(unrolled: bool) -> None:
     r0, r1 = run(unrolled, noop=False)
     assert r0["alpha"] == r1["alpha"]  # JSON floats: equal means bitwise equal
-    assert r0["w"] == r1["w"]
+    assert r0["w"] == r1["w"]  # averaged by DDP's backward: the weight step runs through it
+    assert r0["ddp"] == r1["ddp"] == "DistributedDataParallel"
 
 
 def test_negative_control_without_the_all_reduce_alpha_drifts() -> None:
@@ -118,7 +120,8 @@ FIT = textwrap.dedent(
     alpha = [a.detach().tolist() for a in trainer.arch.parameters()]
     w = [p.detach().tolist() for p in trainer.weights]
     print(json.dumps({"rank": d.rank(), "size": d.world_size(), "alpha": alpha, "w": w,
-                      "arch": trainer.export(), "history": trainer.history}))
+                      "arch": trainer.export(), "history": trainer.history,
+                      "ddp": type(trainer.parallel_model).__name__}))
     d.barrier()
     if d.is_distributed():
         torch.distributed.destroy_process_group()
@@ -163,6 +166,7 @@ def test_torchrun_on_two_processes_searches_as_one_process_does(
     alone = _run_alone(tmp_path, 3, str(tmp_path / "one"), unrolled, 32)
     r0, r1 = ranks
     assert (r0["size"], r1["size"]) == (2, 2)
+    assert (r0["ddp"], alone["ddp"]) == ("DistributedDataParallel", "Planted")
     assert r0["alpha"] == r1["alpha"] and r0["w"] == r1["w"]  # bitwise, on every rank
     # The same global batches as one process: the same search, to rounding (the ranks'
     # halves of a batch are averaged, not summed in one pass; alpha is float32, so 1e-5).

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from nastrain import InputChoice, LayerChoice, distributed
+from nastrain import InputChoice, LayerChoice
 from nastrain.calibration import preserved_bn_stats, recalibrate_bn
 from nastrain.mutables import reduce_tensors
 from nastrain.oneshot import SupernetTrainer
@@ -228,13 +228,12 @@ class SamplingTrainer(SupernetTrainer):
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            logits = self.model(x)
+            # Several processes: through DDP, whose backward averages the gradients of the
+            # path's weights over the ranks (every rank runs the same path).
+            logits = self.parallel_model(x)
             loss = self.loss(logits, y)
         if loss.requires_grad:  # a sampled path may have no weights at all
             self.backward(loss)
-        # Several processes: DDP's average of the weights' gradients, by hand (every rank ran
-        # the same path, so the same weights have gradients on every rank).
-        distributed.all_reduce_mean(w.grad for w in self.weights)
         if optimizer is not None:
             if self.grad_clip:
                 self.unscale_(optimizer)

@@ -102,7 +102,8 @@ FIT = textwrap.dedent(
     trainer.fit()
     state = [p.detach().flatten().tolist() for p in trainer.model.parameters()]
     state += [p.detach().flatten().tolist() for p in trainer.arch_parameters()]
-    print(json.dumps({"state": state, "arch": trainer.export()}))
+    print(json.dumps({"state": state, "arch": trainer.export(),
+                      "ddp": type(trainer.parallel_model).__name__}))
     d.barrier()
     torch.distributed.destroy_process_group()
     # Leave without the interpreter's teardown: in the tox env with every plugin, a gloo
@@ -123,6 +124,8 @@ def test_spos_and_enas_searches_on_two_processes_stay_equal_on_every_rank() -> N
         r0, r1 = (json.loads(o.strip().splitlines()[-1]) for o in outs)
         assert r0["state"] == r1["state"], which
         assert r0["arch"] == r1["arch"], which
+        # The weight steps ran through DDP, which found each step's unused candidates.
+        assert r0["ddp"] == r1["ddp"] == "DistributedDataParallel", which
 
 
 def test_ranks_that_built_different_spaces_are_refused_before_any_step() -> None:
