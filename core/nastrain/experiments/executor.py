@@ -523,8 +523,11 @@ def prepare_worker(setup: WorkerSetup) -> nn.Module | SeededSpace:
     Takes the experiment's ``NASTRAIN_*`` variables (and drops others), loads the plugins
     again, sets torch's threads, imports the user's modules and then the space named as
     ``setup.space_ref`` (:func:`trial_space`), under a fixed seed that leaves torch's
-    generator as it was. A setup without a ``space_ref`` (a space object, which only the
-    local executor sends, in memory) is a ``ValueError``.
+    generator as it was. Last, it moves what the process holds then out of the garbage
+    collector's sight (``gc.freeze()``: it lives as long as the worker, and a full
+    collection then scans only what trials make; call it in a process that exists to run
+    trials). A setup without a ``space_ref`` (a space object, which only the local executor
+    sends, in memory) is a ``ValueError``.
     """
     if setup.space_ref is None:
         raise ValueError(
