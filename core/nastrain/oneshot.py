@@ -576,7 +576,7 @@ class SupernetTrainer(BaseOneShotTrainer):
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
         self._scaler_stepped = False
         self._autocast_called = False
-        self._ddp: nn.Module | bool | None = None  # parallel_model, once built
+        self._ddp: nn.Module | None = None  # parallel_model, once built
         if self.checkpoint_dir is not None:
             _check_checkpoint_dir(self.checkpoint_dir)
         if self.options.log_dir is not None:
@@ -721,14 +721,13 @@ class SupernetTrainer(BaseOneShotTrainer):
             return self.model
         if self._ddp is None:
             self._ddp = self._wrap_ddp()
-        return self._ddp if isinstance(self._ddp, nn.Module) else self.model
+        return self._ddp
 
-    def _wrap_ddp(self) -> nn.Module | bool:
+    def _wrap_ddp(self) -> nn.Module:
         arch = {id(p) for p in self.arch_parameters()}
         ignored = [name for name, p in self.model.named_parameters() if id(p) in arch]
-        trained = [p for p in self.model.parameters() if p.requires_grad and id(p) not in arch]
-        if not trained:  # nothing to average (DDP refuses such a module)
-            return False
+        if not any(p.requires_grad and id(p) not in arch for p in self.model.parameters()):
+            return self.model  # nothing to average (DDP refuses such a module)
         if ignored:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, ignored)
         find_unused = self.options.find_unused_parameters
